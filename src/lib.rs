@@ -1,0 +1,20 @@
+//! The clerk-sync API: the `clerk.sync.v1` protobuf messages and the tonic
+//! clients and servers generated from `proto/`, shared by the gateway, the
+//! sync-service and any Rust service that queries the directory.
+//!
+//! - [`v1`]: generated code (`User`, `UserSyncService`, `UserDirectoryService`).
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
+//! - [`runtime`]: process plumbing both binaries share (shutdown signal, logs).
+
+pub mod runtime;
+
+/// Generated code for the `clerk.sync.v1` package.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("clerk.sync.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every file in `proto/` (and the well-known
+/// types it imports), for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/clerk_sync_descriptor.bin"));
