@@ -4,8 +4,10 @@
 //!
 //! - [`v1`]: generated code (`User`, `UserSyncService`, `UserDirectoryService`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
+//! - [`json`]: JSON ⇄ protobuf `Struct`, for Clerk metadata.
 //! - [`runtime`]: process plumbing both binaries share (shutdown signal, logs).
 
+pub mod json;
 pub mod runtime;
 
 /// Generated code for the `clerk.sync.v1` package.

@@ -1,0 +1,26 @@
+//! The clerk-sync schema, owned by one sea-orm-migration [`Migrator`]. The
+//! sync-service runs it at start-up and through its `migrate` command; the same
+//! migrations serve SQLite and PostgreSQL.
+//!
+//! Tables:
+//! - `users`: one row per Clerk user. A deleted user keeps a tombstone row
+//!   (`deleted_at` set, personal data erased) so late events cannot revive it.
+//! - `user_email_addresses`: every address of every live user, lower-cased, so
+//!   find-by-email hits an index whichever of the user's addresses is asked for.
+//! - `processed_events`: every applied event id; its primary key makes
+//!   deduplication atomic with the write it guards.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_directory;
+
+/// Applies the clerk-sync schema, in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_create_directory::Migration)]
+    }
+}

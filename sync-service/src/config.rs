@@ -1,0 +1,100 @@
+//! Command line and environment configuration of the sync-service.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{ingest::IngestOptions, store::StoreOptions};
+
+/// Default database: a SQLite file under ./data, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/clerk-sync.db?mode=rwc";
+
+/// clerk-sync sync-service: applies Clerk user events to the directory
+/// database and serves the directory over gRPC.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "clerk-sync-service", version)]
+pub struct Config {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Database URL: `sqlite://PATH?mode=rwc` or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+
+    /// Address the gRPC server listens on.
+    #[arg(
+        long,
+        env = "SYNC_SERVICE_LISTEN_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Largest database connection pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub database_max_connections: u32,
+
+    /// Milliseconds to wait for a database connection (and for SQLite's lock).
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub database_timeout_ms: u64,
+
+    /// Most events committed in one transaction (group commit).
+    #[arg(long, env = "SYNC_MAX_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
+    pub max_batch: u64,
+
+    /// Writer tasks committing batches; default 1 on SQLite, 4 on PostgreSQL.
+    #[arg(long, env = "SYNC_WRITERS", value_parser = clap::value_parser!(u64).range(1..=64), global = true)]
+    pub writers: Option<u64>,
+
+    /// Milliseconds between database checks behind the gRPC health status.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    pub health_check_interval_ms: u64,
+
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Sub-commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Migrate the database, then serve gRPC (the default).
+    Serve,
+    /// Migrate the database and exit.
+    Migrate,
+}
+
+impl Config {
+    /// Configuration with every default, for `database_url`.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        let mut config = Self::parse_from(["clerk-sync-service"]);
+        config.database_url = database_url.into();
+        config
+    }
+
+    /// How to reach the database.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            database_url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            acquire_timeout: Duration::from_millis(self.database_timeout_ms),
+        }
+    }
+
+    /// How to size the write path.
+    pub fn ingest_options(&self) -> IngestOptions {
+        let sqlite = self.database_url.starts_with("sqlite:");
+        IngestOptions {
+            writers: self
+                .writers
+                .map_or(if sqlite { 1 } else { 4 }, |n| n as usize),
+            max_batch: self.max_batch as usize,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `clerk.sync.v1.UserDirectoryService`: read-only queries over the [`Store`].
+
+use std::collections::HashSet;
+
+use clerk_sync_api::v1::{
+    self, BatchGetUsersRequest, BatchGetUsersResponse, FindUserByEmailRequest,
+    FindUserByEmailResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{Profile, UserId},
+    error::Error,
+    store::{ListQuery, Store},
+};
+
+/// Most ids one BatchGetUsers call may ask for.
+pub(crate) const MAX_BATCH_IDS: usize = 100;
+
+/// Serves `UserDirectoryService`.
+#[derive(Clone, Debug)]
+pub(crate) struct DirectoryService {
+    pub(crate) store: Store,
+}
+
+#[tonic::async_trait]
+impl v1::user_directory_service_server::UserDirectoryService for DirectoryService {
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        let id = UserId::parse(request.into_inner().id, "id")?;
+        let user = self.store.get_user(&id).await?;
+        Ok(Response::new(GetUserResponse {
+            user: Some(user.into_proto()),
+        }))
+    }
+
+    async fn batch_get_users(
+        &self,
+        request: Request<BatchGetUsersRequest>,
+    ) -> Result<Response<BatchGetUsersResponse>, Status> {
+        let ids = parse_batch(request.into_inner().ids)?;
+        let mut found: std::collections::HashMap<UserId, Profile> = self
+            .store
+            .get_users(&ids)
+            .await?
+            .into_iter()
+            .map(|user| (user.id.clone(), user))
+            .collect();
+        let mut response = BatchGetUsersResponse::default();
+        for id in ids {
+            match found.remove(&id) {
+                Some(user) => response.users.push(user.into_proto()),
+                None => response.missing_ids.push(id.as_str().to_owned()),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn find_user_by_email(
+        &self,
+        request: Request<FindUserByEmailRequest>,
+    ) -> Result<Response<FindUserByEmailResponse>, Status> {
+        let email = request.into_inner().email_address;
+        if email.trim().is_empty() {
+            return Err(Error::invalid("email_address", "must not be empty").into());
+        }
+        let user = self.store.find_by_email(email.trim()).await?;
+        Ok(Response::new(FindUserByEmailResponse {
+            user: Some(user.into_proto()),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let query = ListQuery::parse(request.into_inner())?;
+        let page = self.store.list_users(&query).await?;
+        Ok(Response::new(ListUsersResponse {
+            users: page.users.into_iter().map(Profile::into_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+}
+
+/// Validates the ids of a batch and drops repeats, keeping request order.
+fn parse_batch(ids: Vec<String>) -> Result<Vec<UserId>, Error> {
+    if ids.is_empty() {
+        return Err(Error::invalid("ids", "must not be empty"));
+    }
+    if ids.len() > MAX_BATCH_IDS {
+        return Err(Error::invalid(
+            "ids",
+            format!("must hold at most {MAX_BATCH_IDS} ids, got {}", ids.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut parsed = Vec::with_capacity(ids.len());
+    for (i, id) in ids.into_iter().enumerate() {
+        let id = UserId::parse(id, &format!("ids[{i}]"))?;
+        if seen.insert(id.clone()) {
+            parsed.push(id);
+        }
+    }
+    Ok(parsed)
+}

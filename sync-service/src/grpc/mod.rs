@@ -1,0 +1,5 @@
+//! gRPC handlers: each parses its request into domain values, delegates to the
+//! ingestor or the store, and translates the answer. Nothing more.
+
+pub(crate) mod directory;
+pub(crate) mod sync;

@@ -1,0 +1,86 @@
+//! Group commit. Events from concurrent requests are queued to writer tasks;
+//! each writer takes whatever has queued up (up to `max_batch`) and applies it
+//! in one transaction, then answers every request with its own outcome. Under
+//! load this turns N commits (N fsyncs, N turns of SQLite's single writer lock)
+//! into one, without giving up per-event outcomes or atomic deduplication.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::{
+    domain::{Event, Outcome},
+    error::Error,
+    store::Store,
+};
+
+/// An event waiting to be applied, and where its outcome goes.
+struct Job {
+    event: Event,
+    reply: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// Sizing of the write path.
+#[derive(Clone, Copy, Debug)]
+pub struct IngestOptions {
+    /// Writer tasks: 1 for SQLite (it has one writer anyway), a few for
+    /// PostgreSQL so that one batch's commit overlaps the next batch's work.
+    pub writers: usize,
+    /// Most events committed in one transaction.
+    pub max_batch: usize,
+}
+
+/// Hands events to the writer tasks. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct Ingestor {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Ingestor {
+    /// Starts the writer tasks. They stop once every `Ingestor` clone is
+    /// dropped and the queue is drained, so no accepted event is abandoned.
+    pub fn start(store: Store, options: IngestOptions) -> Self {
+        let (queue, receiver) = mpsc::channel(options.max_batch * options.writers.max(1) * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..options.writers.max(1) {
+            tokio::spawn(write_loop(
+                store.clone(),
+                receiver.clone(),
+                options.max_batch,
+            ));
+        }
+        Self { queue }
+    }
+
+    /// Applies one event and waits until its outcome is committed.
+    pub async fn apply(&self, event: Event) -> Result<Outcome, Error> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        outcome.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+async fn write_loop(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        {
+            // One writer at a time collects a batch; the others wait here
+            // while it commits, then collect the next one.
+            let mut receiver = receiver.lock().await;
+            if receiver.recv_many(&mut jobs, max_batch).await == 0 {
+                return;
+            }
+        }
+        let (events, replies): (Vec<Event>, Vec<_>) =
+            jobs.drain(..).map(|job| (job.event, job.reply)).unzip();
+        let outcomes = store.apply_batch(&events).await;
+        tracing::debug!(events = events.len(), "batch committed");
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // The caller may have given up (deadline); the outcome stands.
+            let _ = reply.send(outcome);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The clerk-sync sync-service: applies Clerk user events to the directory
+//! database, idempotently and in the right order, and serves the directory over
+//! gRPC.
+//!
+//! - [`config`]: flags and environment variables.
+//! - [`server`]: the tonic server (both services, health, reflection);
+//!   [`run`] takes its listener and shutdown from the caller.
+//! - [`domain`]: typed values requests are parsed into at the edge.
+//! - [`ingest`]: group commit of concurrent events.
+//! - [`store`]: the database, its queries and mutations (sea-orm).
+//! - [`error`]: the one error type and its mapping to gRPC status codes.
+//! - `grpc`: the service handlers, which translate and delegate.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+mod grpc;
+pub mod ingest;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{run, serve};
+pub use store::Store;

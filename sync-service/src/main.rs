@@ -1,0 +1,49 @@
+//! `clerk-sync-service`: parses configuration and runs the server (or only the
+//! migrations). Everything else is library code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
+use clerk_sync_service::{Config, Store, config::Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing();
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match config.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let store = Store::connect(&config.store_options())
+                .await
+                .context("cannot connect to DATABASE_URL")?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the database")?;
+            tracing::info!("database migrated");
+            Ok(())
+        }
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (SYNC_SERVICE_LISTEN_ADDR)",
+                        config.listen
+                    )
+                })?;
+            clerk_sync_service::run(listener, &config, shutdown_signal()).await
+        }
+    }
+}

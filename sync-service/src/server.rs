@@ -1,0 +1,128 @@
+//! The gRPC server: both clerk-sync services, `grpc.health.v1` backed by a
+//! periodic database check, and server reflection (v1 and v1alpha).
+
+use std::{future::Future, time::Duration};
+
+use clerk_sync_api::v1::{
+    user_directory_service_server::UserDirectoryServiceServer,
+    user_sync_service_server::UserSyncServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::Config,
+    grpc::{directory::DirectoryService, sync::SyncService},
+    ingest::Ingestor,
+    store::Store,
+};
+
+/// Connects to the database, migrates it, and serves gRPC on `listener`
+/// until `shutdown` completes; in-flight requests then get
+/// `config.shutdown_timeout_secs` to finish.
+pub async fn run(
+    listener: TcpListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store = Store::connect(&config.store_options())
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    serve(listener, store, config, shutdown).await
+}
+
+/// Serves gRPC on `listener` over an already migrated `store`.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(watch_database(
+        store.clone(),
+        health,
+        Duration::from_millis(config.health_check_interval_ms),
+    ));
+
+    // grpcurl 1.8 asks for v1alpha, newer clients for v1: serve both.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(clerk_sync_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let sync = SyncService {
+        ingestor: Ingestor::start(store.clone(), config.ingest_options()),
+    };
+    let directory = DirectoryService { store };
+
+    tracing::info!(address = %listener.local_addr()?, "sync-service listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(UserSyncServiceServer::new(sync))
+        .add_service(UserDirectoryServiceServer::new(directory))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    let drain = Duration::from_secs(config.shutdown_timeout_secs);
+    let result = tokio::select! {
+        result = server => result.map_err(anyhow::Error::from),
+        () = async { if stop_rx.await.is_ok() { tokio::time::sleep(drain).await } else { std::future::pending().await } } => {
+            tracing::warn!(?drain, "in-flight requests did not finish in time; stopping anyway");
+            Ok(())
+        }
+    };
+    health_task.abort();
+    tracing::info!("sync-service stopped");
+    result
+}
+
+/// Keeps the health status in step with the database: SERVING only while it
+/// answers. The empty service name stands for the whole server.
+async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
+    const SERVICES: [&str; 3] = [
+        "",
+        "clerk.sync.v1.UserSyncService",
+        "clerk.sync.v1.UserDirectoryService",
+    ];
+    let mut last = None;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let status =
+            match tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await {
+                Ok(Ok(())) => ServingStatus::Serving,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "database check failed");
+                    ServingStatus::NotServing
+                }
+                Err(_) => {
+                    tracing::warn!("database check timed out");
+                    ServingStatus::NotServing
+                }
+            };
+        if last != Some(status) {
+            tracing::info!(?status, "health status");
+            for service in SERVICES {
+                health.set_service_status(service, status).await;
+            }
+            last = Some(status);
+        }
+    }
+}
