@@ -1,0 +1,247 @@
+//! The gateway's settings: command-line flags with environment fallbacks and
+//! defaults that work on a developer machine.
+//!
+//! Values are parsed into their final types here, so a bad one stops start-up
+//! with one line naming the setting instead of failing on the first request.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use http::Uri;
+
+use crate::verify::WebhookSecrets;
+
+/// Settings of the gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "clerk-sync-gateway",
+    version,
+    about = "Receives Clerk webhooks (Svix-signed), verifies them and forwards user events to the clerk-sync sync-service over gRPC."
+)]
+pub struct Config {
+    /// Address to listen on for webhooks (used by the binary; `run` takes a bound
+    /// listener instead).
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        env = "GATEWAY_LISTEN_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Address(es) of the sync-service gRPC server, comma-separated; several are
+    /// load-balanced.
+    #[arg(
+        long = "sync-service-url", value_name = "URL",
+        env = "SYNC_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ',',
+        value_parser = parse_sync_service_url
+    )]
+    pub sync_service_urls: Vec<Uri>,
+
+    /// Svix signing secret(s) from the Clerk dashboard (`whsec_…`), separated by
+    /// spaces or commas (several during a rotation). Prefer the environment
+    /// variable: command lines are visible to other users of the machine.
+    #[arg(
+        long = "webhook-secret", value_name = "SECRETS",
+        env = "CLERK_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_parser = SecretsParser
+    )]
+    pub webhook_secrets: WebhookSecrets,
+
+    /// Largest accepted webhook body, in bytes.
+    #[arg(
+        long = "body-limit", value_name = "BYTES",
+        env = "GATEWAY_BODY_LIMIT",
+        default_value_t = Config::DEFAULT_BODY_LIMIT,
+        value_parser = parse_positive_bytes
+    )]
+    pub body_limit: usize,
+
+    /// How far a webhook's signed timestamp may be from now, in seconds (inclusive).
+    #[arg(
+        long = "timestamp-tolerance-secs", value_name = "SECS",
+        env = "WEBHOOK_TIMESTAMP_TOLERANCE_SECS",
+        default_value = "300",
+        value_parser = parse_secs
+    )]
+    pub timestamp_tolerance: Duration,
+
+    /// Deadline of each call to the sync-service, in milliseconds; past it the
+    /// webhook is answered 503 and Svix retries.
+    #[arg(
+        long = "upstream-timeout-ms", value_name = "MS",
+        env = "SYNC_SERVICE_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = parse_positive_millis
+    )]
+    pub upstream_timeout: Duration,
+
+    /// Time allowed to open a connection to the sync-service, in milliseconds.
+    #[arg(
+        long = "connect-timeout-ms", value_name = "MS",
+        env = "SYNC_SERVICE_CONNECT_TIMEOUT_MS",
+        default_value = "1000",
+        value_parser = parse_positive_millis
+    )]
+    pub connect_timeout: Duration,
+
+    /// On shutdown, how long in-flight requests may take to finish, in seconds.
+    #[arg(
+        long = "shutdown-timeout-secs", value_name = "SECS",
+        env = "GATEWAY_SHUTDOWN_TIMEOUT_SECS",
+        default_value = "20",
+        value_parser = parse_secs
+    )]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Default of `--body-limit`: 1 MiB, far above any Clerk user event.
+    pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+    /// Settings with every default, for the given secrets and sync-service
+    /// addresses; for tests and in-process launchers, which then adjust fields.
+    pub fn new(webhook_secrets: WebhookSecrets, sync_service_urls: Vec<Uri>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            sync_service_urls,
+            webhook_secrets,
+            body_limit: Self::DEFAULT_BODY_LIMIT,
+            timestamp_tolerance: Duration::from_secs(300),
+            upstream_timeout: Duration::from_millis(5000),
+            connect_timeout: Duration::from_millis(1000),
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected http://host:port"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(uri),
+        (Some("https"), _) => Err("https is not supported; expected http://host:port".to_owned()),
+        _ => Err("expected http://host:port".to_owned()),
+    }
+}
+
+/// Parses `CLERK_WEBHOOK_SECRET` without echoing the value in the error, as
+/// clap's own "invalid value '…'" message would.
+#[derive(Clone)]
+struct SecretsParser;
+
+impl clap::builder::TypedValueParser for SecretsParser {
+    type Value = WebhookSecrets;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<WebhookSecrets, clap::Error> {
+        let reason = match value.to_str().map(WebhookSecrets::parse) {
+            Some(Ok(secrets)) => return Ok(secrets),
+            Some(Err(crate::Error::Config { reason, .. })) => reason,
+            Some(Err(other)) => other.to_string(),
+            None => "not valid UTF-8".to_owned(),
+        };
+        let message =
+            format!("invalid value for --webhook-secret (CLERK_WEBHOOK_SECRET): {reason}\n");
+        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
+    }
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| "expected a whole number of seconds".to_owned())
+}
+
+fn parse_positive_bytes(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 byte".to_owned()),
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Err("expected a whole number of bytes".to_owned()),
+    }
+}
+
+fn parse_positive_millis(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 ms".to_owned()),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => Err("expected a whole number of milliseconds".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["clerk-sync-gateway"];
+        if !args.contains(&"--webhook-secret") {
+            argv.extend(["--webhook-secret", SECRET]);
+        }
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    #[test]
+    fn defaults_match_config_new() {
+        let parsed = parse(&[]).unwrap();
+        let built = Config::new(
+            SECRET.parse().unwrap(),
+            vec!["http://127.0.0.1:50051".parse().unwrap()],
+        );
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn several_sync_service_urls_are_comma_separated() {
+        let config = parse(&["--sync-service-url", "http://a:1,http://b:2"]).unwrap();
+        assert_eq!(config.sync_service_urls.len(), 2);
+        assert_eq!(config.sync_service_urls[1], "http://b:2");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (args, setting) in [
+            (&["--body-limit", "0"][..], "--body-limit"),
+            (&["--body-limit", "lots"], "--body-limit"),
+            (&["--upstream-timeout-ms", "0"], "--upstream-timeout-ms"),
+            (&["--connect-timeout-ms=-1"], "--connect-timeout-ms"),
+            (
+                &["--timestamp-tolerance-secs", "5m"],
+                "--timestamp-tolerance-secs",
+            ),
+            (
+                &["--sync-service-url", "localhost:50051"],
+                "--sync-service-url",
+            ),
+            (&["--listen", "8080"], "--listen"),
+            (&["--webhook-secret", "whsec_"], "--webhook-secret"),
+            (
+                &["--webhook-secret", "whsec_MfKQ9r8G*"],
+                "CLERK_WEBHOOK_SECRET",
+            ),
+        ] {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains(setting), "{args:?}: {error}");
+            assert!(!error.contains("MfKQ9r8G"), "{error}");
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_the_secret() {
+        let shown = format!("{:?}", parse(&[]).unwrap());
+        assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+    }
+}

@@ -1,0 +1,26 @@
+//! The clerk-sync gateway: the only internet-facing part of clerk-sync. It
+//! receives Clerk's webhooks (delivered by Svix), verifies their signatures,
+//! maps the Clerk JSON to typed `clerk.sync.v1` messages and forwards them to
+//! the sync-service over gRPC, answering with the HTTP status that makes Svix
+//! retry exactly when it should.
+//!
+//! Module map, in the order a request meets them:
+//! - [`server`]: hyper server, routes (`POST /clerk`, `/healthz`, `/readyz`),
+//!   the webhook pipeline and graceful shutdown; [`run`] is the entry point.
+//! - [`verify`]: Svix / Standard Webhooks v1 signature verification (pure).
+//! - [`clerk`]: Clerk event JSON → typed values → sync messages.
+//! - [`upstream`]: the long-lived gRPC channel to the sync-service.
+//! - [`error`]: the one error type and its one mapping to HTTP responses.
+//! - [`config`]: flags and environment variables.
+
+pub mod clerk;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod upstream;
+pub mod verify;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{App, run};
+pub use verify::{Verifier, WebhookSecrets};

@@ -1,0 +1,299 @@
+//! The HTTP side: hyper 1.x connections, routing, the webhook handler, and
+//! graceful shutdown.
+//!
+//! [`run`] takes an already bound listener and a shutdown future from its
+//! caller, so the binary passes the signal handler and tests pass a channel.
+//! The webhook handler is the pipeline: size limit → content type → signature →
+//! parse → forward, and every failure leaves through [`Error::into_response`].
+
+use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration, time::SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{body::Body, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::net::TcpListener;
+use tracing::{Instrument, Span, field};
+
+use crate::{
+    Config, Error,
+    clerk::{ClerkEvent, UserEvent},
+    upstream::Upstream,
+    verify::Verifier,
+};
+
+/// The path Clerk's webhook endpoint is configured with.
+pub const WEBHOOK_PATH: &str = "/clerk";
+
+/// Everything a request needs, built once from the [`Config`] and shared by all
+/// connections.
+#[derive(Debug)]
+pub struct App {
+    /// Checks signatures and timestamps.
+    verifier: Verifier,
+    /// The sync-service channel.
+    upstream: Upstream,
+    /// Largest accepted body, in bytes.
+    body_limit: usize,
+}
+
+impl App {
+    /// Builds the verifier and the (lazily connecting) sync-service channel.
+    /// Must be called inside a Tokio runtime.
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        Ok(Self {
+            verifier: Verifier::new(config.webhook_secrets.clone(), config.timestamp_tolerance),
+            upstream: Upstream::new(
+                &config.sync_service_urls,
+                config.connect_timeout,
+                config.upstream_timeout,
+            )?,
+            body_limit: config.body_limit,
+        })
+    }
+
+    /// Answers one HTTP request. Never fails: errors become their response.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = request.method();
+        let result = match request.uri().path() {
+            WEBHOOK_PATH if method == Method::POST => return self.webhook(request).await,
+            WEBHOOK_PATH => Err(Error::MethodNotAllowed { allow: "POST" }),
+            "/healthz" if is_get(method) => Ok(empty_json()),
+            "/readyz" if is_get(method) => self.upstream.check_ready().await.map(|()| empty_json()),
+            "/healthz" | "/readyz" => Err(Error::MethodNotAllowed { allow: "GET, HEAD" }),
+            _ => Err(Error::NotFound),
+        };
+        result.unwrap_or_else(Error::into_response)
+    }
+
+    /// `POST /clerk`: verifies, maps and forwards one webhook delivery.
+    #[tracing::instrument(
+        name = "webhook",
+        skip_all,
+        fields(event_id = field::Empty, event_type = field::Empty, user_id = field::Empty)
+    )]
+    async fn webhook<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Built inside the span, so rejections are logged with the event id.
+        self.process_webhook(request)
+            .await
+            .unwrap_or_else(Error::into_response)
+    }
+
+    async fn process_webhook<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, Error>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        // The body is bounded before anything else looks at the request.
+        let body = read_limited(&parts.headers, body, self.body_limit).await?;
+        check_content_type(&parts.headers)?;
+
+        let span = Span::current();
+        // Logged even when verification fails: it is what Svix's dashboard shows.
+        if let Some(id) = ["svix-id", "webhook-id"]
+            .iter()
+            .find_map(|name| parts.headers.get(*name)?.to_str().ok())
+        {
+            span.record("event_id", id);
+        }
+
+        let delivery = self
+            .verifier
+            .verify(&parts.headers, &body, SystemTime::now())?;
+        let event = ClerkEvent::parse(&body)?;
+        span.record("event_type", event.event_type());
+        if let Some(user_id) = event.user_id() {
+            span.record("user_id", user_id);
+        }
+
+        match UserEvent::from_clerk(event, &delivery)? {
+            None => tracing::info!("event type not synced; acknowledged"),
+            Some(user_event) => {
+                let outcome = self.upstream.forward(user_event, delivery.id).await?;
+                tracing::info!(outcome = outcome.as_str_name(), "event forwarded");
+            }
+        }
+        Ok(empty_json())
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes, then stops accepting,
+/// lets in-flight requests finish (for at most `config.shutdown_timeout`) and
+/// returns. Never binds and never listens for signals itself.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let app = Arc::new(App::new(&config)?);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer lets hyper drop connections whose headers never finish arriving.
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, upstream = ?config.sync_service_urls, "gateway listening");
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = Arc::clone(&app);
+                let service = service_fn(move |request| {
+                    let app = Arc::clone(&app);
+                    async move { Ok::<_, Infallible>(app.handle(request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(
+                    async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(config.shutdown_timeout) => {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight requests cut off at shutdown");
+        }
+    }
+    Ok(())
+}
+
+fn is_get(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Reads the whole body, refusing more than `limit` bytes: at once when
+/// `Content-Length` says so, otherwise as soon as the stream passes the limit.
+async fn read_limited<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Error>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
+        Err(error) => Err(Error::BodyRead(error)),
+    }
+}
+
+/// Accepts `application/json`, with any parameters except a charset other than UTF-8.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .ok_or(Error::UnsupportedMediaType)?;
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(Error::UnsupportedMediaType);
+    }
+    for parameter in parts {
+        if let Some((name, charset)) = parameter.split_once('=')
+            && name.trim().eq_ignore_ascii_case("charset")
+            && !charset
+                .trim()
+                .trim_matches('"')
+                .eq_ignore_ascii_case("utf-8")
+        {
+            return Err(Error::UnsupportedMediaType);
+        }
+    }
+    Ok(())
+}
+
+/// `200 {}`: the body Svix expects and ignores.
+fn empty_json() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_content_type(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn json_content_types_are_accepted() {
+        for value in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=\"UTF-8\"",
+        ] {
+            assert!(
+                check_content_type(&with_content_type(value)).is_ok(),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_content_types_are_refused() {
+        for value in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonp",
+            "application/json; charset=latin1",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    check_content_type(&with_content_type(value)),
+                    Err(Error::UnsupportedMediaType)
+                ),
+                "{value}"
+            );
+        }
+        assert!(check_content_type(&HeaderMap::new()).is_err());
+    }
+}
