@@ -1,0 +1,186 @@
+//! Starts the real gateway on port 0 in front of a [`FakeSync`], and talks to it
+//! over plain HTTP with requests signed by Svix's own library.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use bytes::Bytes;
+use clerk_sync_gateway::{Config, Error};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::fake_sync::FakeSync;
+
+/// The signing secret the test gateway is configured with.
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A running gateway and the fake sync-service behind it.
+pub(crate) struct TestApp {
+    /// The gateway's address.
+    pub(crate) addr: SocketAddr,
+    /// The fake sync-service it forwards to.
+    pub(crate) upstream: FakeSync,
+    client: Client<HttpConnector, Full<Bytes>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), Error>>>,
+}
+
+/// A response, body read in full.
+#[derive(Debug)]
+pub(crate) struct TestResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl TestResponse {
+    /// The body as JSON.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error` message of an error body.
+    pub(crate) fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {:?}", self.body))
+            .to_owned()
+    }
+}
+
+impl TestApp {
+    /// A gateway with default settings in front of a running fake.
+    pub(crate) async fn spawn() -> Self {
+        Self::spawn_with(FakeSync::start().await, |_| {}).await
+    }
+
+    /// A gateway in front of `upstream`, with settings adjusted by `configure`.
+    pub(crate) async fn spawn_with(
+        upstream: FakeSync,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = Config::new(SECRET.parse().unwrap(), vec![upstream.url()]);
+        configure(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, shutdown_requested) = oneshot::channel::<()>();
+        let server = tokio::spawn(clerk_sync_gateway::run(listener, config, async {
+            let _ = shutdown_requested.await;
+        }));
+        Self {
+            addr,
+            upstream,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// Sends any request.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body.into())).unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    /// POSTs `body` to `/clerk` with exactly these headers.
+    pub(crate) async fn post_clerk(
+        &self,
+        headers: &[(&str, String)],
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
+        self.request(Method::POST, "/clerk", headers, body).await
+    }
+
+    /// Delivers `body` as Svix would: signed now, as JSON.
+    pub(crate) async fn deliver(&self, msg_id: &str, body: impl Into<Bytes>) -> TestResponse {
+        let body = body.into();
+        let headers = signed_headers(SECRET, msg_id, now(), &body);
+        self.post_clerk(&headers, body).await
+    }
+
+    /// Completes the shutdown future given to `run`.
+    pub(crate) fn request_shutdown(&mut self) {
+        let _ = self.shutdown.take().expect("running").send(());
+    }
+
+    /// True when `run` has not returned within `grace`.
+    pub(crate) async fn still_running_after(&mut self, grace: std::time::Duration) -> bool {
+        let server = self.server.as_mut().expect("running");
+        tokio::time::timeout(grace, server).await.is_err()
+    }
+
+    /// Waits until `run` returns, and returns what it did.
+    pub(crate) async fn stopped(&mut self) -> Result<(), Error> {
+        self.server.take().expect("running").await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// The current Unix time in seconds.
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
+
+/// `svix-*` headers and `Content-Type: application/json` for `body`, signed
+/// with `secret` by the svix crate.
+pub(crate) fn signed_headers(
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let signature = svix::webhooks::Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, timestamp, body)
+        .unwrap();
+    vec![
+        ("content-type", "application/json".to_owned()),
+        ("svix-id", msg_id.to_owned()),
+        ("svix-timestamp", timestamp.to_string()),
+        ("svix-signature", signature),
+    ]
+}
+
+/// A shared Clerk fixture, read at test time.
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../shared/fixtures/clerk/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
