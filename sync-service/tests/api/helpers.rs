@@ -1,0 +1,281 @@
+//! Test harness: a fresh database per test (a SQLite file in a temp dir, or a
+//! new PostgreSQL database), the real sync-service on 127.0.0.1:0, and
+//! generated clients talking to it.
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use clerk_sync_api::v1::{
+    self, user_directory_service_client::UserDirectoryServiceClient,
+    user_sync_service_client::UserSyncServiceClient,
+};
+use clerk_sync_service::Config;
+use prost_types::Timestamp;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// PostgreSQL server used when `TEST_DATABASE_URL` is not set.
+pub(crate) const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Which backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that lives as long as the test.
+pub(crate) struct TestDb {
+    pub(crate) url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub(crate) async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("nested/dir/clerk-sync.db").display()
+                );
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => Self {
+                url: create_postgres_database().await,
+                _dir: None,
+            },
+        }
+    }
+}
+
+/// Creates an empty PostgreSQL database for one test and returns its URL.
+/// Fails loudly (never skips) when PostgreSQL cannot be reached.
+async fn create_postgres_database() -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin_url =
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.into());
+    let name = format!(
+        "clerk_sync_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL tests need a server at TEST_DATABASE_URL={admin_url}: {e}")
+    });
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// A running sync-service and clients for it.
+pub(crate) struct TestApp {
+    pub(crate) address: std::net::SocketAddr,
+    pub(crate) sync: UserSyncServiceClient<Channel>,
+    pub(crate) directory: UserDirectoryServiceClient<Channel>,
+    pub(crate) channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub(crate) async fn spawn(database_url: &str) -> Self {
+        Self::spawn_with(Config::with_database(database_url)).await
+    }
+
+    pub(crate) async fn spawn_with(mut config: Config) -> Self {
+        config.health_check_interval_ms = 50;
+        config.shutdown_timeout_secs = 5;
+        config.database_max_connections = 5;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            clerk_sync_service::run(listener, &config, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_lazy();
+        let app = Self {
+            address,
+            sync: UserSyncServiceClient::new(channel.clone()),
+            directory: UserDirectoryServiceClient::new(channel.clone()),
+            channel,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        app.wait_until_serving().await;
+        app
+    }
+
+    /// Waits for the health service to report SERVING (migrations done).
+    pub(crate) async fn wait_until_serving(&self) {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        for _ in 0..200 {
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            if let Ok(response) = health.check(request).await
+                && response.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sync-service at {} never became SERVING", self.address);
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub(crate) async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub(crate) async fn created(&self, event_id: &str, user: v1::User) -> v1::Outcome {
+        let request = v1::ApplyUserCreatedRequest {
+            event: Some(v1::UserCreated {
+                meta: Some(meta(event_id, 0)),
+                user: Some(user),
+            }),
+        };
+        self.sync
+            .clone()
+            .apply_user_created(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome()
+    }
+
+    pub(crate) async fn updated(&self, event_id: &str, user: v1::User) -> v1::Outcome {
+        let request = v1::ApplyUserUpdatedRequest {
+            event: Some(v1::UserUpdated {
+                meta: Some(meta(event_id, 0)),
+                user: Some(user),
+            }),
+        };
+        self.sync
+            .clone()
+            .apply_user_updated(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome()
+    }
+
+    pub(crate) async fn deleted(&self, event_id: &str, user_id: &str, at_ms: i64) -> v1::Outcome {
+        let request = v1::ApplyUserDeletedRequest {
+            event: Some(v1::UserDeleted {
+                meta: Some(meta(event_id, at_ms)),
+                user_id: user_id.into(),
+            }),
+        };
+        self.sync
+            .clone()
+            .apply_user_deleted(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome()
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<v1::User, tonic::Status> {
+        self.directory
+            .clone()
+            .get_user(v1::GetUserRequest { id: id.into() })
+            .await
+            .map(|r| r.into_inner().user.unwrap())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+    }
+}
+
+pub(crate) fn ts(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub(crate) fn meta(event_id: &str, at_ms: i64) -> v1::EventMeta {
+    v1::EventMeta {
+        event_id: event_id.into(),
+        occurred_at: Some(ts(at_ms)),
+    }
+}
+
+/// A user at version `updated_at_ms`, with a name that says which version.
+pub(crate) fn user(id: &str, updated_at_ms: i64) -> v1::User {
+    let first = format!("v{updated_at_ms}");
+    v1::User {
+        id: id.into(),
+        primary_email_address: Some(format!("{id}@Example.COM")),
+        email_addresses: vec![
+            format!("other.{id}@example.net"),
+            format!("{id}@Example.COM"),
+        ],
+        primary_phone_number: Some("+15555550100".into()),
+        first_name: Some(first.clone()),
+        last_name: Some("Ångström".into()),
+        display_name: format!("{first} Ångström"),
+        username: Some(format!("{id}_name")),
+        image_url: Some("https://img.clerk.com/x".into()),
+        external_id: Some("567772".into()),
+        public_metadata: Some(clerk_sync_api::json::struct_from_json(
+            serde_json::json!({"plan": "pro", "seats": 3.0})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )),
+        created_at: Some(ts(1_654_012_591_514)),
+        updated_at: Some(ts(updated_at_ms)),
+        last_sign_in_at: Some(ts(1_654_012_591_600)),
+    }
+}
+
+/// Runs a test body once per backend, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

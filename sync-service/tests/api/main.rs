@@ -1,0 +1,13 @@
+//! Integration tests of the sync-service: the real server on 127.0.0.1:0 over
+//! a fresh SQLite file or PostgreSQL database, driven by the generated clients
+//! (and, in `grpcurl`, by the real grpcurl binary through reflection).
+//!
+//! PostgreSQL tests use `TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test.
+
+mod bad_input;
+mod concurrency;
+mod grpcurl;
+mod helpers;
+mod queries;
+mod semantics;
