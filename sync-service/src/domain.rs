@@ -188,7 +188,7 @@ impl Profile {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// Create or update the user, if this version is newer than the stored one.
-    Upsert(Profile),
+    Upsert(Box<Profile>),
     /// Erase the user and keep a tombstone.
     Delete {
         /// The deleted user.
@@ -235,7 +235,7 @@ impl Event {
         Ok(Self {
             id,
             kind,
-            change: Change::Upsert(Profile::parse(user, "event.user")?),
+            change: Change::Upsert(Box::new(Profile::parse(user, "event.user")?)),
         })
     }
 }
