@@ -73,16 +73,17 @@ pub enum Error {
 
     /// The sync-service answered the forwarded event with a gRPC error (transport
     /// and connection failures arrive as `UNAVAILABLE`/`CANCELLED` statuses too).
-    #[error("sync-service answered {}", .0.code())]
+    #[error("sync-service call failed")]
     Upstream(#[source] tonic::Status),
 
     /// The sync-service did not answer within the configured deadline.
     #[error("sync-service did not answer in time")]
     UpstreamTimeout,
 
-    /// The sync-service's health check did not report SERVING.
+    /// The sync-service's health check did not report SERVING (the status says
+    /// why when the check itself failed).
     #[error("sync-service is not ready")]
-    NotReady,
+    NotReady(#[source] Option<tonic::Status>),
 
     /// A setting is unusable; raised at start-up, never on the request path.
     #[error("{setting}: {reason}")]
@@ -122,7 +123,7 @@ impl Error {
                 Code::InvalidArgument => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            Error::UpstreamTimeout | Error::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamTimeout | Error::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config { .. } | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,7 +149,10 @@ impl Error {
     /// to the client: the status plus `{"error": "..."}`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Expected while the sync-service restarts; Svix retries.
+            tracing::warn!(error = %ErrorChain(&self), %status, "request failed");
+        } else if status.is_server_error() {
             tracing::error!(error = %ErrorChain(&self), %status, "request failed");
         } else {
             tracing::info!(error = %ErrorChain(&self), %status, "request rejected");
@@ -234,7 +238,7 @@ mod tests {
             (Error::BodyTooLarge { limit: 1 }, 413),
             (Error::UnsupportedMediaType, 415),
             (Error::UpstreamTimeout, 503),
-            (Error::NotReady, 503),
+            (Error::NotReady(None), 503),
             (Error::Io(std::io::Error::other("boom")), 500),
         ];
         for (error, expected) in cases {

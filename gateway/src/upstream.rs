@@ -113,14 +113,9 @@ impl Upstream {
         });
         match self.deadline(health.check(request)).await {
             Ok(response) if response.status == ServingStatus::Serving as i32 => Ok(()),
-            Ok(response) => {
-                tracing::warn!(status = response.status, "sync-service is not serving");
-                Err(Error::NotReady)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "sync-service health check failed");
-                Err(Error::NotReady)
-            }
+            Ok(_) => Err(Error::NotReady(None)),
+            Err(Error::Upstream(status)) => Err(Error::NotReady(Some(status))),
+            Err(_) => Err(Error::NotReady(None)),
         }
     }
 
