@@ -76,6 +76,12 @@ pub enum Error {
     #[error("sync-service call failed")]
     Upstream(#[source] tonic::Status),
 
+    /// The sync-service answered OK with an outcome this gateway does not know
+    /// (`OUTCOME_UNSPECIFIED` or newer): it is not the server this was built for,
+    /// so the event is not acknowledged.
+    #[error("sync-service answered with unknown outcome {0}")]
+    UnexpectedOutcome(i32),
+
     /// The sync-service did not answer within the configured deadline.
     #[error("sync-service did not answer in time")]
     UpstreamTimeout,
@@ -124,7 +130,9 @@ impl Error {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::UpstreamTimeout | Error::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Config { .. } | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::UnexpectedOutcome(_) | Error::Config { .. } | Error::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -240,6 +248,7 @@ mod tests {
             (Error::UpstreamTimeout, 503),
             (Error::NotReady(None), 503),
             (Error::Io(std::io::Error::other("boom")), 500),
+            (Error::UnexpectedOutcome(0), 500),
         ];
         for (error, expected) in cases {
             let name = format!("{error:?}");

@@ -74,7 +74,8 @@ impl Upstream {
 
     /// Sends one event to the sync-service and returns what applying it did.
     /// Any gRPC error status is [`Error::Upstream`]; no answer within the
-    /// deadline is [`Error::UpstreamTimeout`].
+    /// deadline is [`Error::UpstreamTimeout`]; an unknown outcome is
+    /// [`Error::UnexpectedOutcome`].
     pub async fn forward(&self, event: UserEvent, event_id: &str) -> Result<Outcome, Error> {
         let mut client = self.sync.clone();
         let outcome = match event {
@@ -100,7 +101,10 @@ impl Upstream {
                     .outcome
             }
         };
-        Ok(Outcome::try_from(outcome).unwrap_or(Outcome::Unspecified))
+        match Outcome::try_from(outcome) {
+            Ok(Outcome::Unspecified) | Err(_) => Err(Error::UnexpectedOutcome(outcome)),
+            Ok(known) => Ok(known),
+        }
     }
 
     /// Ok when the sync-service's gRPC health service reports the server (service

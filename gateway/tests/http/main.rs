@@ -206,6 +206,16 @@ async fn duplicate_stale_and_deleted_outcomes_are_all_200() {
 }
 
 #[tokio::test]
+async fn unspecified_outcome_is_not_acknowledged() {
+    let app = TestApp::spawn().await;
+    app.upstream.answer_outcome(Outcome::Unspecified);
+
+    let response = app.deliver("msg_unspecified", fixture(USER_CREATED)).await;
+
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
 async fn unknown_event_type_is_acknowledged_and_not_forwarded() {
     let app = TestApp::spawn().await;
 
