@@ -256,7 +256,7 @@ mod tests {
     fn vectors() -> Vectors {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/svix-vectors.json"
+            "/../tests/fixtures/svix-vectors.json"
         );
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).unwrap()

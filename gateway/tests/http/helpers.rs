@@ -179,7 +179,7 @@ pub(crate) fn signed_headers(
 /// A shared Clerk fixture, read at test time.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../../shared/fixtures/clerk/{name}",
+        "{}/../tests/fixtures/clerk/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -2,10 +2,10 @@
 //! new PostgreSQL database), the real sync-service on 127.0.0.1:0, and
 //! generated clients talking to it.
 
-use std::{
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+#[path = "../../../tests/support/test_db.rs"]
+mod test_db;
+
+use std::time::Duration;
 
 use clerk_sync_api::v1::{
     self, user_directory_service_client::UserDirectoryServiceClient,
@@ -16,71 +16,7 @@ use prost_types::Timestamp;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
-/// PostgreSQL server used when `TEST_DATABASE_URL` is not set.
-pub(crate) const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// Which backend a test runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A database that lives as long as the test.
-pub(crate) struct TestDb {
-    pub(crate) url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    pub(crate) async fn new(backend: Backend) -> Self {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("nested/dir/clerk-sync.db").display()
-                );
-                Self {
-                    url,
-                    _dir: Some(dir),
-                }
-            }
-            Backend::Postgres => Self {
-                url: create_postgres_database().await,
-                _dir: None,
-            },
-        }
-    }
-}
-
-/// Creates an empty PostgreSQL database for one test and returns its URL.
-/// Fails loudly (never skips) when PostgreSQL cannot be reached.
-async fn create_postgres_database() -> String {
-    use sea_orm::{ConnectionTrait, Database};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let admin_url =
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.into());
-    let name = format!(
-        "clerk_sync_test_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL tests need a server at TEST_DATABASE_URL={admin_url}: {e}")
-    });
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
-    admin.close().await.ok();
-    let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
-    format!("{base}/{name}")
-}
+pub(crate) use test_db::{Backend, TestDb};
 
 /// A running sync-service and clients for it.
 pub(crate) struct TestApp {
@@ -255,27 +191,4 @@ pub(crate) fn user(id: &str, updated_at_ms: i64) -> v1::User {
         updated_at: Some(ts(updated_at_ms)),
         last_sign_in_at: Some(ts(1_654_012_591_600)),
     }
-}
-
-/// Runs a test body once per backend, as `sqlite::name` and `postgres::name`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Postgres).await
-                }
-            )*
-        }
-    };
 }

@@ -1,0 +1,104 @@
+//! The whole clerk-sync stack in one process: the sync-service on the
+//! embedded SQLite default (or any `DATABASE_URL`) and a gateway forwarding to
+//! it over loopback gRPC. For trying clerk-sync on a laptop; production runs
+//! the two binaries separately (several gateways, sync-service on PostgreSQL).
+
+use std::{future::Future, net::SocketAddr};
+
+use anyhow::Context as _;
+use base64::{Engine, engine::general_purpose::STANDARD};
+use clap::Parser;
+use clerk_sync_gateway::WebhookSecrets;
+use tokio::{net::TcpListener, sync::watch};
+
+/// Runs the gateway and the sync-service together.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "clerk-sync", version)]
+pub struct StackConfig {
+    /// Address the gateway listens on for webhooks (`POST /clerk`).
+    #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub gateway_listen: SocketAddr,
+
+    /// Address the sync-service listens on for gRPC.
+    #[arg(long, env = "SYNC_SERVICE_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub sync_service_listen: SocketAddr,
+
+    /// Database URL (default: a SQLite file under ./data, created on first start).
+    #[arg(long, env = "DATABASE_URL", default_value = clerk_sync_service::config::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Svix signing secret(s) (`whsec_…`). When unset, a fresh secret is
+    /// generated and printed, for local experiments.
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}
+
+/// Binds both listeners, then serves until `shutdown` completes: the gateway
+/// stops first (draining in-flight webhooks), then the sync-service.
+pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let secret = match config.webhook_secret {
+        Some(secret) => secret,
+        None => {
+            let secret = generate_secret()?;
+            println!("CLERK_WEBHOOK_SECRET was not set; generated one for this run:\n  {secret}");
+            secret
+        }
+    };
+    let secrets = WebhookSecrets::parse(&secret).context("CLERK_WEBHOOK_SECRET is not valid")?;
+
+    let sync_listener = TcpListener::bind(config.sync_service_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (SYNC_SERVICE_LISTEN_ADDR)", config.sync_service_listen))?;
+    let gateway_listener = TcpListener::bind(config.gateway_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (GATEWAY_LISTEN_ADDR)", config.gateway_listen))?;
+    let sync_address = sync_listener.local_addr()?;
+    let gateway_address = gateway_listener.local_addr()?;
+
+    let mut sync_config = clerk_sync_service::Config::with_database(&config.database_url);
+    sync_config.listen = sync_address;
+    let upstream: http::Uri = format!("http://{sync_address}").parse()?;
+    let mut gateway_config = clerk_sync_gateway::Config::new(secrets, vec![upstream]);
+    gateway_config.listen = gateway_address;
+
+    let (stop_sync, sync_stopped) = watch::channel(false);
+    let sync = tokio::spawn(async move {
+        clerk_sync_service::run(sync_listener, &sync_config, wait_for(sync_stopped)).await
+    });
+
+    println!(
+        "clerk-sync is running on {database}\n  \
+         webhooks: POST http://{gateway_address}/clerk\n  \
+         queries:  grpcurl -plaintext {sync_address} list\n  \
+         Ctrl-C stops both.",
+        database = config.database_url,
+    );
+    let gateway = clerk_sync_gateway::run(gateway_listener, gateway_config, async {
+        tokio::select! {
+            () = shutdown => {}
+            // The sync-service failed on its own (bad database): stop too.
+            () = sync_failed(&sync) => {}
+        }
+    });
+    let gateway_result = gateway.await.map_err(anyhow::Error::from);
+    let _ = stop_sync.send(true);
+    let sync_result = sync.await.context("sync-service task panicked")?;
+    gateway_result.and(sync_result)
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn sync_failed(task: &tokio::task::JoinHandle<anyhow::Result<()>>) {
+    while !task.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A random 24-byte key in Svix's `whsec_` format.
+fn generate_secret() -> anyhow::Result<String> {
+    let mut key = [0u8; 24];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    Ok(format!("whsec_{}", STANDARD.encode(key)))
+}

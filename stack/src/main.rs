@@ -1,0 +1,21 @@
+//! `clerk-sync`: the whole stack in one process. Parses configuration and
+//! calls [`clerk_sync_stack::run`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
+use clerk_sync_stack::StackConfig;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = StackConfig::parse();
+    init_tracing();
+    match clerk_sync_stack::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

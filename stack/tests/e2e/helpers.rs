@@ -1,0 +1,237 @@
+//! The whole stack for a test: a fresh database, the real sync-service and the
+//! real gateway on 127.0.0.1:0, an HTTP client that signs like Svix (with the
+//! svix crate) and a gRPC directory client.
+
+#[path = "../../../tests/support/test_db.rs"]
+mod test_db;
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use bytes::Bytes;
+use clerk_sync_api::v1::{
+    self, user_directory_service_client::UserDirectoryServiceClient,
+};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub(crate) use test_db::{Backend, TestDb};
+
+/// The signing secret the gateway is configured with.
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Running<T> {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<T>,
+}
+
+impl<T> Running<T> {
+    async fn stop(self) -> T {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
+
+/// A running gateway + sync-service over one test database.
+pub(crate) struct Stack {
+    pub(crate) db: TestDb,
+    sync_address: SocketAddr,
+    sync: Option<Running<anyhow::Result<()>>>,
+    gateway_address: SocketAddr,
+    gateway: Option<Running<Result<(), clerk_sync_gateway::Error>>>,
+    http: Client<HttpConnector, Full<Bytes>>,
+    pub(crate) directory: UserDirectoryServiceClient<Channel>,
+}
+
+/// What the gateway answered.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: String,
+}
+
+impl Stack {
+    pub(crate) async fn start(backend: Backend) -> Self {
+        let db = TestDb::new(backend).await;
+        let sync_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sync_address = sync_listener.local_addr().unwrap();
+        let sync = Some(spawn_sync(sync_listener, &db.url));
+
+        let gateway_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway_address = gateway_listener.local_addr().unwrap();
+        let mut config = clerk_sync_gateway::Config::new(
+            SECRET.parse().unwrap(),
+            vec![format!("http://{sync_address}").parse().unwrap()],
+        );
+        config.connect_timeout = std::time::Duration::from_millis(200);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(clerk_sync_gateway::run(gateway_listener, config, async {
+            let _ = stopped.await;
+        }));
+
+        let channel = Channel::from_shared(format!("http://{sync_address}"))
+            .unwrap()
+            .connect_lazy();
+        let stack = Self {
+            db,
+            sync_address,
+            sync,
+            gateway_address,
+            gateway: Some(Running { stop, task }),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            directory: UserDirectoryServiceClient::new(channel),
+        };
+        stack.wait_until_ready().await;
+        stack
+    }
+
+    /// Waits until the gateway's /readyz says the sync-service is SERVING.
+    pub(crate) async fn wait_until_ready(&self) {
+        for _ in 0..200 {
+            if self.request(Method::GET, "/readyz", &[], Bytes::new()).await.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the stack never became ready");
+    }
+
+    /// Stops the sync-service (the gateway keeps running).
+    pub(crate) async fn stop_sync(&mut self) {
+        self.sync.take().expect("sync-service running").stop().await.unwrap();
+    }
+
+    /// Starts the sync-service again, on the same address and database.
+    pub(crate) async fn restart_sync(&mut self) {
+        let listener = TcpListener::bind(self.sync_address).await.unwrap();
+        self.sync = Some(spawn_sync(listener, &self.db.url));
+        self.wait_until_ready().await;
+    }
+
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.gateway_address));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = self
+            .http
+            .request(request.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    /// Delivers `body` as Svix does: signed now with [`SECRET`], as JSON.
+    pub(crate) async fn deliver(&self, msg_id: &str, body: &[u8]) -> Answer {
+        let headers = signed_headers(SECRET, msg_id, now(), body);
+        self.request(Method::POST, "/clerk", &headers, Bytes::copy_from_slice(body))
+            .await
+    }
+
+    pub(crate) async fn get_user(&self, id: &str) -> Result<v1::User, tonic::Status> {
+        self.directory
+            .clone()
+            .get_user(v1::GetUserRequest { id: id.into() })
+            .await
+            .map(|r| r.into_inner().user.unwrap())
+    }
+
+    /// Every live user in the directory.
+    pub(crate) async fn all_users(&self) -> Vec<v1::User> {
+        self.directory
+            .clone()
+            .list_users(v1::ListUsersRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .users
+    }
+
+    /// Stops the gateway, then the sync-service, and checks both ended well.
+    pub(crate) async fn stop(mut self) {
+        self.gateway.take().unwrap().stop().await.unwrap();
+        if let Some(sync) = self.sync.take() {
+            sync.stop().await.unwrap();
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            let _ = gateway.stop.send(());
+        }
+        if let Some(sync) = self.sync.take() {
+            let _ = sync.stop.send(());
+        }
+    }
+}
+
+fn spawn_sync(listener: TcpListener, database_url: &str) -> Running<anyhow::Result<()>> {
+    let mut config = clerk_sync_service::Config::with_database(database_url);
+    config.health_check_interval_ms = 50;
+    config.shutdown_timeout_secs = 5;
+    config.database_max_connections = 5;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        clerk_sync_service::run(listener, &config, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Running { stop, task }
+}
+
+/// The current Unix time in seconds.
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `svix-*` headers and `Content-Type: application/json`, signed by the svix
+/// crate exactly as Clerk's sender signs.
+pub(crate) fn signed_headers(
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let signature = svix::webhooks::Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, timestamp, body)
+        .unwrap();
+    vec![
+        ("content-type", "application/json".to_owned()),
+        ("svix-id", msg_id.to_owned()),
+        ("svix-timestamp", timestamp.to_string()),
+        ("svix-signature", signature),
+    ]
+}
+
+/// A Clerk fixture from `tests/fixtures/clerk/`.
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../tests/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
