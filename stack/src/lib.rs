@@ -20,7 +20,11 @@ pub struct StackConfig {
     pub gateway_listen: SocketAddr,
 
     /// Address the sync-service listens on for gRPC.
-    #[arg(long, env = "SYNC_SERVICE_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SYNC_SERVICE_LISTEN_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub sync_service_listen: SocketAddr,
 
     /// Database URL (default: a SQLite file under ./data, created on first start).
@@ -48,10 +52,20 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
 
     let sync_listener = TcpListener::bind(config.sync_service_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (SYNC_SERVICE_LISTEN_ADDR)", config.sync_service_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (SYNC_SERVICE_LISTEN_ADDR)",
+                config.sync_service_listen
+            )
+        })?;
     let gateway_listener = TcpListener::bind(config.gateway_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (GATEWAY_LISTEN_ADDR)", config.gateway_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (GATEWAY_LISTEN_ADDR)",
+                config.gateway_listen
+            )
+        })?;
     let sync_address = sync_listener.local_addr()?;
     let gateway_address = gateway_listener.local_addr()?;
 

@@ -8,9 +8,7 @@ mod test_db;
 use std::{net::SocketAddr, time::SystemTime};
 
 use bytes::Bytes;
-use clerk_sync_api::v1::{
-    self, user_directory_service_client::UserDirectoryServiceClient,
-};
+use clerk_sync_api::v1::{self, user_directory_service_client::UserDirectoryServiceClient};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
@@ -92,7 +90,12 @@ impl Stack {
     /// Waits until the gateway's /readyz says the sync-service is SERVING.
     pub(crate) async fn wait_until_ready(&self) {
         for _ in 0..200 {
-            if self.request(Method::GET, "/readyz", &[], Bytes::new()).await.status == StatusCode::OK {
+            if self
+                .request(Method::GET, "/readyz", &[], Bytes::new())
+                .await
+                .status
+                == StatusCode::OK
+            {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -102,7 +105,12 @@ impl Stack {
 
     /// Stops the sync-service (the gateway keeps running).
     pub(crate) async fn stop_sync(&mut self) {
-        self.sync.take().expect("sync-service running").stop().await.unwrap();
+        self.sync
+            .take()
+            .expect("sync-service running")
+            .stop()
+            .await
+            .unwrap();
     }
 
     /// Starts the sync-service again, on the same address and database.
@@ -141,8 +149,13 @@ impl Stack {
     /// Delivers `body` as Svix does: signed now with [`SECRET`], as JSON.
     pub(crate) async fn deliver(&self, msg_id: &str, body: &[u8]) -> Answer {
         let headers = signed_headers(SECRET, msg_id, now(), body);
-        self.request(Method::POST, "/clerk", &headers, Bytes::copy_from_slice(body))
-            .await
+        self.request(
+            Method::POST,
+            "/clerk",
+            &headers,
+            Bytes::copy_from_slice(body),
+        )
+        .await
     }
 
     pub(crate) async fn get_user(&self, id: &str) -> Result<v1::User, tonic::Status> {
@@ -232,6 +245,9 @@ pub(crate) fn signed_headers(
 
 /// A Clerk fixture from `tests/fixtures/clerk/`.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../tests/fixtures/clerk/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../tests/fixtures/clerk/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -11,6 +11,15 @@ use tonic::Code;
 
 use helpers::{Backend, SECRET, Stack, fixture, now, signed_headers};
 
+/// What a rejected request sends: label, method, headers, body, expected status.
+type Case = (
+    &'static str,
+    Method,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    StatusCode,
+);
+
 const USER: &str = "user_29w83sxmDNGwOuEthce5gg56FcC";
 
 crate::on_both_backends!(
@@ -30,24 +39,49 @@ async fn every_fixture_lands_in_the_directory(backend: Backend) {
         ("msg_session", "session.created.unknown-type.json"),
     ] {
         let answer = stack.deliver(msg_id, &fixture(name)).await;
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "{}"), "{name}");
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "{}"),
+            "{name}"
+        );
     }
 
     let user = stack.get_user(USER).await.unwrap();
-    assert_eq!(user.primary_email_address.as_deref(), Some("example@example.org"));
+    assert_eq!(
+        user.primary_email_address.as_deref(),
+        Some("example@example.org")
+    );
     assert_eq!(user.display_name, "Example Example");
     assert_eq!(user.external_id.as_deref(), Some("567772"));
-    assert_eq!(user.image_url.as_deref(), Some("https://img.clerk.com/xxxxxx"));
+    assert_eq!(
+        user.image_url.as_deref(),
+        Some("https://img.clerk.com/xxxxxx")
+    );
     assert_eq!(user.updated_at.unwrap().seconds, 1_654_012_591);
 
-    let unicode = stack.get_user("user_2multiEmailPrimarySecond").await.unwrap();
-    assert_eq!(unicode.primary_email_address.as_deref(), Some("Primary.Person@Example.COM"));
-    assert_eq!(unicode.email_addresses, ["old.address@example.net", "Primary.Person@Example.COM"]);
+    let unicode = stack
+        .get_user("user_2multiEmailPrimarySecond")
+        .await
+        .unwrap();
+    assert_eq!(
+        unicode.primary_email_address.as_deref(),
+        Some("Primary.Person@Example.COM")
+    );
+    assert_eq!(
+        unicode.email_addresses,
+        ["old.address@example.net", "Primary.Person@Example.COM"]
+    );
     assert_eq!(unicode.display_name, "Zoë Ångström-Ñúñez 😀");
 
-    let phone_only = stack.get_user("user_2phoneOnlyNoEmailNoName").await.unwrap();
+    let phone_only = stack
+        .get_user("user_2phoneOnlyNoEmailNoName")
+        .await
+        .unwrap();
     assert_eq!(phone_only.primary_email_address, None);
-    assert_eq!(phone_only.primary_phone_number.as_deref(), Some("+15555550100"));
+    assert_eq!(
+        phone_only.primary_phone_number.as_deref(),
+        Some("+15555550100")
+    );
     assert!(!phone_only.display_name.contains("null"));
     assert!(!phone_only.display_name.is_empty());
 
@@ -55,16 +89,23 @@ async fn every_fixture_lands_in_the_directory(backend: Backend) {
     assert_eq!(stack.all_users().await.len(), 3);
 
     // The update drops the last name: no "null" appears.
-    let answer = stack.deliver("msg_updated", &fixture("user.updated.json")).await;
+    let answer = stack
+        .deliver("msg_updated", &fixture("user.updated.json"))
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     let user = stack.get_user(USER).await.unwrap();
     assert_eq!(user.display_name, "Example");
     assert_eq!(user.last_name, None);
     assert_eq!(user.updated_at.unwrap().seconds, 1_654_012_824);
 
-    let answer = stack.deliver("msg_deleted", &fixture("user.deleted.json")).await;
+    let answer = stack
+        .deliver("msg_deleted", &fixture("user.deleted.json"))
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(stack.get_user(USER).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        stack.get_user(USER).await.unwrap_err().code(),
+        Code::NotFound
+    );
     stack.stop().await;
 }
 
@@ -107,9 +148,18 @@ async fn repeated_reordered_and_concurrent_deliveries_end_the_same(backend: Back
     ])
     .await;
     assert!(answers.iter().all(|a| a.status == StatusCode::OK));
-    assert_eq!(stack.get_user(USER).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(stack.deliver("msg_u_late", &updated).await.status, StatusCode::OK);
-    assert_eq!(stack.get_user(USER).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        stack.get_user(USER).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        stack.deliver("msg_u_late", &updated).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        stack.get_user(USER).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 async fn rejected_requests_write_nothing(backend: Backend) {
@@ -117,10 +167,16 @@ async fn rejected_requests_write_nothing(backend: Backend) {
     let body = fixture("user.created.json");
     let signed = |msg_id: &str| signed_headers(SECRET, msg_id, now(), &body);
     let without = |name: &str| -> Vec<(&'static str, String)> {
-        signed("msg_x").into_iter().filter(|(n, _)| *n != name).collect()
+        signed("msg_x")
+            .into_iter()
+            .filter(|(n, _)| *n != name)
+            .collect()
     };
     let with = |name: &'static str, value: &str| -> Vec<(&'static str, String)> {
-        let mut headers: Vec<_> = signed("msg_x").into_iter().filter(|(n, _)| *n != name).collect();
+        let mut headers: Vec<_> = signed("msg_x")
+            .into_iter()
+            .filter(|(n, _)| *n != name)
+            .collect();
         headers.push((name, value.to_owned()));
         headers
     };
@@ -130,32 +186,125 @@ async fn rejected_requests_write_nothing(backend: Backend) {
     let no_id = br#"{"data":{"object":"user","updated_at":1654012591835},"object":"event","type":"user.created"}"#;
     let too_big = vec![b' '; 1024 * 1024 + 1];
 
-    let cases: Vec<(&str, Method, Vec<(&'static str, String)>, Vec<u8>, StatusCode)> = vec![
-        ("tampered body", Method::POST, signed("msg_x"), tampered, StatusCode::UNAUTHORIZED),
-        ("wrong secret", Method::POST, signed_headers("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "msg_x", now(), &body), body.clone(), StatusCode::UNAUTHORIZED),
-        ("stale timestamp", Method::POST, signed_headers(SECRET, "msg_x", now() - 301, &body), body.clone(), StatusCode::UNAUTHORIZED),
-        ("missing svix-id", Method::POST, without("svix-id"), body.clone(), StatusCode::BAD_REQUEST),
-        ("missing svix-timestamp", Method::POST, without("svix-timestamp"), body.clone(), StatusCode::BAD_REQUEST),
-        ("missing svix-signature", Method::POST, without("svix-signature"), body.clone(), StatusCode::BAD_REQUEST),
-        ("wrong method", Method::PUT, signed("msg_x"), body.clone(), StatusCode::METHOD_NOT_ALLOWED),
-        ("wrong content type", Method::POST, with("content-type", "text/plain"), body.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
-        ("oversized body", Method::POST, signed_headers(SECRET, "msg_x", now(), &too_big), too_big.clone(), StatusCode::PAYLOAD_TOO_LARGE),
-        ("invalid JSON", Method::POST, signed_headers(SECRET, "msg_x", now(), b"{not json"), b"{not json".to_vec(), StatusCode::BAD_REQUEST),
-        ("user event without id", Method::POST, signed_headers(SECRET, "msg_x", now(), no_id), no_id.to_vec(), StatusCode::BAD_REQUEST),
+    let cases: Vec<Case> = vec![
+        (
+            "tampered body",
+            Method::POST,
+            signed("msg_x"),
+            tampered,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "wrong secret",
+            Method::POST,
+            signed_headers(
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+                "msg_x",
+                now(),
+                &body,
+            ),
+            body.clone(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "stale timestamp",
+            Method::POST,
+            signed_headers(SECRET, "msg_x", now() - 301, &body),
+            body.clone(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "missing svix-id",
+            Method::POST,
+            without("svix-id"),
+            body.clone(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing svix-timestamp",
+            Method::POST,
+            without("svix-timestamp"),
+            body.clone(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing svix-signature",
+            Method::POST,
+            without("svix-signature"),
+            body.clone(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong method",
+            Method::PUT,
+            signed("msg_x"),
+            body.clone(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "wrong content type",
+            Method::POST,
+            with("content-type", "text/plain"),
+            body.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "oversized body",
+            Method::POST,
+            signed_headers(SECRET, "msg_x", now(), &too_big),
+            too_big.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "invalid JSON",
+            Method::POST,
+            signed_headers(SECRET, "msg_x", now(), b"{not json"),
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "user event without id",
+            Method::POST,
+            signed_headers(SECRET, "msg_x", now(), no_id),
+            no_id.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (what, method, headers, body, expected) in cases {
-        let answer = stack.request(method, "/clerk", &headers, Bytes::from(body)).await;
+        let answer = stack
+            .request(method, "/clerk", &headers, Bytes::from(body))
+            .await;
         assert_eq!(answer.status, expected, "{what}: {}", answer.body);
         if expected != StatusCode::METHOD_NOT_ALLOWED && expected != StatusCode::PAYLOAD_TOO_LARGE {
             let error: serde_json::Value = serde_json::from_str(&answer.body)
                 .unwrap_or_else(|_| panic!("{what}: body is not JSON: {}", answer.body));
-            assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}");
-            assert!(!answer.body.contains(&SECRET[6..]), "{what} leaks the secret");
+            assert!(
+                error["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{what}"
+            );
+            assert!(
+                !answer.body.contains(&SECRET[6..]),
+                "{what} leaks the secret"
+            );
         }
     }
-    assert_eq!(stack.request(Method::POST, "/nope", &signed("msg_x"), Bytes::from(body.clone())).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        stack
+            .request(
+                Method::POST,
+                "/nope",
+                &signed("msg_x"),
+                Bytes::from(body.clone())
+            )
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 
-    assert!(stack.all_users().await.is_empty(), "a rejected request wrote a user");
+    assert!(
+        stack.all_users().await.is_empty(),
+        "a rejected request wrote a user"
+    );
     // msg_x was never recorded as applied: its genuine delivery now applies.
     assert_eq!(stack.deliver("msg_x", &body).await.status, StatusCode::OK);
     assert_eq!(stack.all_users().await.len(), 1);
@@ -167,15 +316,26 @@ async fn sync_service_outage_is_503_and_the_retry_succeeds(backend: Backend) {
 
     let body = fixture("user.created.json");
     let answer = stack.deliver("msg_outage", &body).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
     assert_eq!(
-        stack.request(Method::GET, "/readyz", &[], Bytes::new()).await.status,
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        stack
+            .request(Method::GET, "/readyz", &[], Bytes::new())
+            .await
+            .status,
         StatusCode::SERVICE_UNAVAILABLE
     );
 
     // Svix retries the same delivery once the sync-service is back.
     stack.restart_sync().await;
-    assert_eq!(stack.deliver("msg_outage", &body).await.status, StatusCode::OK);
+    assert_eq!(
+        stack.deliver("msg_outage", &body).await.status,
+        StatusCode::OK
+    );
     assert_eq!(stack.get_user(USER).await.unwrap().id, USER);
     stack.stop().await;
 }
