@@ -2,6 +2,8 @@
 //! real gateway on 127.0.0.1:0, an HTTP client that signs like Svix (with the
 //! svix crate) and a gRPC directory client.
 
+#[path = "../../../tests/support/tcp_proxy.rs"]
+mod tcp_proxy;
 #[path = "../../../tests/support/test_db.rs"]
 mod test_db;
 
@@ -18,6 +20,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
+pub(crate) use tcp_proxy::TcpProxy;
 pub(crate) use test_db::{Backend, TestDb};
 
 /// The signing secret the gateway is configured with.
@@ -37,7 +40,8 @@ impl<T> Running<T> {
 
 /// A running gateway + sync-service over one test database.
 pub(crate) struct Stack {
-    pub(crate) db: TestDb,
+    _db: TestDb,
+    database_url: String,
     sync_address: SocketAddr,
     sync: Option<Running<anyhow::Result<()>>>,
     gateway_address: SocketAddr,
@@ -55,9 +59,15 @@ pub(crate) struct Answer {
 impl Stack {
     pub(crate) async fn start(backend: Backend) -> Self {
         let db = TestDb::new(backend).await;
+        let database_url = db.url.clone();
+        Self::start_on(db, database_url).await
+    }
+
+    /// Starts the stack over `db`, reaching it through `database_url`.
+    pub(crate) async fn start_on(db: TestDb, database_url: String) -> Self {
         let sync_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sync_address = sync_listener.local_addr().unwrap();
-        let sync = Some(spawn_sync(sync_listener, &db.url));
+        let sync = Some(spawn_sync(sync_listener, &database_url));
 
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway_address = gateway_listener.local_addr().unwrap();
@@ -75,7 +85,8 @@ impl Stack {
             .unwrap()
             .connect_lazy();
         let stack = Self {
-            db,
+            _db: db,
+            database_url,
             sync_address,
             sync,
             gateway_address,
@@ -116,7 +127,7 @@ impl Stack {
     /// Starts the sync-service again, on the same address and database.
     pub(crate) async fn restart_sync(&mut self) {
         let listener = TcpListener::bind(self.sync_address).await.unwrap();
-        self.sync = Some(spawn_sync(listener, &self.db.url));
+        self.sync = Some(spawn_sync(listener, &self.database_url));
         self.wait_until_ready().await;
     }
 
@@ -205,6 +216,8 @@ fn spawn_sync(listener: TcpListener, database_url: &str) -> Running<anyhow::Resu
     config.health_check_interval_ms = 50;
     config.shutdown_timeout_secs = 5;
     config.database_max_connections = 5;
+    // Fail fast when the database is cut, well within the gateway's deadline.
+    config.database_timeout_ms = 500;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         clerk_sync_service::run(listener, &config, async {

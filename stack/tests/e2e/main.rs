@@ -9,7 +9,7 @@ use futures::future::join_all;
 use http::{Method, StatusCode};
 use tonic::Code;
 
-use helpers::{Backend, SECRET, Stack, fixture, now, signed_headers};
+use helpers::{Backend, SECRET, Stack, TcpProxy, TestDb, fixture, now, signed_headers};
 
 /// What a rejected request sends: label, method, headers, body, expected status.
 type Case = (
@@ -338,4 +338,35 @@ async fn sync_service_outage_is_503_and_the_retry_succeeds(backend: Backend) {
     );
     assert_eq!(stack.get_user(USER).await.unwrap().id, USER);
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_503_and_the_retry_succeeds() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = proxy.route(&db.url);
+    let stack = Stack::start_on(db, url).await;
+
+    proxy.cut().await;
+    let body = fixture("user.created.json");
+    let answer = stack.deliver("msg_db_down", &body).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+    assert!(
+        !answer.body.contains("postgres"),
+        "internals leaked: {}",
+        answer.body
+    );
+
+    proxy.restore().await;
+    stack.wait_until_ready().await;
+    assert_eq!(
+        stack.deliver("msg_db_down", &body).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(stack.get_user(USER).await.unwrap().id, USER);
 }

@@ -2,6 +2,8 @@
 //! new PostgreSQL database), the real sync-service on 127.0.0.1:0, and
 //! generated clients talking to it.
 
+#[path = "../../../tests/support/tcp_proxy.rs"]
+mod tcp_proxy;
 #[path = "../../../tests/support/test_db.rs"]
 mod test_db;
 
@@ -16,6 +18,7 @@ use prost_types::Timestamp;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
+pub(crate) use tcp_proxy::TcpProxy;
 pub(crate) use test_db::{Backend, TestDb};
 
 /// A running sync-service and clients for it.

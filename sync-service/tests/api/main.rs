@@ -9,5 +9,6 @@ mod bad_input;
 mod concurrency;
 mod grpcurl;
 mod helpers;
+mod outage;
 mod queries;
 mod semantics;
