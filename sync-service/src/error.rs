@@ -40,12 +40,6 @@ impl Error {
             reason: reason.into(),
         }
     }
-
-    /// Whether a retry may succeed: the database is down, busy, or the
-    /// transaction lost a deadlock or serialization race.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
 }
 
 impl From<DbErr> for Error {

@@ -21,9 +21,8 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, RelationTrait,
-    TransactionTrait,
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -83,11 +82,6 @@ impl Store {
         Ok(Self { db })
     }
 
-    /// Wraps an existing connection (tests use it to share one database).
-    pub fn from_connection(db: DatabaseConnection) -> Self {
-        Self { db }
-    }
-
     /// Brings the schema up to date.
     pub async fn migrate(&self) -> Result<(), Error> {
         Migrator::up(&self.db, None).await?;
@@ -98,11 +92,6 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
         Ok(())
-    }
-
-    /// The backend behind this store.
-    pub fn backend(&self) -> DbBackend {
-        self.db.get_database_backend()
     }
 
     /// Applies events in one transaction (group commit: one commit, one fsync
