@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
-use clerk_sync_service::{Config, Store, config::Command};
+use clerk_sync_service::{Config, config::Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,13 +24,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context as _;
     match config.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            let store = Store::connect(&config.store_options())
-                .await
-                .context("cannot connect to DATABASE_URL")?;
-            store
-                .migrate()
-                .await
-                .context("cannot migrate the database")?;
+            clerk_sync_service::server::open_store(&config).await?;
             tracing::info!("database migrated");
             Ok(())
         }

@@ -26,6 +26,12 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    serve(listener, store, config, shutdown).await
+}
+
+/// Connects to `DATABASE_URL` and brings its schema up to date.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     use anyhow::Context as _;
     let store = Store::connect(&config.store_options())
         .await
@@ -34,7 +40,7 @@ pub async fn run(
         .migrate()
         .await
         .context("cannot migrate the database")?;
-    serve(listener, store, config, shutdown).await
+    Ok(store)
 }
 
 /// Serves gRPC on `listener` over an already migrated `store`.

@@ -1,7 +1,12 @@
 //! Starts the real gateway on port 0 in front of a [`FakeSync`], and talks to it
 //! over plain HTTP with requests signed by Svix's own library.
 
-use std::{net::SocketAddr, time::SystemTime};
+#[path = "../../../tests/support/webhooks.rs"]
+mod webhooks;
+
+pub(crate) use webhooks::{fixture, now, signed_headers};
+
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use clerk_sync_gateway::{Config, Error};
@@ -144,43 +149,4 @@ impl Drop for TestApp {
             server.abort();
         }
     }
-}
-
-/// The current Unix time in seconds.
-pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .try_into()
-        .unwrap()
-}
-
-/// `svix-*` headers and `Content-Type: application/json` for `body`, signed
-/// with `secret` by the svix crate.
-pub(crate) fn signed_headers(
-    secret: &str,
-    msg_id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Vec<(&'static str, String)> {
-    let signature = svix::webhooks::Webhook::new(secret)
-        .unwrap()
-        .sign(msg_id, timestamp, body)
-        .unwrap();
-    vec![
-        ("content-type", "application/json".to_owned()),
-        ("svix-id", msg_id.to_owned()),
-        ("svix-timestamp", timestamp.to_string()),
-        ("svix-signature", signature),
-    ]
-}
-
-/// A shared Clerk fixture, read at test time.
-pub(crate) fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../tests/fixtures/clerk/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

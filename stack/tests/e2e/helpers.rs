@@ -2,12 +2,17 @@
 //! real gateway on 127.0.0.1:0, an HTTP client that signs like Svix (with the
 //! svix crate) and a gRPC directory client.
 
+#[path = "../../../tests/support/webhooks.rs"]
+mod webhooks;
+
+pub(crate) use webhooks::{fixture, now, signed_headers};
+
 #[path = "../../../tests/support/tcp_proxy.rs"]
 mod tcp_proxy;
 #[path = "../../../tests/support/test_db.rs"]
 mod test_db;
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use clerk_sync_api::v1::{self, user_directory_service_client::UserDirectoryServiceClient};
@@ -226,41 +231,4 @@ fn spawn_sync(listener: TcpListener, database_url: &str) -> Running<anyhow::Resu
         .await
     });
     Running { stop, task }
-}
-
-/// The current Unix time in seconds.
-pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// `svix-*` headers and `Content-Type: application/json`, signed by the svix
-/// crate exactly as Clerk's sender signs.
-pub(crate) fn signed_headers(
-    secret: &str,
-    msg_id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Vec<(&'static str, String)> {
-    let signature = svix::webhooks::Webhook::new(secret)
-        .unwrap()
-        .sign(msg_id, timestamp, body)
-        .unwrap();
-    vec![
-        ("content-type", "application/json".to_owned()),
-        ("svix-id", msg_id.to_owned()),
-        ("svix-timestamp", timestamp.to_string()),
-        ("svix-signature", signature),
-    ]
-}
-
-/// A Clerk fixture from `tests/fixtures/clerk/`.
-pub(crate) fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../tests/fixtures/clerk/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

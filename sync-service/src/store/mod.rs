@@ -234,11 +234,11 @@ async fn apply_one(
     }
 
     let live = Expr::col((users::Entity, users::Column::DeletedAt)).is_null();
-    let (row, columns, guard) = match &event.change {
+    let (row, stamp, guard) = match &event.change {
         // Only a live row holding an older version may be overwritten.
         Change::Upsert(profile) => (
             row_from_profile(profile),
-            CHANGED_ON_WRITE,
+            users::Column::UpdatedAt,
             live.and(
                 Expr::col((users::Entity, users::Column::UpdatedAt)).lt(Expr::col((
                     Alias::new("excluded"),
@@ -250,12 +250,16 @@ async fn apply_one(
         Change::Delete {
             user_id,
             deleted_at,
-        } => (tombstone(user_id, *deleted_at), ERASED_ON_DELETE, live),
+        } => (
+            tombstone(user_id, *deleted_at),
+            users::Column::DeletedAt,
+            live,
+        ),
     };
     let written = users::Entity::insert(row)
         .on_conflict(
             OnConflict::column(users::Column::Id)
-                .update_columns(columns.iter().copied())
+                .update_columns(PROFILE_COLUMNS.into_iter().chain([stamp]))
                 .action_and_where(guard)
                 .to_owned(),
         )
@@ -305,25 +309,9 @@ async fn apply_one(
     Ok(Outcome::Applied)
 }
 
-/// Columns a newer version overwrites: all but the id and `deleted_at`.
-const CHANGED_ON_WRITE: &[users::Column] = &[
-    users::Column::PrimaryEmailAddress,
-    users::Column::EmailAddresses,
-    users::Column::PrimaryPhoneNumber,
-    users::Column::FirstName,
-    users::Column::LastName,
-    users::Column::DisplayName,
-    users::Column::Username,
-    users::Column::ImageUrl,
-    users::Column::ExternalId,
-    users::Column::PublicMetadata,
-    users::Column::CreatedAt,
-    users::Column::UpdatedAt,
-    users::Column::LastSignInAt,
-];
-
-/// Columns a delete sets: every personal one (to NULL) and the deletion time.
-const ERASED_ON_DELETE: &[users::Column] = &[
+/// The columns holding what Clerk tells about a user: a newer version
+/// overwrites them, a delete erases them.
+const PROFILE_COLUMNS: [users::Column; 12] = [
     users::Column::PrimaryEmailAddress,
     users::Column::EmailAddresses,
     users::Column::PrimaryPhoneNumber,
@@ -336,7 +324,6 @@ const ERASED_ON_DELETE: &[users::Column] = &[
     users::Column::PublicMetadata,
     users::Column::CreatedAt,
     users::Column::LastSignInAt,
-    users::Column::DeletedAt,
 ];
 
 fn row_from_profile(profile: &Profile) -> users::ActiveModel {
