@@ -8,7 +8,7 @@ use clerk_sync_api::v1::{
     user_sync_service_server::UserSyncServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -77,14 +77,17 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(());
     };
+    // Accepted sockets get TCP_NODELAY here: the builder's own setting does
+    // not apply to an incoming stream, and Nagle would hold small responses
+    // back for a delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(UserSyncServiceServer::new(sync))
         .add_service(UserDirectoryServiceServer::new(directory))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
 
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
     let result = tokio::select! {

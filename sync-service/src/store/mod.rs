@@ -2,37 +2,29 @@
 //! applying events ([`Store::apply_batch`]) and answering queries. gRPC
 //! handlers call in here and never touch SQL themselves.
 //!
-//! How the sync semantics are made atomic, on both backends:
-//! - deduplication: the event id goes into `processed_events` with
-//!   `ON CONFLICT DO NOTHING` in the same transaction as the change it guards;
-//!   zero rows inserted means duplicate;
-//! - last write wins: one conditional upsert,
-//!   `ON CONFLICT (id) DO UPDATE … WHERE users.deleted_at IS NULL AND
-//!   users.updated_at < excluded.updated_at`; the database evaluates the guard
-//!   on the row it locked, so concurrent writers (other replicas included)
-//!   cannot interleave a read and a write;
-//! - deletes: an upsert that turns the row into a tombstone whatever it held,
-//!   which every later upsert's guard then refuses.
+//! How the sync semantics are made atomic, on both backends, is the `apply`
+//! module's story: deduplication by a ledger insert in the same transaction as
+//! the change, last write wins and final deletes by conditional upserts.
 
+mod apply;
 pub(crate) mod entity;
 mod page;
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, OnConflict},
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, JoinType, QueryFilter,
+    QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
 use crate::{
-    domain::{Change, Event, Millis, Outcome, Profile, UserId},
+    domain::{Event, Millis, Outcome, Profile, UserId},
     error::Error,
 };
 use clerk_sync_migrations::{Migrator, MigratorTrait};
-use entity::{processed_events, user_email_addresses, users};
+use entity::{user_email_addresses, users};
 pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
 
 /// How to reach the database.
@@ -97,10 +89,8 @@ impl Store {
     /// Applies events in one transaction (group commit: one commit, one fsync
     /// for all of them) and returns one outcome per event, in input order.
     ///
-    /// Events are applied in (user id, event id) order so that concurrent
-    /// batches on other replicas take row locks in the same order. If the
-    /// transaction fails, each event is retried alone so that one bad event
-    /// cannot fail its neighbours.
+    /// If the transaction fails, each event is retried alone so that one bad
+    /// event cannot fail its neighbours.
     pub async fn apply_batch(&self, events: &[Event]) -> Vec<Result<Outcome, Error>> {
         match self.apply_in_transaction(events).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -121,16 +111,8 @@ impl Store {
     }
 
     async fn apply_in_transaction(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
-        let mut order: Vec<usize> = (0..events.len()).collect();
-        order.sort_by(|&a, &b| {
-            (events[a].user_id(), &events[a].id).cmp(&(events[b].user_id(), &events[b].id))
-        });
-        let now = now_millis();
         let txn = self.db.begin().await?;
-        let mut outcomes = vec![Outcome::Duplicate; events.len()];
-        for i in order {
-            outcomes[i] = apply_one(&txn, &events[i], now).await?;
-        }
+        let outcomes = apply::apply_events(&txn, events, now_millis()).await?;
         txn.commit().await?;
         Ok(outcomes)
     }
@@ -205,169 +187,6 @@ impl Store {
             .map(profile_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(query.page(users, has_more))
-    }
-}
-
-/// Applies one event inside `txn`; see the module docs for why each step is
-/// atomic.
-async fn apply_one(
-    txn: &DatabaseTransaction,
-    event: &Event,
-    now: Millis,
-) -> Result<Outcome, DbErr> {
-    let ledger = processed_events::ActiveModel {
-        event_id: Set(event.id.as_str().to_owned()),
-        user_id: Set(event.user_id().as_str().to_owned()),
-        kind: Set(event.kind.as_str().to_owned()),
-        processed_at: Set(now),
-    };
-    let recorded = processed_events::Entity::insert(ledger)
-        .on_conflict(
-            OnConflict::column(processed_events::Column::EventId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    if recorded == 0 {
-        return Ok(Outcome::Duplicate);
-    }
-
-    let live = Expr::col((users::Entity, users::Column::DeletedAt)).is_null();
-    let (row, stamp, guard) = match &event.change {
-        // Only a live row holding an older version may be overwritten.
-        Change::Upsert(profile) => (
-            row_from_profile(profile),
-            users::Column::UpdatedAt,
-            live.and(
-                Expr::col((users::Entity, users::Column::UpdatedAt)).lt(Expr::col((
-                    Alias::new("excluded"),
-                    users::Column::UpdatedAt,
-                ))),
-            ),
-        ),
-        // Any live row becomes a tombstone, whatever its version.
-        Change::Delete {
-            user_id,
-            deleted_at,
-        } => (
-            tombstone(user_id, *deleted_at),
-            users::Column::DeletedAt,
-            live,
-        ),
-    };
-    let written = users::Entity::insert(row)
-        .on_conflict(
-            OnConflict::column(users::Column::Id)
-                .update_columns(PROFILE_COLUMNS.into_iter().chain([stamp]))
-                .action_and_where(guard)
-                .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-
-    if written == 0 {
-        let deleted = users::Entity::find_by_id(event.user_id().as_str())
-            .select_only()
-            .column(users::Column::DeletedAt)
-            .into_tuple::<Option<Millis>>()
-            .one(txn)
-            .await?
-            .flatten()
-            .is_some();
-        return Ok(if deleted {
-            Outcome::UserDeleted
-        } else {
-            Outcome::Stale
-        });
-    }
-
-    user_email_addresses::Entity::delete_many()
-        .filter(user_email_addresses::Column::UserId.eq(event.user_id().as_str()))
-        .exec(txn)
-        .await?;
-    if let Change::Upsert(profile) = &event.change {
-        let mut addresses: Vec<String> = profile
-            .email_addresses
-            .iter()
-            .chain(&profile.primary_email_address)
-            .map(|email| email.to_lowercase())
-            .collect();
-        addresses.sort();
-        addresses.dedup();
-        if !addresses.is_empty() {
-            user_email_addresses::Entity::insert_many(addresses.into_iter().map(|email| {
-                user_email_addresses::ActiveModel {
-                    email_lower: Set(email),
-                    user_id: Set(profile.id.as_str().to_owned()),
-                }
-            }))
-            .exec_without_returning(txn)
-            .await?;
-        }
-    }
-    Ok(Outcome::Applied)
-}
-
-/// The columns holding what Clerk tells about a user: a newer version
-/// overwrites them, a delete erases them.
-const PROFILE_COLUMNS: [users::Column; 12] = [
-    users::Column::PrimaryEmailAddress,
-    users::Column::EmailAddresses,
-    users::Column::PrimaryPhoneNumber,
-    users::Column::FirstName,
-    users::Column::LastName,
-    users::Column::DisplayName,
-    users::Column::Username,
-    users::Column::ImageUrl,
-    users::Column::ExternalId,
-    users::Column::PublicMetadata,
-    users::Column::CreatedAt,
-    users::Column::LastSignInAt,
-];
-
-fn row_from_profile(profile: &Profile) -> users::ActiveModel {
-    users::ActiveModel {
-        id: Set(profile.id.as_str().to_owned()),
-        primary_email_address: Set(profile.primary_email_address.clone()),
-        email_addresses: Set(Some(
-            serde_json::to_string(&profile.email_addresses).expect("strings serialise"),
-        )),
-        primary_phone_number: Set(profile.primary_phone_number.clone()),
-        first_name: Set(profile.first_name.clone()),
-        last_name: Set(profile.last_name.clone()),
-        display_name: Set(Some(profile.display_name.clone())),
-        username: Set(profile.username.clone()),
-        image_url: Set(profile.image_url.clone()),
-        external_id: Set(profile.external_id.clone()),
-        public_metadata: Set(Some(
-            serde_json::to_string(&profile.public_metadata).expect("JSON values serialise"),
-        )),
-        created_at: Set(profile.created_at),
-        updated_at: Set(profile.updated_at),
-        last_sign_in_at: Set(profile.last_sign_in_at),
-        deleted_at: Set(None),
-    }
-}
-
-fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
-    users::ActiveModel {
-        id: Set(user_id.as_str().to_owned()),
-        primary_email_address: Set(None),
-        email_addresses: Set(None),
-        primary_phone_number: Set(None),
-        first_name: Set(None),
-        last_name: Set(None),
-        display_name: Set(None),
-        username: Set(None),
-        image_url: Set(None),
-        external_id: Set(None),
-        public_metadata: Set(None),
-        created_at: Set(None),
-        // A user first seen as deleted has no version: the deletion time stands in.
-        updated_at: Set(deleted_at),
-        last_sign_in_at: Set(None),
-        deleted_at: Set(Some(deleted_at)),
     }
 }
 

@@ -6,6 +6,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test.
 
 mod bad_input;
+mod batches;
 mod binary;
 mod concurrency;
 mod grpcurl;

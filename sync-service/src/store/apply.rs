@@ -1,0 +1,358 @@
+//! The write path. A batch of events is applied with a fixed handful of
+//! set-based statements in one transaction, whatever the batch size, so that
+//! group commit saves statements as well as commits:
+//!
+//! 1. the ledger: `INSERT … ON CONFLICT DO NOTHING RETURNING event_id`; event
+//!    ids it does not return were applied before (duplicates);
+//! 2. one winner per user among the fresh events: a delete beats every
+//!    upsert, otherwise the newest `updated_at` (the first on ties); the others
+//!    are stale, or ignored if the user ends deleted;
+//! 3. the winners' upserts and tombstones, each one multi-row
+//!    `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <guard> RETURNING id`; the
+//!    database evaluates the guard on the row it has locked, so concurrent
+//!    writers (other replicas included) never interleave a read and a write;
+//! 4. the email index of every user written.
+//!
+//! Rows are written in (event id) and (user id) order so that concurrent
+//! batches take their locks in the same order.
+
+use std::collections::{BTreeMap, HashSet, btree_map::Entry};
+
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QuerySelect, QueryTrait,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict},
+};
+
+use super::entity::{processed_events, user_email_addresses, users};
+use crate::domain::{Change, Event, Millis, Outcome, Profile, UserId};
+
+/// Applies `events` inside `txn` and returns one outcome per event, in order.
+pub(super) async fn apply_events(
+    txn: &DatabaseTransaction,
+    events: &[Event],
+    now: Millis,
+) -> Result<Vec<Outcome>, DbErr> {
+    let mut outcomes = vec![Outcome::Duplicate; events.len()];
+
+    // 1. Only the first copy of an event id in the batch may be fresh.
+    let mut seen = HashSet::new();
+    let candidates: Vec<usize> = (0..events.len())
+        .filter(|&i| seen.insert(events[i].id.as_str()))
+        .collect();
+    let recorded = record_events(txn, events, &candidates, now).await?;
+    let fresh: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| recorded.contains(events[i].id.as_str()))
+        .collect();
+
+    // 2. One winner per user, in user id order.
+    let mut winners: BTreeMap<&UserId, usize> = BTreeMap::new();
+    for &i in &fresh {
+        match winners.entry(events[i].user_id()) {
+            Entry::Vacant(entry) => {
+                entry.insert(i);
+            }
+            Entry::Occupied(mut entry) => {
+                if supersedes(&events[i], &events[*entry.get()]) {
+                    entry.insert(i);
+                }
+            }
+        }
+    }
+
+    // 3. Write the winners.
+    let (upserts, deletes): (Vec<usize>, Vec<usize>) = winners
+        .values()
+        .partition(|&&i| matches!(events[i].change, Change::Upsert(_)));
+    let upserted = upsert_users(txn, events, &upserts).await?;
+    let tombstoned = write_tombstones(txn, events, &deletes).await?;
+    let refused: Vec<&str> = upserts
+        .iter()
+        .map(|&i| events[i].user_id().as_str())
+        .filter(|id| !upserted.contains(*id))
+        .collect();
+    let already_deleted = deleted_among(txn, &refused).await?;
+
+    for &i in &upserts {
+        let id = events[i].user_id().as_str();
+        outcomes[i] = if upserted.contains(id) {
+            Outcome::Applied
+        } else if already_deleted.contains(id) {
+            Outcome::UserDeleted
+        } else {
+            Outcome::Stale
+        };
+    }
+    for &i in &deletes {
+        outcomes[i] = if tombstoned.contains(events[i].user_id().as_str()) {
+            Outcome::Applied
+        } else {
+            Outcome::UserDeleted
+        };
+    }
+    for &i in &fresh {
+        let winner = winners[events[i].user_id()];
+        if winner != i {
+            outcomes[i] = match (&events[winner].change, outcomes[winner]) {
+                (Change::Delete { .. }, _) | (_, Outcome::UserDeleted) => Outcome::UserDeleted,
+                _ => Outcome::Stale,
+            };
+        }
+    }
+
+    // 4. The email index follows every written user.
+    let written_upserts: Vec<&Profile> = upserts
+        .iter()
+        .filter_map(|&i| match &events[i].change {
+            Change::Upsert(profile) if upserted.contains(profile.id.as_str()) => Some(&**profile),
+            _ => None,
+        })
+        .collect();
+    let mut written: Vec<&str> = upserted.iter().map(String::as_str).collect();
+    written.extend(tombstoned.iter().map(String::as_str));
+    replace_email_index(txn, &written, &written_upserts).await?;
+
+    Ok(outcomes)
+}
+
+/// Whether `challenger` should replace `holder` as the event that decides a
+/// user's state in this batch.
+fn supersedes(challenger: &Event, holder: &Event) -> bool {
+    match (&challenger.change, &holder.change) {
+        (Change::Delete { .. }, Change::Upsert(_)) => true,
+        (Change::Upsert(new), Change::Upsert(old)) => new.updated_at > old.updated_at,
+        _ => false,
+    }
+}
+
+/// Inserts the ledger rows of `candidates`; returns the event ids inserted
+/// (the others were already there).
+async fn record_events(
+    txn: &DatabaseTransaction,
+    events: &[Event],
+    candidates: &[usize],
+    now: Millis,
+) -> Result<HashSet<String>, DbErr> {
+    if candidates.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut ordered = candidates.to_vec();
+    ordered.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
+    let rows = ordered.iter().map(|&i| processed_events::ActiveModel {
+        event_id: Set(events[i].id.as_str().to_owned()),
+        user_id: Set(events[i].user_id().as_str().to_owned()),
+        kind: Set(events[i].kind.as_str().to_owned()),
+        processed_at: Set(now),
+    });
+    let mut insert = processed_events::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::column(processed_events::Column::EventId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
+    insert.returning_col(processed_events::Column::EventId);
+    returned_strings(txn, &insert, "event_id").await
+}
+
+/// Upserts the profiles of `upserts` where the stored row is live and older;
+/// returns the ids written.
+async fn upsert_users(
+    txn: &DatabaseTransaction,
+    events: &[Event],
+    upserts: &[usize],
+) -> Result<HashSet<String>, DbErr> {
+    let rows: Vec<users::ActiveModel> = upserts
+        .iter()
+        .filter_map(|&i| match &events[i].change {
+            Change::Upsert(profile) => Some(row_from_profile(profile)),
+            Change::Delete { .. } => None,
+        })
+        .collect();
+    let newer = Expr::col((users::Entity, users::Column::UpdatedAt)).lt(Expr::col((
+        Alias::new("excluded"),
+        users::Column::UpdatedAt,
+    )));
+    write_users(txn, rows, users::Column::UpdatedAt, live().and(newer)).await
+}
+
+/// Turns the users of `deletes` into tombstones unless they already are;
+/// returns the ids written.
+async fn write_tombstones(
+    txn: &DatabaseTransaction,
+    events: &[Event],
+    deletes: &[usize],
+) -> Result<HashSet<String>, DbErr> {
+    let rows: Vec<users::ActiveModel> = deletes
+        .iter()
+        .filter_map(|&i| match &events[i].change {
+            Change::Delete {
+                user_id,
+                deleted_at,
+            } => Some(tombstone(user_id, *deleted_at)),
+            Change::Upsert(_) => None,
+        })
+        .collect();
+    write_users(txn, rows, users::Column::DeletedAt, live()).await
+}
+
+/// The guard every write shares: deletes are final.
+fn live() -> Expr {
+    Expr::col((users::Entity, users::Column::DeletedAt)).is_null()
+}
+
+/// One multi-row upsert of `rows` that, on conflict, overwrites the profile
+/// columns and `stamp` where `guard` holds; returns the ids written.
+async fn write_users(
+    txn: &DatabaseTransaction,
+    rows: Vec<users::ActiveModel>,
+    stamp: users::Column,
+    guard: Expr,
+) -> Result<HashSet<String>, DbErr> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut insert = users::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::column(users::Column::Id)
+                .update_columns(PROFILE_COLUMNS.into_iter().chain([stamp]))
+                .action_and_where(guard)
+                .to_owned(),
+        )
+        .into_query();
+    insert.returning_col(users::Column::Id);
+    returned_strings(txn, &insert, "id").await
+}
+
+/// Which of `ids` are tombstones.
+async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<String> = users::Entity::find()
+        .select_only()
+        .column(users::Column::Id)
+        .filter(users::Column::Id.is_in(ids.iter().copied()))
+        .filter(users::Column::DeletedAt.is_not_null())
+        .into_tuple()
+        .all(txn)
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Rebuilds the email index of the `written` users from `profiles` (the
+/// upserted ones; tombstones keep no address).
+async fn replace_email_index(
+    txn: &DatabaseTransaction,
+    written: &[&str],
+    profiles: &[&Profile],
+) -> Result<(), DbErr> {
+    if written.is_empty() {
+        return Ok(());
+    }
+    user_email_addresses::Entity::delete_many()
+        .filter(user_email_addresses::Column::UserId.is_in(written.iter().copied()))
+        .exec(txn)
+        .await?;
+    let mut rows: Vec<(String, &str)> = profiles
+        .iter()
+        .flat_map(|profile| {
+            profile
+                .email_addresses
+                .iter()
+                .chain(&profile.primary_email_address)
+                .map(|email| (email.to_lowercase(), profile.id.as_str()))
+        })
+        .collect();
+    rows.sort();
+    rows.dedup();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    user_email_addresses::Entity::insert_many(rows.into_iter().map(|(email, user_id)| {
+        user_email_addresses::ActiveModel {
+            email_lower: Set(email),
+            user_id: Set(user_id.to_owned()),
+        }
+    }))
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
+/// Runs `statement` and collects the string column `column` of its rows.
+async fn returned_strings(
+    txn: &DatabaseTransaction,
+    statement: &sea_orm::sea_query::InsertStatement,
+    column: &str,
+) -> Result<HashSet<String>, DbErr> {
+    txn.query_all(statement)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", column))
+        .collect()
+}
+
+/// The columns holding what Clerk tells about a user: a newer version
+/// overwrites them, a delete erases them.
+const PROFILE_COLUMNS: [users::Column; 12] = [
+    users::Column::PrimaryEmailAddress,
+    users::Column::EmailAddresses,
+    users::Column::PrimaryPhoneNumber,
+    users::Column::FirstName,
+    users::Column::LastName,
+    users::Column::DisplayName,
+    users::Column::Username,
+    users::Column::ImageUrl,
+    users::Column::ExternalId,
+    users::Column::PublicMetadata,
+    users::Column::CreatedAt,
+    users::Column::LastSignInAt,
+];
+
+fn row_from_profile(profile: &Profile) -> users::ActiveModel {
+    users::ActiveModel {
+        id: Set(profile.id.as_str().to_owned()),
+        primary_email_address: Set(profile.primary_email_address.clone()),
+        email_addresses: Set(Some(
+            serde_json::to_string(&profile.email_addresses).expect("strings serialise"),
+        )),
+        primary_phone_number: Set(profile.primary_phone_number.clone()),
+        first_name: Set(profile.first_name.clone()),
+        last_name: Set(profile.last_name.clone()),
+        display_name: Set(Some(profile.display_name.clone())),
+        username: Set(profile.username.clone()),
+        image_url: Set(profile.image_url.clone()),
+        external_id: Set(profile.external_id.clone()),
+        public_metadata: Set(Some(
+            serde_json::to_string(&profile.public_metadata).expect("JSON values serialise"),
+        )),
+        created_at: Set(profile.created_at),
+        updated_at: Set(profile.updated_at),
+        last_sign_in_at: Set(profile.last_sign_in_at),
+        deleted_at: Set(None),
+    }
+}
+
+fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
+    users::ActiveModel {
+        id: Set(user_id.as_str().to_owned()),
+        primary_email_address: Set(None),
+        email_addresses: Set(None),
+        primary_phone_number: Set(None),
+        first_name: Set(None),
+        last_name: Set(None),
+        display_name: Set(None),
+        username: Set(None),
+        image_url: Set(None),
+        external_id: Set(None),
+        public_metadata: Set(None),
+        created_at: Set(None),
+        // A user first seen as deleted has no version: the deletion time stands in.
+        updated_at: Set(deleted_at),
+        last_sign_in_at: Set(None),
+        deleted_at: Set(Some(deleted_at)),
+    }
+}
