@@ -8,9 +8,9 @@
 
 use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration, time::SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::{body::Body, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -197,8 +197,15 @@ fn is_get(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// Reads the whole body, refusing more than `limit` bytes: at once when
-/// `Content-Length` says so, otherwise as soon as the stream passes the limit.
+/// After a body is refused as too large, up to this much of the rest is read
+/// and discarded (for at most [`DRAIN_TIME`]), so that a client still sending
+/// it reads the 413 instead of a broken pipe.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+/// Longest time spent discarding a refused body.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads the whole body if it fits in `limit` bytes. Nothing of a larger body
+/// is kept, and a declared `Content-Length` over the limit is refused up front.
 async fn read_limited<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Error>
 where
     B: Body<Data = Bytes>,
@@ -207,14 +214,33 @@ where
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(Error::BodyTooLarge { limit });
+    let mut body = pin!(body);
+    if declared.is_none_or(|length| length <= limit as u64) {
+        let mut collected = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+        loop {
+            let Some(frame) = body.frame().await else {
+                return Ok(collected.freeze());
+            };
+            let frame = frame.map_err(|error| Error::BodyRead(error.into()))?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > limit {
+                    break;
+                }
+                collected.extend_from_slice(&data);
+            }
+        }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
-        Err(error) => Err(Error::BodyRead(error)),
-    }
+    let drain = async {
+        let mut drained = 0;
+        while drained <= DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    Err(Error::BodyTooLarge { limit })
 }
 
 /// Accepts `application/json`, with any parameters except a charset other than UTF-8.

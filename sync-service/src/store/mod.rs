@@ -27,6 +27,10 @@ use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::{user_email_addresses, users};
 pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
 
+/// Prepared statements kept per connection: every row count of every batch
+/// statement, with room to spare (sqlx's default of 100 thrashes).
+const STATEMENT_CACHE_CAPACITY: usize = 2048;
+
 /// How to reach the database.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -60,6 +64,11 @@ impl Store {
             .acquire_timeout(options.acquire_timeout)
             .connect_timeout(options.acquire_timeout)
             .sqlx_logging(false)
+            // Batch statements differ in their number of rows: keep every
+            // shape prepared rather than re-preparing on each batch.
+            .map_sqlx_postgres_opts(|postgres| {
+                postgres.statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
+            })
             .map_sqlx_sqlite_opts(move |sqlite| {
                 // WAL lets readers run beside the one writer; NORMAL sync is
                 // durable in WAL mode across process crashes.
@@ -69,6 +78,7 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(busy_timeout)
                     .foreign_keys(true)
+                    .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
             });
         let db = Database::connect(connect).await?;
         Ok(Self { db })

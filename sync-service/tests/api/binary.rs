@@ -12,10 +12,17 @@ fn service() -> Command {
     command
 }
 
+type Case = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    // (arguments, environment, the setting the error must name)
+    let cases: [Case; 4] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
         (&["--max-batch", "0"], &[], "--max-batch"),
         (&[], &[("SYNC_WRITERS", "lots")], "--writers"),
