@@ -55,6 +55,12 @@ impl Store {
         let url = &options.database_url;
         if url.starts_with("sqlite:") {
             create_sqlite_parent_dir(url)?;
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            // Named without echoing the URL: it may hold a password.
+            return Err(Error::invalid(
+                "DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
         }
         let busy_timeout = options.acquire_timeout;
         let mut connect = ConnectOptions::new(url.clone());

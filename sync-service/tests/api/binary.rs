@@ -28,7 +28,7 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
         (&[], &[("SYNC_WRITERS", "lots")], "--writers"),
         (
             &["migrate"],
-            &[("DATABASE_URL", "mysql://nowhere/db")],
+            &[("DATABASE_URL", "mysql://root:hunter2@nowhere/db")],
             "DATABASE_URL",
         ),
     ];
@@ -46,6 +46,10 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
         assert!(
             error_lines[0].contains(setting),
             "{setting} not named in: {stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "a password was echoed: {stderr}"
         );
     }
 }
