@@ -528,7 +528,7 @@ struct Report {
 }
 
 impl Report {
-    fn merge(elapsed: Duration, parts: Vec<(Vec<u64>, u64, Option<String>)>) -> Self {
+    fn merge(elapsed: Duration, parts: Vec<Part>) -> Self {
         let mut report = Self {
             elapsed,
             latencies: Vec::new(),
@@ -628,11 +628,7 @@ async fn post_all(
             })
         })
         .collect();
-    let mut parts = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        parts.push(task.await.unwrap());
-    }
-    Report::merge(start.elapsed(), parts)
+    gather(start, tasks).await
 }
 
 /// Makes `count` calls with `concurrency` tasks, each call made by `call`
@@ -664,6 +660,14 @@ where
             })
         })
         .collect();
+    gather(start, tasks).await
+}
+
+/// What one load task measured: latencies (µs), failures, the first failure.
+type Part = (Vec<u64>, u64, Option<String>);
+
+/// Waits for every load task and merges what they measured since `start`.
+async fn gather(start: Instant, tasks: Vec<JoinHandle<Part>>) -> Report {
     let mut parts = Vec::with_capacity(tasks.len());
     for task in tasks {
         parts.push(task.await.unwrap());
