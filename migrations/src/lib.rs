@@ -8,11 +8,16 @@
 //! - `user_email_addresses`: every address of every live user, lower-cased, so
 //!   find-by-email hits an index whichever of the user's addresses is asked for.
 //! - `processed_events`: every applied event id; its primary key makes
-//!   deduplication atomic with the write it guards.
+//!   deduplication atomic with the write it guards; indexed by `processed_at`
+//!   so old rows are pruned cheaply.
+//! - `quarantined_events`: verified deliveries that cannot be applied, with
+//!   their raw body, for operators to inspect, retry or drop.
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_directory;
+mod m20261127_100001_index_ledger_processed_at;
+mod m20261127_100002_create_quarantine;
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -21,6 +26,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_directory::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_directory::Migration),
+            Box::new(m20261127_100001_index_ledger_processed_at::Migration),
+            Box::new(m20261127_100002_create_quarantine::Migration),
+        ]
     }
 }

@@ -7,21 +7,32 @@
 //! 2. one winner per user among the fresh events: a delete beats every
 //!    upsert, otherwise the newest `updated_at` (the first on ties); the others
 //!    are stale, or ignored if the user ends deleted;
-//! 3. the winners' upserts and tombstones, each one multi-row
-//!    `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <guard> RETURNING id`; the
-//!    database evaluates the guard on the row it has locked, so concurrent
-//!    writers (other replicas included) never interleave a read and a write;
+//! 3. the winners' upserts and tombstones together, in one multi-row
+//!    `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <guard> RETURNING id,
+//!    deleted_at`; the database evaluates the guard on the row it has locked,
+//!    so concurrent writers (other replicas included) never interleave a read
+//!    and a write;
 //! 4. the email index of every user written.
 //!
-//! Rows are written in (event id) and (user id) order so that concurrent
-//! batches take their locks in the same order.
+//! Lock order: every batch takes its ledger rows in event id order, then its
+//! `users` rows in user id order (upserts and tombstones in the same statement,
+//! so `{upsert U2, delete U1}` and `{upsert U1, delete U2}` cannot deadlock),
+//! then the email index of those users.
+//!
+//! A statement never carries more bind parameters than the backend allows
+//! (SQLite 32766, PostgreSQL 65535): large batches and users with thousands of
+//! addresses are written in consecutive chunks, still in the same order.
+//!
+//! Text the directory stores is free of U+0000: PostgreSQL refuses it in
+//! `text` columns and SQLite would keep it, so it is removed before writing,
+//! on both backends alike (JSON columns keep it escaped as `\u0000`).
 
 use std::collections::{BTreeMap, HashSet, btree_map::Entry};
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, QueryTrait,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QuerySelect, QueryTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
@@ -62,12 +73,12 @@ pub(super) async fn apply_events(
         }
     }
 
-    // 3. Write the winners.
+    // 3. Write the winners: one statement, in user id order.
     let (upserts, deletes): (Vec<usize>, Vec<usize>) = winners
         .values()
         .partition(|&&i| matches!(events[i].change, Change::Upsert(_)));
-    let upserted = upsert_users(txn, events, &upserts).await?;
-    let tombstoned = write_tombstones(txn, events, &deletes).await?;
+    let ordered: Vec<usize> = winners.values().copied().collect();
+    let (upserted, tombstoned) = write_users(txn, events, &ordered).await?;
     let refused: Vec<&str> = upserts
         .iter()
         .map(|&i| events[i].user_id().as_str())
@@ -140,106 +151,120 @@ async fn record_events(
     }
     let mut ordered = candidates.to_vec();
     ordered.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
-    let rows = ordered.iter().map(|&i| processed_events::ActiveModel {
-        event_id: Set(events[i].id.as_str().to_owned()),
-        user_id: Set(events[i].user_id().as_str().to_owned()),
-        kind: Set(events[i].kind.as_str().to_owned()),
-        processed_at: Set(now),
-    });
-    let mut insert = processed_events::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(processed_events::Column::EventId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .into_query();
-    insert.returning_col(processed_events::Column::EventId);
-    returned_strings(txn, &insert, "event_id").await
+    let mut recorded = HashSet::new();
+    for chunk in ordered.chunks(rows_per_statement(txn, LEDGER_COLUMNS)) {
+        let rows = chunk.iter().map(|&i| processed_events::ActiveModel {
+            event_id: Set(events[i].id.as_str().to_owned()),
+            user_id: Set(events[i].user_id().as_str().to_owned()),
+            kind: Set(events[i].kind.as_str().to_owned()),
+            processed_at: Set(now),
+        });
+        let mut insert = processed_events::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(processed_events::Column::EventId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .into_query();
+        insert.returning_col(processed_events::Column::EventId);
+        for row in txn.query_all(&insert).await? {
+            recorded.insert(row.try_get::<String>("", "event_id")?);
+        }
+    }
+    Ok(recorded)
 }
 
-/// Upserts the profiles of `upserts` where the stored row is live and older;
-/// returns the ids written.
-async fn upsert_users(
-    txn: &DatabaseTransaction,
-    events: &[Event],
-    upserts: &[usize],
-) -> Result<HashSet<String>, DbErr> {
-    let rows: Vec<users::ActiveModel> = upserts
-        .iter()
-        .filter_map(|&i| match &events[i].change {
-            Change::Upsert(profile) => Some(row_from_profile(profile)),
-            Change::Delete { .. } => None,
-        })
-        .collect();
-    let newer = Expr::col((users::Entity, users::Column::UpdatedAt)).lt(Expr::col((
-        Alias::new("excluded"),
-        users::Column::UpdatedAt,
-    )));
-    write_users(txn, rows, users::Column::UpdatedAt, live().and(newer)).await
+/// Columns of a `processed_events` row.
+const LEDGER_COLUMNS: usize = 4;
+/// Columns of a `users` row.
+const USER_COLUMNS: usize = 15;
+/// Columns of a `user_email_addresses` row.
+const EMAIL_COLUMNS: usize = 2;
+
+/// How many rows of `columns` bind parameters each fit in one statement on
+/// this backend (SQLite allows 32766 parameters, PostgreSQL 65535).
+fn rows_per_statement(txn: &DatabaseTransaction, columns: usize) -> usize {
+    let limit = match txn.get_database_backend() {
+        DatabaseBackend::Sqlite => 32_766,
+        _ => 65_535,
+    };
+    (limit / columns).max(1)
 }
 
-/// Turns the users of `deletes` into tombstones unless they already are;
-/// returns the ids written.
-async fn write_tombstones(
+/// Writes the winners `ordered` (in user id order): upserts where the stored
+/// row is live and older, tombstones where it is live. One multi-row statement
+/// (chunked under the bind limit) for both, so every batch locks `users` rows
+/// in one order. Returns the ids upserted and the ids tombstoned.
+async fn write_users(
     txn: &DatabaseTransaction,
     events: &[Event],
-    deletes: &[usize],
-) -> Result<HashSet<String>, DbErr> {
-    let rows: Vec<users::ActiveModel> = deletes
-        .iter()
-        .filter_map(|&i| match &events[i].change {
+    ordered: &[usize],
+) -> Result<(HashSet<String>, HashSet<String>), DbErr> {
+    let (mut upserted, mut tombstoned) = (HashSet::new(), HashSet::new());
+    let excluded = |column| Expr::col((Alias::new("excluded"), column));
+    let stored = |column| Expr::col((users::Entity, column));
+    for chunk in ordered.chunks(rows_per_statement(txn, USER_COLUMNS)) {
+        let rows = chunk.iter().map(|&i| match &events[i].change {
+            Change::Upsert(profile) => row_from_profile(profile),
             Change::Delete {
                 user_id,
                 deleted_at,
-            } => Some(tombstone(user_id, *deleted_at)),
-            Change::Upsert(_) => None,
-        })
-        .collect();
-    write_users(txn, rows, users::Column::DeletedAt, live()).await
-}
-
-/// The guard every write shares: deletes are final.
-fn live() -> Expr {
-    Expr::col((users::Entity, users::Column::DeletedAt)).is_null()
-}
-
-/// One multi-row upsert of `rows` that, on conflict, overwrites the profile
-/// columns and `stamp` where `guard` holds; returns the ids written.
-async fn write_users(
-    txn: &DatabaseTransaction,
-    rows: Vec<users::ActiveModel>,
-    stamp: users::Column,
-    guard: Expr,
-) -> Result<HashSet<String>, DbErr> {
-    if rows.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let mut insert = users::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(users::Column::Id)
-                .update_columns(PROFILE_COLUMNS.into_iter().chain([stamp]))
-                .action_and_where(guard)
-                .to_owned(),
+            } => tombstone(user_id, *deleted_at),
+        });
+        // Deletes are final: only a live row changes. A tombstone always
+        // applies to it; an upsert only when newer.
+        let guard = stored(users::Column::DeletedAt).is_null().and(
+            excluded(users::Column::DeletedAt)
+                .is_not_null()
+                .or(stored(users::Column::UpdatedAt).lt(excluded(users::Column::UpdatedAt))),
+        );
+        // A tombstone keeps the version the user had; an upsert brings its own.
+        let version = Expr::case(
+            excluded(users::Column::DeletedAt).is_null(),
+            excluded(users::Column::UpdatedAt),
         )
-        .into_query();
-    insert.returning_col(users::Column::Id);
-    returned_strings(txn, &insert, "id").await
+        .finally(stored(users::Column::UpdatedAt));
+        let mut insert = users::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(users::Column::Id)
+                    .update_columns(PROFILE_COLUMNS.into_iter().chain([users::Column::DeletedAt]))
+                    .value(users::Column::UpdatedAt, version)
+                    .action_and_where(guard)
+                    .to_owned(),
+            )
+            .into_query();
+        insert.returning(
+            sea_orm::sea_query::Query::returning()
+                .columns([users::Column::Id, users::Column::DeletedAt]),
+        );
+        for row in txn.query_all(&insert).await? {
+            let id: String = row.try_get("", "id")?;
+            let deleted_at: Option<i64> = row.try_get("", "deleted_at")?;
+            if deleted_at.is_some() {
+                tombstoned.insert(id);
+            } else {
+                upserted.insert(id);
+            }
+        }
+    }
+    Ok((upserted, tombstoned))
 }
 
 /// Which of `ids` are tombstones.
 async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
+    let mut deleted = HashSet::new();
+    for chunk in ids.chunks(rows_per_statement(txn, 1)) {
+        let found: Vec<String> = users::Entity::find()
+            .select_only()
+            .column(users::Column::Id)
+            .filter(users::Column::Id.is_in(chunk.iter().copied()))
+            .filter(users::Column::DeletedAt.is_not_null())
+            .into_tuple()
+            .all(txn)
+            .await?;
+        deleted.extend(found);
     }
-    let found: Vec<String> = users::Entity::find()
-        .select_only()
-        .column(users::Column::Id)
-        .filter(users::Column::Id.is_in(ids.iter().copied()))
-        .filter(users::Column::DeletedAt.is_not_null())
-        .into_tuple()
-        .all(txn)
-        .await?;
-    Ok(found.into_iter().collect())
+    Ok(deleted)
 }
 
 /// Rebuilds the email index of the `written` users from `profiles` (the
@@ -249,50 +274,37 @@ async fn replace_email_index(
     written: &[&str],
     profiles: &[&Profile],
 ) -> Result<(), DbErr> {
-    if written.is_empty() {
-        return Ok(());
+    let mut written = written.to_vec();
+    written.sort_unstable();
+    for chunk in written.chunks(rows_per_statement(txn, 1)) {
+        user_email_addresses::Entity::delete_many()
+            .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
+            .exec(txn)
+            .await?;
     }
-    user_email_addresses::Entity::delete_many()
-        .filter(user_email_addresses::Column::UserId.is_in(written.iter().copied()))
-        .exec(txn)
-        .await?;
-    let mut rows: Vec<(String, &str)> = profiles
+    let mut rows: Vec<(&str, String)> = profiles
         .iter()
         .flat_map(|profile| {
             profile
                 .email_addresses
                 .iter()
                 .chain(&profile.primary_email_address)
-                .map(|email| (email.to_lowercase(), profile.id.as_str()))
+                .map(|email| (profile.id.as_str(), without_nul(email).to_lowercase()))
         })
         .collect();
     rows.sort();
     rows.dedup();
-    if rows.is_empty() {
-        return Ok(());
+    for chunk in rows.chunks(rows_per_statement(txn, EMAIL_COLUMNS)) {
+        user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
+            user_email_addresses::ActiveModel {
+                email_lower: Set(email.clone()),
+                user_id: Set((*user_id).to_owned()),
+            }
+        }))
+        .exec_without_returning(txn)
+        .await?;
     }
-    user_email_addresses::Entity::insert_many(rows.into_iter().map(|(email, user_id)| {
-        user_email_addresses::ActiveModel {
-            email_lower: Set(email),
-            user_id: Set(user_id.to_owned()),
-        }
-    }))
-    .exec_without_returning(txn)
-    .await?;
     Ok(())
-}
-
-/// Runs `statement` and collects the string column `column` of its rows.
-async fn returned_strings(
-    txn: &DatabaseTransaction,
-    statement: &sea_orm::sea_query::InsertStatement,
-    column: &str,
-) -> Result<HashSet<String>, DbErr> {
-    txn.query_all(statement)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", column))
-        .collect()
 }
 
 /// The columns holding what Clerk tells about a user: a newer version
@@ -313,19 +325,27 @@ const PROFILE_COLUMNS: [users::Column; 12] = [
 ];
 
 fn row_from_profile(profile: &Profile) -> users::ActiveModel {
+    let addresses: Vec<String> = profile
+        .email_addresses
+        .iter()
+        .map(|address| without_nul(address))
+        .collect();
+    let display_name = Some(without_nul(&profile.display_name).trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| profile.id.as_str().to_owned());
     users::ActiveModel {
         id: Set(profile.id.as_str().to_owned()),
-        primary_email_address: Set(profile.primary_email_address.clone()),
+        primary_email_address: Set(text(&profile.primary_email_address)),
         email_addresses: Set(Some(
-            serde_json::to_string(&profile.email_addresses).expect("strings serialise"),
+            serde_json::to_string(&addresses).expect("strings serialise"),
         )),
-        primary_phone_number: Set(profile.primary_phone_number.clone()),
-        first_name: Set(profile.first_name.clone()),
-        last_name: Set(profile.last_name.clone()),
-        display_name: Set(Some(profile.display_name.clone())),
-        username: Set(profile.username.clone()),
-        image_url: Set(profile.image_url.clone()),
-        external_id: Set(profile.external_id.clone()),
+        primary_phone_number: Set(text(&profile.primary_phone_number)),
+        first_name: Set(text(&profile.first_name)),
+        last_name: Set(text(&profile.last_name)),
+        display_name: Set(Some(display_name)),
+        username: Set(text(&profile.username)),
+        image_url: Set(text(&profile.image_url)),
+        external_id: Set(text(&profile.external_id)),
         public_metadata: Set(Some(
             serde_json::to_string(&profile.public_metadata).expect("JSON values serialise"),
         )),
@@ -354,5 +374,31 @@ fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
         updated_at: Set(deleted_at),
         last_sign_in_at: Set(None),
         deleted_at: Set(Some(deleted_at)),
+    }
+}
+
+/// `value` without U+0000.
+fn without_nul(value: &str) -> String {
+    value.replace('\0', "")
+}
+
+/// An optional text column without U+0000; unset when nothing else is left.
+fn text(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(without_nul)
+        .filter(|value| !value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_removed_from_text_and_empty_text_is_unset() {
+        assert_eq!(text(&Some("A\0da".into())), Some("Ada".into()));
+        assert_eq!(text(&Some("\0\0".into())), None);
+        assert_eq!(text(&None), None);
+        assert_eq!(without_nul("a\0@x.io"), "a@x.io");
     }
 }

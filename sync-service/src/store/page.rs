@@ -52,7 +52,11 @@ impl ListQuery {
             }
             n => n as u32,
         };
-        let changed_since = request.changed_since.as_ref().map(millis_from_timestamp);
+        let changed_since = request
+            .changed_since
+            .as_ref()
+            .map(|ts| millis_from_timestamp(ts, "changed_since"))
+            .transpose()?;
         let after = if request.page_token.is_empty() {
             None
         } else {

@@ -10,6 +10,7 @@ mod batches;
 mod binary;
 mod concurrency;
 mod grpcurl;
+mod hostile;
 mod helpers;
 mod outage;
 mod queries;
