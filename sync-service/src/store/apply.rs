@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashSet, btree_map::Entry};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QuerySelect, QueryTrait,
+    Iterable, QueryFilter, QuerySelect, QueryTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
@@ -152,7 +152,7 @@ async fn record_events(
     let mut ordered = candidates.to_vec();
     ordered.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
     let mut recorded = HashSet::new();
-    for chunk in ordered.chunks(rows_per_statement(txn, LEDGER_COLUMNS)) {
+    for chunk in ordered.chunks(rows_per_statement::<processed_events::Entity>(txn)) {
         let rows = chunk.iter().map(|&i| processed_events::ActiveModel {
             event_id: Set(events[i].id.as_str().to_owned()),
             user_id: Set(events[i].user_id().as_str().to_owned()),
@@ -174,21 +174,18 @@ async fn record_events(
     Ok(recorded)
 }
 
-/// Columns of a `processed_events` row.
-const LEDGER_COLUMNS: usize = 4;
-/// Columns of a `users` row.
-const USER_COLUMNS: usize = 15;
-/// Columns of a `user_email_addresses` row.
-const EMAIL_COLUMNS: usize = 2;
+/// How many rows of `E` (one bind parameter per column) fit in one statement
+/// on this backend (SQLite allows 32766 parameters, PostgreSQL 65535).
+fn rows_per_statement<E: EntityTrait>(txn: &DatabaseTransaction) -> usize {
+    (bind_limit(txn) / E::Column::iter().count()).max(1)
+}
 
-/// How many rows of `columns` bind parameters each fit in one statement on
-/// this backend (SQLite allows 32766 parameters, PostgreSQL 65535).
-fn rows_per_statement(txn: &DatabaseTransaction, columns: usize) -> usize {
-    let limit = match txn.get_database_backend() {
+/// Most bind parameters one statement may carry on this backend.
+fn bind_limit(txn: &DatabaseTransaction) -> usize {
+    match txn.get_database_backend() {
         DatabaseBackend::Sqlite => 32_766,
         _ => 65_535,
-    };
-    (limit / columns).max(1)
+    }
 }
 
 /// Writes the winners `ordered` (in user id order): upserts where the stored
@@ -203,7 +200,7 @@ async fn write_users(
     let (mut upserted, mut tombstoned) = (HashSet::new(), HashSet::new());
     let excluded = |column| Expr::col((Alias::new("excluded"), column));
     let stored = |column| Expr::col((users::Entity, column));
-    for chunk in ordered.chunks(rows_per_statement(txn, USER_COLUMNS)) {
+    for chunk in ordered.chunks(rows_per_statement::<users::Entity>(txn)) {
         let rows = chunk.iter().map(|&i| match &events[i].change {
             Change::Upsert(profile) => row_from_profile(profile),
             Change::Delete {
@@ -253,7 +250,7 @@ async fn write_users(
 /// Which of `ids` are tombstones.
 async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
     let mut deleted = HashSet::new();
-    for chunk in ids.chunks(rows_per_statement(txn, 1)) {
+    for chunk in ids.chunks(bind_limit(txn)) {
         let found: Vec<String> = users::Entity::find()
             .select_only()
             .column(users::Column::Id)
@@ -276,7 +273,7 @@ async fn replace_email_index(
 ) -> Result<(), DbErr> {
     let mut written = written.to_vec();
     written.sort_unstable();
-    for chunk in written.chunks(rows_per_statement(txn, 1)) {
+    for chunk in written.chunks(bind_limit(txn)) {
         user_email_addresses::Entity::delete_many()
             .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
             .exec(txn)
@@ -294,7 +291,7 @@ async fn replace_email_index(
         .collect();
     rows.sort();
     rows.dedup();
-    for chunk in rows.chunks(rows_per_statement(txn, EMAIL_COLUMNS)) {
+    for chunk in rows.chunks(rows_per_statement::<user_email_addresses::Entity>(txn)) {
         user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
             user_email_addresses::ActiveModel {
                 email_lower: Set(email.clone()),

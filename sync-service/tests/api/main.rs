@@ -13,5 +13,6 @@ mod grpcurl;
 mod hostile;
 mod helpers;
 mod outage;
+mod properties;
 mod queries;
 mod semantics;
