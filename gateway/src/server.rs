@@ -230,7 +230,8 @@ pub async fn run(
                     }
                 };
                 let Some(permit) = app.caps.connection() else {
-                    tracing::warn!(max = limits.max_connections, "too many connections; answering 503");
+                    // debug, not warn: a flood must not become a log flood.
+                    tracing::debug!(max = limits.max_connections, "too many connections; answering 503");
                     tokio::spawn(shed(stream));
                     continue;
                 };
