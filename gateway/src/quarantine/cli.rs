@@ -42,7 +42,8 @@ pub enum QuarantineCommand {
     },
 }
 
-/// Runs `command` against the sync-service of `config`, writing the
+/// Runs `command` against the sync-service of `config` (its addresses, TLS
+/// and token), writing the
 /// operator's report to `out`. Fails when a call fails or a retried delivery
 /// is still refused (it stays quarantined, with the new reason).
 pub async fn run(
@@ -50,12 +51,8 @@ pub async fn run(
     command: QuarantineCommand,
     out: &mut (dyn Write + Send),
 ) -> Result<(), Error> {
-    let quarantine = Quarantine::new(
-        &config.sync_service_urls,
-        config.connect_timeout,
-        config.upstream_timeout,
-        config.limits.max_message_bytes,
-    )?;
+    let upstream = Upstream::new(&config.sync_service)?;
+    let quarantine = Quarantine::new(&upstream, config.limits.max_message_bytes);
     let write_error = |error: std::io::Error| Error::Io(error);
     match command {
         QuarantineCommand::List { limit } => {
@@ -75,11 +72,6 @@ pub async fn run(
             writeln!(out, "dropped {event_id}").map_err(write_error)?;
         }
         QuarantineCommand::Retry { event_id, all } => {
-            let upstream = Upstream::new(
-                &config.sync_service_urls,
-                config.connect_timeout,
-                config.upstream_timeout,
-            )?;
             let ids = match event_id {
                 Some(id) if !all => vec![id],
                 _ => list(&quarantine, usize::MAX)

@@ -7,63 +7,34 @@
 
 pub mod cli;
 
-use std::time::Duration;
-
 use clerk_sync_api::v1::{
     DropQuarantinedRequest, GetQuarantinedRequest, ListQuarantinedRequest,
     ListQuarantinedResponse, QuarantineRequest, QuarantinedEvent,
     quarantine_service_client::QuarantineServiceClient,
 };
-use http::Uri;
 use prost_types::Timestamp;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::{Error, verify::Delivery};
+use crate::{Error, upstream::Upstream, verify::Delivery};
 
-/// Client of the sync-service's `QuarantineService`.
+/// Client of the sync-service's `QuarantineService`, on the [`Upstream`]'s
+/// channel and with its token.
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     client: QuarantineServiceClient<Channel>,
-    /// Deadline of each call.
-    timeout: Duration,
+    upstream: Upstream,
 }
 
 impl Quarantine {
-    /// A lazily connecting client of `urls` (several are balanced), with
-    /// explicit message limits: a quarantined body up to the gateway's body
-    /// limit must fit. Must be called inside a Tokio runtime.
-    pub fn new(
-        urls: &[Uri],
-        connect_timeout: Duration,
-        timeout: Duration,
-        max_message_bytes: usize,
-    ) -> Result<Self, Error> {
-        let endpoints = urls.iter().map(|url| {
-            Endpoint::from(url.clone())
-                .connect_timeout(connect_timeout)
-                .timeout(timeout)
-                .tcp_nodelay(true)
-        });
-        let channel = match urls {
-            [] => {
-                return Err(Error::Config {
-                    setting: "SYNC_SERVICE_URL",
-                    reason: "no address given".to_owned(),
-                });
-            }
-            [_] => endpoints
-                .into_iter()
-                .next()
-                .expect("one endpoint")
-                .connect_lazy(),
-            _ => Channel::balance_list(endpoints),
-        };
-        Ok(Self {
-            client: QuarantineServiceClient::new(channel)
+    /// A client sharing `upstream`'s channel, with explicit message limits: a
+    /// quarantined body up to the gateway's body limit must fit.
+    pub fn new(upstream: &Upstream, max_message_bytes: usize) -> Self {
+        Self {
+            client: QuarantineServiceClient::new(upstream.channel())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-            timeout,
-        })
+            upstream: upstream.clone(),
+        }
     }
 
     /// Stores `body` (or bumps the record its event id already has) and
@@ -86,7 +57,7 @@ impl Quarantine {
             }),
         };
         let response = self
-            .deadline(self.client.clone().quarantine(request))
+            .deadline(self.client.clone().quarantine(self.upstream.authorized(request)))
             .await?;
         response
             .event
@@ -103,8 +74,12 @@ impl Quarantine {
             page_size,
             page_token,
         };
-        self.deadline(self.client.clone().list_quarantined(request))
-            .await
+        self.deadline(
+            self.client
+                .clone()
+                .list_quarantined(self.upstream.authorized(request)),
+        )
+        .await
     }
 
     /// One record with its body.
@@ -112,8 +87,12 @@ impl Quarantine {
         let request = GetQuarantinedRequest {
             event_id: event_id.to_owned(),
         };
-        self.deadline(self.client.clone().get_quarantined(request))
-            .await?
+        self.deadline(
+            self.client
+                .clone()
+                .get_quarantined(self.upstream.authorized(request)),
+        )
+        .await?
             .event
             .ok_or_else(|| Error::Quarantine(tonic::Status::internal("no record returned")))
     }
@@ -123,16 +102,20 @@ impl Quarantine {
         let request = DropQuarantinedRequest {
             event_id: event_id.to_owned(),
         };
-        self.deadline(self.client.clone().drop_quarantined(request))
-            .await
-            .map(drop)
+        self.deadline(
+            self.client
+                .clone()
+                .drop_quarantined(self.upstream.authorized(request)),
+        )
+        .await
+        .map(drop)
     }
 
     async fn deadline<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(self.upstream.timeout(), call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(Error::Quarantine(status)),
             Err(_elapsed) => Err(Error::UpstreamTimeout),

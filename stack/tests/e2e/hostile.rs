@@ -111,7 +111,9 @@ async fn the_hostile_corpus_is_applied_or_quarantined_never_refused(backend: Bac
                 assert_eq!(user.image_url.as_deref(), Some("https://img.clerk.com/x"));
                 assert_eq!(user.external_id.as_deref(), Some("42"));
                 assert_eq!(user.primary_email_address.as_deref(), Some("ada@example.org"));
-                assert_eq!(user.email_addresses, ["ada@example.org"]);
+                let addresses: Vec<&str> =
+                    user.email_addresses.iter().map(|e| e.address.as_str()).collect();
+                assert_eq!(addresses, ["ada@example.org"]);
                 assert_eq!(user.primary_phone_number.as_deref(), Some("+15555550100"));
                 let metadata = clerk_sync_api::json::json_from_struct(
                     user.public_metadata.clone().unwrap(),

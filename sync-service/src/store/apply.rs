@@ -209,12 +209,17 @@ async fn write_users(
             } => tombstone(user_id, *deleted_at),
         });
         // Deletes are final: only a live row changes. A tombstone always
-        // applies to it; an upsert only when newer.
-        let guard = stored(users::Column::DeletedAt).is_null().and(
-            excluded(users::Column::DeletedAt)
-                .is_not_null()
-                .or(stored(users::Column::UpdatedAt).lt(excluded(users::Column::UpdatedAt))),
-        );
+        // applies to it; an upsert when newer by Clerk's version, or of the
+        // same version over a row an older mapping wrote (it dropped fields
+        // this one keeps).
+        let newer = stored(users::Column::UpdatedAt)
+            .lt(excluded(users::Column::UpdatedAt))
+            .or(stored(users::Column::UpdatedAt)
+                .eq(excluded(users::Column::UpdatedAt))
+                .and(stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat))));
+        let guard = stored(users::Column::DeletedAt)
+            .is_null()
+            .and(excluded(users::Column::DeletedAt).is_not_null().or(newer));
         // A tombstone keeps the version the user had; an upsert brings its own.
         let version = Expr::case(
             excluded(users::Column::DeletedAt).is_null(),
@@ -265,7 +270,8 @@ async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSe
 }
 
 /// Rebuilds the email index of the `written` users from `profiles` (the
-/// upserted ones; tombstones keep no address).
+/// upserted ones; tombstones keep no address). Only verified addresses are
+/// indexed: an address a user merely typed in identifies nobody.
 async fn replace_email_index(
     txn: &DatabaseTransaction,
     written: &[&str],
@@ -285,8 +291,8 @@ async fn replace_email_index(
             profile
                 .email_addresses
                 .iter()
-                .chain(&profile.primary_email_address)
-                .map(|email| (profile.id.as_str(), without_nul(email).to_lowercase()))
+                .filter(|email| email.verified)
+                .map(|email| (profile.id.as_str(), without_nul(&email.address).to_lowercase()))
         })
         .collect();
     rows.sort();
@@ -304,28 +310,66 @@ async fn replace_email_index(
     Ok(())
 }
 
+/// Version of the Clerk-to-row mapping this code writes. Bumped whenever the
+/// mapping starts keeping something it dropped before, so that the same Clerk
+/// version of a user, delivered again (a backfill), fills the row in.
+pub(super) const PROFILE_FORMAT: i32 = 2;
+
 /// The columns holding what Clerk tells about a user: a newer version
 /// overwrites them, a delete erases them.
-const PROFILE_COLUMNS: [users::Column; 12] = [
+const PROFILE_COLUMNS: [users::Column; 25] = [
     users::Column::PrimaryEmailAddress,
     users::Column::EmailAddresses,
     users::Column::PrimaryPhoneNumber,
+    users::Column::PhoneNumbers,
     users::Column::FirstName,
     users::Column::LastName,
     users::Column::DisplayName,
     users::Column::Username,
     users::Column::ImageUrl,
+    users::Column::HasImage,
     users::Column::ExternalId,
     users::Column::PublicMetadata,
+    users::Column::PrivateMetadata,
     users::Column::CreatedAt,
     users::Column::LastSignInAt,
+    users::Column::LastActiveAt,
+    users::Column::LegalAcceptedAt,
+    users::Column::Banned,
+    users::Column::Locked,
+    users::Column::LockedUntil,
+    users::Column::TwoFactorEnabled,
+    users::Column::TotpEnabled,
+    users::Column::BackupCodeEnabled,
+    users::Column::ExternalAccounts,
+    users::Column::ProfileFormat,
 ];
 
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
 fn row_from_profile(profile: &Profile) -> users::ActiveModel {
-    let addresses: Vec<String> = profile
+    let state = &profile.state;
+    // U+0000 leaves text columns (PostgreSQL refuses it) and the addresses
+    // and numbers in JSON too, so they match the plain columns and the index.
+    let email_addresses: Vec<_> = profile
         .email_addresses
         .iter()
-        .map(|address| without_nul(address))
+        .cloned()
+        .map(|mut email| {
+            email.address = without_nul(&email.address);
+            email
+        })
+        .collect();
+    let phone_numbers: Vec<_> = profile
+        .phone_numbers
+        .iter()
+        .cloned()
+        .map(|mut phone| {
+            phone.number = without_nul(&phone.number);
+            phone
+        })
         .collect();
     let display_name = Some(without_nul(&profile.display_name).trim().to_owned())
         .filter(|name| !name.is_empty())
@@ -333,22 +377,31 @@ fn row_from_profile(profile: &Profile) -> users::ActiveModel {
     users::ActiveModel {
         id: Set(profile.id.as_str().to_owned()),
         primary_email_address: Set(text(&profile.primary_email_address)),
-        email_addresses: Set(Some(
-            serde_json::to_string(&addresses).expect("strings serialise"),
-        )),
+        email_addresses: Set(Some(to_json(&email_addresses))),
         primary_phone_number: Set(text(&profile.primary_phone_number)),
+        phone_numbers: Set(Some(to_json(&phone_numbers))),
         first_name: Set(text(&profile.first_name)),
         last_name: Set(text(&profile.last_name)),
         display_name: Set(Some(display_name)),
         username: Set(text(&profile.username)),
         image_url: Set(text(&profile.image_url)),
+        has_image: Set(profile.has_image),
         external_id: Set(text(&profile.external_id)),
-        public_metadata: Set(Some(
-            serde_json::to_string(&profile.public_metadata).expect("JSON values serialise"),
-        )),
+        public_metadata: Set(Some(to_json(&profile.public_metadata))),
+        private_metadata: Set(profile.private_metadata.as_ref().map(to_json)),
         created_at: Set(profile.created_at),
         updated_at: Set(profile.updated_at),
         last_sign_in_at: Set(profile.last_sign_in_at),
+        last_active_at: Set(profile.last_active_at),
+        legal_accepted_at: Set(profile.legal_accepted_at),
+        banned: Set(state.banned),
+        locked: Set(state.locked),
+        locked_until: Set(state.locked_until),
+        two_factor_enabled: Set(state.two_factor_enabled),
+        totp_enabled: Set(state.totp_enabled),
+        backup_code_enabled: Set(state.backup_codes_enabled),
+        external_accounts: Set(Some(to_json(&profile.external_accounts))),
+        profile_format: Set(PROFILE_FORMAT),
         deleted_at: Set(None),
     }
 }
@@ -359,17 +412,30 @@ fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
         primary_email_address: Set(None),
         email_addresses: Set(None),
         primary_phone_number: Set(None),
+        phone_numbers: Set(None),
         first_name: Set(None),
         last_name: Set(None),
         display_name: Set(None),
         username: Set(None),
         image_url: Set(None),
+        has_image: Set(false),
         external_id: Set(None),
         public_metadata: Set(None),
+        private_metadata: Set(None),
         created_at: Set(None),
         // A user first seen as deleted has no version: the deletion time stands in.
         updated_at: Set(deleted_at),
         last_sign_in_at: Set(None),
+        last_active_at: Set(None),
+        legal_accepted_at: Set(None),
+        banned: Set(false),
+        locked: Set(false),
+        locked_until: Set(None),
+        two_factor_enabled: Set(false),
+        totp_enabled: Set(false),
+        backup_code_enabled: Set(false),
+        external_accounts: Set(None),
+        profile_format: Set(PROFILE_FORMAT),
         deleted_at: Set(Some(deleted_at)),
     }
 }

@@ -8,13 +8,13 @@ use clerk_sync_api::v1::{
     self, Outcome, QuarantineRequest, quarantine_service_client::QuarantineServiceClient,
 };
 use clerk_sync_service::{
-    domain::{Change, Event, EventId, EventKind, Profile, UserId},
+    domain::{AccountState, Change, EmailAddress, Event, EventId, EventKind, Profile, UserId},
     store::{Store, StoreOptions},
 };
 use prost_types::Timestamp;
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, TestDb, meta, ts, user};
+use crate::helpers::{Backend, TestApp, TestDb, email, meta, ts, user};
 
 crate::on_both_backends!(
     nul_in_every_text_field_is_removed_alike,
@@ -36,7 +36,10 @@ async fn nul_in_every_text_field_is_removed_alike(backend: Backend) {
     let nul = |text: &str| Some(format!("\0{text}\0"));
     let hostile = v1::User {
         primary_email_address: nul("Ada@Example.COM"),
-        email_addresses: vec!["\0Ada@Example.COM".into(), "x\0@y.io".into()],
+        email_addresses: vec![
+            email("\0Ada@Example.COM", true, true),
+            email("x\0@y.io", true, false),
+        ],
         primary_phone_number: nul("+15555550100"),
         first_name: nul("Ada"),
         last_name: Some("\0".into()),
@@ -56,7 +59,12 @@ async fn nul_in_every_text_field_is_removed_alike(backend: Backend) {
 
     let stored = app.get("user_nul").await.unwrap();
     assert_eq!(stored.primary_email_address.as_deref(), Some("Ada@Example.COM"));
-    assert_eq!(stored.email_addresses, ["Ada@Example.COM", "x@y.io"]);
+    let addresses: Vec<&str> = stored
+        .email_addresses
+        .iter()
+        .map(|email| email.address.as_str())
+        .collect();
+    assert_eq!(addresses, ["Ada@Example.COM", "x@y.io"]);
     assert_eq!(stored.primary_phone_number.as_deref(), Some("+15555550100"));
     assert_eq!(stored.first_name.as_deref(), Some("Ada"));
     // Nothing but U+0000 leaves nothing: unset.
@@ -144,7 +152,9 @@ async fn changed_since_that_overflows_is_invalid(backend: Backend) {
 async fn a_user_with_sixteen_thousand_addresses_is_stored(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db.url).await;
-    let addresses: Vec<String> = (0..16_500).map(|i| format!("a{i}@many.example")).collect();
+    let addresses: Vec<v1::EmailAddress> = (0..16_500)
+        .map(|i| email(&format!("a{i}@many.example"), true, false))
+        .collect();
     let many = v1::User {
         email_addresses: addresses,
         ..user("user_many", 10)
@@ -166,18 +176,33 @@ fn profile(id: &str, version: i64) -> Profile {
     Profile {
         id: UserId::parse(id.into(), "id").unwrap(),
         primary_email_address: Some(format!("{id}@example.com")),
-        email_addresses: vec![format!("{id}@example.com"), format!("{id}@example.net")],
+        email_addresses: [format!("{id}@example.com"), format!("{id}@example.net")]
+            .into_iter()
+            .enumerate()
+            .map(|(i, address)| EmailAddress {
+                address,
+                verified: true,
+                primary: i == 0,
+            })
+            .collect(),
+        phone_numbers: Vec::new(),
         primary_phone_number: None,
         first_name: Some(format!("v{version}")),
         last_name: None,
         display_name: format!("v{version}"),
         username: None,
         image_url: None,
+        has_image: false,
         external_id: None,
         public_metadata: serde_json::Map::new(),
+        private_metadata: None,
         created_at: Some(1),
         updated_at: version,
         last_sign_in_at: None,
+        last_active_at: None,
+        legal_accepted_at: None,
+        state: AccountState::default(),
+        external_accounts: Vec::new(),
     }
 }
 
