@@ -367,7 +367,9 @@ mod tests {
             Error::InvalidJson(json_error),
             Error::MissingField("data.id"),
             Error::Unmappable("too deep".into()),
-            Error::Upstream(tonic::Status::invalid_argument("event.user.id must not be empty")),
+            Error::Upstream(tonic::Status::invalid_argument(
+                "event.user.id must not be empty",
+            )),
             Error::Upstream(tonic::Status::out_of_range("message too large")),
         ] {
             assert!(poison.is_poison(), "{poison:?}");
@@ -383,8 +385,10 @@ mod tests {
             assert!(!retryable.is_poison(), "{retryable:?}");
         }
         assert_eq!(
-            Error::Upstream(tonic::Status::invalid_argument("event.user.id must not be empty"))
-                .reason(),
+            Error::Upstream(tonic::Status::invalid_argument(
+                "event.user.id must not be empty"
+            ))
+            .reason(),
             "event rejected: event.user.id must not be empty"
         );
     }

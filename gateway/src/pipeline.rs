@@ -56,9 +56,7 @@ pub fn event_type_of(body: &[u8]) -> Option<String> {
         #[serde(rename = "type")]
         event_type: Option<String>,
     }
-    serde_json::from_slice::<TypeOnly>(body)
-        .ok()?
-        .event_type
+    serde_json::from_slice::<TypeOnly>(body).ok()?.event_type
 }
 
 /// Refuses what the sync-service could not decode: metadata nested deeper

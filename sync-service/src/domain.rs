@@ -496,18 +496,34 @@ mod tests {
     #[test]
     fn millis_and_timestamps_round_trip_including_before_1970() {
         for ms in [0, 1, 999, 1_654_012_591_835, -1, -1001] {
-            assert_eq!(millis_from_timestamp(&timestamp_from_millis(ms), "t").unwrap(), ms);
+            assert_eq!(
+                millis_from_timestamp(&timestamp_from_millis(ms), "t").unwrap(),
+                ms
+            );
         }
     }
 
     #[test]
     fn times_that_do_not_fit_are_invalid_not_wrapped() {
-        for (seconds, nanos) in [(i64::MAX, 0), (i64::MIN, 0), (i64::MAX / 1000 + 1, 0), (0, -1), (0, 1_000_000_000)] {
-            let err = millis_from_timestamp(&Timestamp { seconds, nanos }, "changed_since").unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { .. }), "{seconds} {nanos}");
+        for (seconds, nanos) in [
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (i64::MAX / 1000 + 1, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            let err =
+                millis_from_timestamp(&Timestamp { seconds, nanos }, "changed_since").unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { .. }),
+                "{seconds} {nanos}"
+            );
             assert!(err.to_string().starts_with("changed_since "), "{err}");
         }
-        let max = Timestamp { seconds: i64::MAX / 1000, nanos: 807_000_000 };
+        let max = Timestamp {
+            seconds: i64::MAX / 1000,
+            nanos: 807_000_000,
+        };
         assert_eq!(millis_from_timestamp(&max, "t").unwrap(), i64::MAX);
     }
 

@@ -108,7 +108,12 @@ fn classify(err: &DbErr) -> Class {
 fn classify_sqlstate(code: &str) -> Class {
     match code {
         "40001" | "40P01" | "55P03" => Class::Transient,
-        _ if ["08", "53", "57"].iter().any(|class| code.starts_with(class)) => Class::Transient,
+        _ if ["08", "53", "57"]
+            .iter()
+            .any(|class| code.starts_with(class)) =>
+        {
+            Class::Transient
+        }
         _ if code.starts_with("22") || code.starts_with("23") => Class::Permanent,
         _ => Class::Other,
     }
@@ -174,7 +179,9 @@ mod tests {
 
     #[test]
     fn sqlstates_are_classified_by_class() {
-        for code in ["08006", "08001", "53300", "53100", "57P01", "57014", "40001", "40P01", "55P03"] {
+        for code in [
+            "08006", "08001", "53300", "53100", "57P01", "57014", "40001", "40P01", "55P03",
+        ] {
             assert_eq!(classify_sqlstate(code), Class::Transient, "{code}");
         }
         for code in ["22021", "22001", "22P02", "23505", "23503"] {

@@ -64,10 +64,7 @@ impl Ingestor {
     /// at once with [`Error::Overloaded`] when `max_pending` events already
     /// wait.
     pub async fn apply(&self, event: Event) -> Result<Outcome, Error> {
-        let _permit = self
-            .pending
-            .try_acquire()
-            .map_err(|_| Error::Overloaded)?;
+        let _permit = self.pending.try_acquire().map_err(|_| Error::Overloaded)?;
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Job { event, reply })

@@ -8,9 +8,8 @@
 pub mod cli;
 
 use clerk_sync_api::v1::{
-    DropQuarantinedRequest, GetQuarantinedRequest, ListQuarantinedRequest,
-    ListQuarantinedResponse, QuarantineRequest, QuarantinedEvent,
-    quarantine_service_client::QuarantineServiceClient,
+    DropQuarantinedRequest, GetQuarantinedRequest, ListQuarantinedRequest, ListQuarantinedResponse,
+    QuarantineRequest, QuarantinedEvent, quarantine_service_client::QuarantineServiceClient,
 };
 use prost_types::Timestamp;
 use tonic::transport::Channel;
@@ -57,7 +56,11 @@ impl Quarantine {
             }),
         };
         let response = self
-            .deadline(self.client.clone().quarantine(self.upstream.authorized(request)))
+            .deadline(
+                self.client
+                    .clone()
+                    .quarantine(self.upstream.authorized(request)),
+            )
             .await?;
         response
             .event
@@ -93,8 +96,8 @@ impl Quarantine {
                 .get_quarantined(self.upstream.authorized(request)),
         )
         .await?
-            .event
-            .ok_or_else(|| Error::Quarantine(tonic::Status::internal("no record returned")))
+        .event
+        .ok_or_else(|| Error::Quarantine(tonic::Status::internal("no record returned")))
     }
 
     /// Deletes one record.

@@ -10,9 +10,9 @@ use std::{
 use clerk_sync_api::v1::{
     ApplyUserCreatedRequest, ApplyUserCreatedResponse, ApplyUserDeletedRequest,
     ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse,
-    DropQuarantinedRequest, DropQuarantinedResponse, GetQuarantinedRequest,
-    GetQuarantinedResponse, ListQuarantinedRequest, ListQuarantinedResponse, Outcome,
-    QuarantineRequest, QuarantineResponse, QuarantinedEvent,
+    DropQuarantinedRequest, DropQuarantinedResponse, GetQuarantinedRequest, GetQuarantinedResponse,
+    ListQuarantinedRequest, ListQuarantinedResponse, Outcome, QuarantineRequest,
+    QuarantineResponse, QuarantinedEvent,
     quarantine_service_server::{QuarantineService, QuarantineServiceServer},
     user_sync_service_server::{UserSyncService, UserSyncServiceServer},
 };

@@ -5,9 +5,9 @@
 
 mod fake_sync;
 mod helpers;
+mod logs;
 mod properties;
 mod slow_clients;
-mod logs;
 
 use std::time::Duration;
 
@@ -479,7 +479,9 @@ async fn metadata_too_deep_for_protobuf_is_quarantined_not_forwarded() {
     assert_eq!(quarantined.len(), 1);
     assert_eq!(quarantined[0].event_type, "user.updated");
     assert!(
-        quarantined[0].reason.contains("public_metadata is nested 40 levels"),
+        quarantined[0]
+            .reason
+            .contains("public_metadata is nested 40 levels"),
         "{}",
         quarantined[0].reason
     );
@@ -741,7 +743,10 @@ async fn a_sync_service_dying_mid_call_is_503() {
             .unwrap();
         client.request(request).await.unwrap().status()
     });
-    arrived.recv().await.expect("the call reached the sync-service");
+    arrived
+        .recv()
+        .await
+        .expect("the call reached the sync-service");
 
     // The connection to the sync-service is reset while the call is open.
     proxy.cut().await;

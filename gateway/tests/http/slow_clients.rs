@@ -70,7 +70,10 @@ async fn a_silent_connection_is_closed_in_time() {
     let (sent, took) = closed_within(&mut silent, Duration::from_secs(3)).await;
 
     assert!(sent.is_empty(), "{}", String::from_utf8_lossy(&sent));
-    assert!(took >= Duration::from_millis(300), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed too early: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +84,10 @@ async fn a_stalled_head_is_closed_in_time_even_when_it_trickles() {
     stalled.write_all(b"PO").await.unwrap();
     // Slowloris: a byte every 100 ms, never finishing the head.
     let mut trickling = TcpStream::connect(app.addr).await.unwrap();
-    trickling.write_all(b"POST /clerk HTTP/1.1\r\n").await.unwrap();
+    trickling
+        .write_all(b"POST /clerk HTTP/1.1\r\n")
+        .await
+        .unwrap();
     let trickle = tokio::spawn(async move {
         let started = Instant::now();
         while trickling.write_all(b"x").await.is_ok() {
@@ -135,7 +141,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
     let (sent, took) = closed_within(&mut stream, Duration::from_secs(3)).await;
 
     assert!(String::from_utf8_lossy(&sent).starts_with("HTTP/1.1 200"));
-    assert!(took >= Duration::from_millis(300), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed too early: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -241,7 +250,10 @@ async fn webhooks_past_the_in_flight_cap_are_answered_503_at_once() {
             .unwrap();
         client.request(request).await.unwrap().status()
     });
-    arrived.recv().await.expect("the first webhook is in flight");
+    arrived
+        .recv()
+        .await
+        .expect("the first webhook is in flight");
 
     let started = Instant::now();
     let response = app.deliver("msg_shed", fixture("user.created.json")).await;

@@ -18,7 +18,9 @@ async fn deliver_bytes(stack: &Stack, msg_id: &str, body: &[u8]) -> Answer {
     use base64::{Engine, engine::general_purpose::STANDARD};
     use hmac::{Hmac, Mac};
     let timestamp = now();
-    let key = STANDARD.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let key = STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
     mac.update(body);
@@ -302,8 +304,14 @@ async fn the_hostile_corpus_is_applied_or_quarantined_never_refused(backend: Bac
     let records = stack.quarantined().await;
     let mut ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
     ids.sort_unstable();
-    let expected_ids: Vec<&str> = expected_quarantine.iter().map(|(id, ..)| id.as_str()).collect();
-    assert_eq!(ids, expected_ids, "exactly the poisoned deliveries are quarantined");
+    let expected_ids: Vec<&str> = expected_quarantine
+        .iter()
+        .map(|(id, ..)| id.as_str())
+        .collect();
+    assert_eq!(
+        ids, expected_ids,
+        "exactly the poisoned deliveries are quarantined"
+    );
     for (msg_id, what, reason, body) in &expected_quarantine {
         let record = stack
             .quarantine
@@ -325,7 +333,13 @@ async fn the_hostile_corpus_is_applied_or_quarantined_never_refused(backend: Bac
     live.sort_unstable();
     assert_eq!(
         live,
-        ["user_deep_ok", "user_many", "user_nul", "user_unicode", "user_wide"]
+        [
+            "user_deep_ok",
+            "user_many",
+            "user_nul",
+            "user_unicode",
+            "user_wide"
+        ]
     );
 
     // A redelivery updates the record: no duplicate.
@@ -370,12 +384,18 @@ async fn quarantined_events_are_listed_retried_and_dropped(backend: Backend) {
         .unwrap();
     // And one no release can take.
     let broken = br#"{"type":"user.created","data":{"id":"user_broken""#;
-    assert_eq!(stack.deliver("msg_broken", broken).await.status, StatusCode::OK);
+    assert_eq!(
+        stack.deliver("msg_broken", broken).await.status,
+        StatusCode::OK
+    );
 
     let (listed, out) = run(QuarantineCommand::List { limit: 100 }).await;
     listed.unwrap();
     assert!(out.starts_with("2 quarantined"), "{out}");
-    assert!(out.contains("msg_fixable") && out.contains("msg_broken"), "{out}");
+    assert!(
+        out.contains("msg_fixable") && out.contains("msg_broken"),
+        "{out}"
+    );
 
     let (shown, out) = run(QuarantineCommand::Show {
         event_id: "msg_broken".into(),
@@ -383,7 +403,10 @@ async fn quarantined_events_are_listed_retried_and_dropped(backend: Backend) {
     .await;
     shown.unwrap();
     assert!(out.contains("invalid JSON payload"), "{out}");
-    assert!(out.contains(r#"{"type":"user.created","data":{"id":"user_broken""#), "{out}");
+    assert!(
+        out.contains(r#"{"type":"user.created","data":{"id":"user_broken""#),
+        "{out}"
+    );
 
     let (retried, out) = run(QuarantineCommand::Retry {
         event_id: None,
@@ -391,10 +414,21 @@ async fn quarantined_events_are_listed_retried_and_dropped(backend: Backend) {
     })
     .await;
     assert!(retried.is_err(), "one delivery is still refused: {out}");
-    assert!(out.contains("msg_fixable: OUTCOME_APPLIED; dropped"), "{out}");
-    assert!(out.contains("msg_broken: still refused: invalid JSON payload"), "{out}");
+    assert!(
+        out.contains("msg_fixable: OUTCOME_APPLIED; dropped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("msg_broken: still refused: invalid JSON payload"),
+        "{out}"
+    );
     assert_eq!(
-        stack.get_user("user_redriven").await.unwrap().first_name.as_deref(),
+        stack
+            .get_user("user_redriven")
+            .await
+            .unwrap()
+            .first_name
+            .as_deref(),
         Some("Redriven")
     );
     let records = stack.quarantined().await;

@@ -57,9 +57,11 @@ impl v1::quarantine_service_server::QuarantineService for QuarantineService {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
             n if n as u32 > MAX_PAGE_SIZE => {
-                return Err(
-                    Error::invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into(),
-                );
+                return Err(Error::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_PAGE_SIZE}"),
+                )
+                .into());
             }
             n => n as u32,
         };

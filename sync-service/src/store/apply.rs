@@ -216,7 +216,9 @@ async fn write_users(
             .lt(excluded(users::Column::UpdatedAt))
             .or(stored(users::Column::UpdatedAt)
                 .eq(excluded(users::Column::UpdatedAt))
-                .and(stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat))));
+                .and(
+                    stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat)),
+                ));
         let guard = stored(users::Column::DeletedAt)
             .is_null()
             .and(excluded(users::Column::DeletedAt).is_not_null().or(newer));
@@ -229,7 +231,11 @@ async fn write_users(
         let mut insert = users::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::column(users::Column::Id)
-                    .update_columns(PROFILE_COLUMNS.into_iter().chain([users::Column::DeletedAt]))
+                    .update_columns(
+                        PROFILE_COLUMNS
+                            .into_iter()
+                            .chain([users::Column::DeletedAt]),
+                    )
                     .value(users::Column::UpdatedAt, version)
                     .action_and_where(guard)
                     .to_owned(),
@@ -292,7 +298,12 @@ async fn replace_email_index(
                 .email_addresses
                 .iter()
                 .filter(|email| email.verified)
-                .map(|email| (profile.id.as_str(), without_nul(&email.address).to_lowercase()))
+                .map(|email| {
+                    (
+                        profile.id.as_str(),
+                        without_nul(&email.address).to_lowercase(),
+                    )
+                })
         })
         .collect();
     rows.sort();

@@ -27,9 +27,21 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
     // (arguments, environment, the setting the error must name)
     let cases: [Case; 17] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
-        (&["--grpc-max-message-bytes", "10"], &[], "--grpc-max-message-bytes"),
-        (&[], &[("SYNC_MAX_PENDING_APPLIES", "0")], "--max-pending-applies"),
-        (&["--ledger-retention-days", "1"], &[], "--ledger-retention-days"),
+        (
+            &["--grpc-max-message-bytes", "10"],
+            &[],
+            "--grpc-max-message-bytes",
+        ),
+        (
+            &[],
+            &[("SYNC_MAX_PENDING_APPLIES", "0")],
+            "--max-pending-applies",
+        ),
+        (
+            &["--ledger-retention-days", "1"],
+            &[],
+            "--ledger-retention-days",
+        ),
         (
             &[],
             &[("DATABASE_STATEMENT_TIMEOUT_MS", "soon")],

@@ -58,7 +58,10 @@ async fn nul_in_every_text_field_is_removed_alike(backend: Backend) {
     assert_eq!(app.created("msg_nul", hostile).await, Outcome::Applied);
 
     let stored = app.get("user_nul").await.unwrap();
-    assert_eq!(stored.primary_email_address.as_deref(), Some("Ada@Example.COM"));
+    assert_eq!(
+        stored.primary_email_address.as_deref(),
+        Some("Ada@Example.COM")
+    );
     let addresses: Vec<&str> = stored
         .email_addresses
         .iter()
@@ -243,11 +246,13 @@ async fn a_batch_over_every_bind_limit_is_applied(backend: Backend) {
         .count();
     // Users 0..1000 are created and deleted in the batch: the delete wins.
     assert_eq!(applied, 9_000, "{:?}", outcomes.iter().find(|o| o.is_err()));
-    assert!(store.get_user(&UserId::parse("user_00999".into(), "id").unwrap()).await.is_err());
-    let kept = store
-        .find_by_email("USER_08999@example.net")
-        .await
-        .unwrap();
+    assert!(
+        store
+            .get_user(&UserId::parse("user_00999".into(), "id").unwrap())
+            .await
+            .is_err()
+    );
+    let kept = store.find_by_email("USER_08999@example.net").await.unwrap();
     assert_eq!(kept.id.as_str(), "user_08999");
 }
 
@@ -256,9 +261,18 @@ async fn a_replay_after_pruning_changes_nothing(backend: Backend) {
     let app = TestApp::spawn(&db.url).await;
     let store = Store::connect(&options(&db.url)).await.unwrap();
 
-    assert_eq!(app.created("msg_c", user("user_p", 10)).await, Outcome::Applied);
-    assert_eq!(app.updated("msg_u", user("user_p", 20)).await, Outcome::Applied);
-    assert_eq!(app.created("msg_gone", user("user_g", 10)).await, Outcome::Applied);
+    assert_eq!(
+        app.created("msg_c", user("user_p", 10)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        app.updated("msg_u", user("user_p", 20)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        app.created("msg_gone", user("user_g", 10)).await,
+        Outcome::Applied
+    );
     assert_eq!(app.deleted("msg_d", "user_g", 30).await, Outcome::Applied);
     // Nothing is old enough yet.
     assert_eq!(
@@ -275,17 +289,29 @@ async fn a_replay_after_pruning_changes_nothing(backend: Backend) {
     assert_eq!(pruned, 4);
 
     // The replays are no longer duplicates, and still harmless.
-    assert_eq!(app.created("msg_c", user("user_p", 10)).await, Outcome::Stale);
-    assert_eq!(app.updated("msg_u", user("user_p", 20)).await, Outcome::Stale);
+    assert_eq!(
+        app.created("msg_c", user("user_p", 10)).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        app.updated("msg_u", user("user_p", 20)).await,
+        Outcome::Stale
+    );
     assert_eq!(
         app.created("msg_gone", user("user_g", 10)).await,
         Outcome::UserDeleted
     );
-    assert_eq!(app.deleted("msg_d", "user_g", 30).await, Outcome::UserDeleted);
+    assert_eq!(
+        app.deleted("msg_d", "user_g", 30).await,
+        Outcome::UserDeleted
+    );
     assert_eq!(app.get("user_p").await.unwrap(), before);
     assert_eq!(app.get("user_g").await.unwrap_err().code(), Code::NotFound);
     // The replays are remembered again.
-    assert_eq!(app.created("msg_c", user("user_p", 10)).await, Outcome::Duplicate);
+    assert_eq!(
+        app.created("msg_c", user("user_p", 10)).await,
+        Outcome::Duplicate
+    );
 }
 
 async fn the_quarantine_keeps_one_record_per_event_id(backend: Backend) {
@@ -343,7 +369,10 @@ async fn the_quarantine_keeps_one_record_per_event_id(backend: Backend) {
         .into_inner();
     assert_eq!(listed.events.len(), 1);
     assert_eq!(listed.events[0].event_id, "msg_poison");
-    assert!(listed.events[0].body.is_empty(), "listings leave bodies out");
+    assert!(
+        listed.events[0].body.is_empty(),
+        "listings leave bodies out"
+    );
     assert_eq!(listed.events[0].body_size, body.len() as u64);
     let rest = quarantine
         .list_quarantined(v1::ListQuarantinedRequest {
@@ -469,4 +498,92 @@ async fn crossed_upserts_and_deletes_never_deadlock_on_postgres() {
         .try_get::<i64>("", "deadlocks")
         .unwrap();
     assert_eq!(deadlocks, 0, "PostgreSQL detected deadlocks");
+}
+
+/// The quarantine holds raw personal data and can redrive events: with tokens
+/// configured it needs a write token; a reader and a stranger are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quarantine_needs_the_write_role() {
+    use clerk_sync_service::{Config, auth::TokenList};
+
+    use crate::helpers::authorized;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = Config::with_database(&db.url);
+    config.write_tokens = TokenList::parse("write-token-quarantine-01").unwrap();
+    config.read_tokens = TokenList::parse("read-token-quarantine-02").unwrap();
+    let app = TestApp::spawn_with(config).await;
+    let mut quarantine = QuarantineServiceClient::new(app.channel.clone());
+    let list = |token| {
+        authorized(
+            v1::ListQuarantinedRequest {
+                page_size: 10,
+                page_token: String::new(),
+            },
+            token,
+        )
+    };
+
+    for (token, code) in [
+        (None, Code::Unauthenticated),
+        (Some("read-token-quarantine-02"), Code::PermissionDenied),
+    ] {
+        let status = quarantine.list_quarantined(list(token)).await.unwrap_err();
+        assert_eq!(status.code(), code, "{token:?}");
+    }
+    let listed = quarantine
+        .list_quarantined(list(Some("write-token-quarantine-01")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.events.is_empty());
+}
+
+/// Past `--max-pending-applies`, applies are refused at once (UNAVAILABLE,
+/// so the gateway answers 503) instead of queueing: here the one allowed
+/// apply waits for a write lock another connection holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_past_the_pending_limit_are_shed_at_once() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = clerk_sync_service::Config::with_database(&db.url);
+    config.max_pending_applies = 1;
+    let app = TestApp::spawn_with(config).await;
+    let sql = crate::helpers::connect_sql(&db.url).await;
+    let lock = sql.begin().await.unwrap();
+    lock.execute_unprepared(
+        "INSERT INTO processed_events (event_id, user_id, kind, processed_at) \
+         VALUES ('msg_lock', 'user_lock', 'user.created', 0)",
+    )
+    .await
+    .unwrap();
+
+    let mut calls: FuturesUnordered<_> = (0..5)
+        .map(|i| {
+            let mut sync = app.sync.clone();
+            async move {
+                sync.apply_user_created(v1::ApplyUserCreatedRequest {
+                    event: Some(v1::UserCreated {
+                        meta: Some(meta(&format!("msg_shed_{i}"), 0)),
+                        user: Some(user(&format!("user_shed_{i}"), 10)),
+                    }),
+                })
+                .await
+            }
+        })
+        .collect();
+    // Four are refused while the fifth waits on the lock.
+    for _ in 0..4 {
+        let status = tokio::time::timeout(std::time::Duration::from_secs(3), calls.next())
+            .await
+            .expect("shed at once")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "too many events in flight; retry later");
+    }
+    lock.rollback().await.unwrap();
+    let applied = calls.next().await.unwrap().unwrap().into_inner();
+    assert_eq!(applied.outcome(), Outcome::Applied);
 }
