@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 use http::Uri;
 
 use crate::verify::WebhookSecrets;
@@ -96,6 +97,25 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub shutdown_timeout: Duration,
+
+    /// Address serving Prometheus metrics at `GET /metrics` (keep it off the
+    /// public network); empty serves none.
+    #[arg(
+        long = "metrics-listen", value_name = "ADDR",
+        env = "GATEWAY_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_parser = |text: &str| parse_metrics_listen(text, "GATEWAY_METRICS_LISTEN_ADDR")
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -114,6 +134,8 @@ impl Config {
             upstream_timeout: Duration::from_millis(5000),
             connect_timeout: Duration::from_millis(1000),
             shutdown_timeout: Duration::from_secs(20),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -227,6 +249,8 @@ mod tests {
                 "--sync-service-url",
             ),
             (&["--listen", "8080"], "--listen"),
+            (&["--metrics-listen", "9464"], "GATEWAY_METRICS_LISTEN_ADDR"),
+            (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--webhook-secret", "whsec_"], "--webhook-secret"),
             (
                 &["--webhook-secret", "whsec_MfKQ9r8G*"],
@@ -237,6 +261,20 @@ mod tests {
             assert!(error.contains(setting), "{args:?}: {error}");
             assert!(!error.contains("MfKQ9r8G"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_empty_metrics_address_turns_metrics_off() {
+        assert_eq!(
+            parse(&["--metrics-listen", ""]).unwrap().metrics_listen,
+            None
+        );
+        let config = parse(&["--metrics-listen", "0.0.0.0:9100", "--log-format", "json"]).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     grpc::{directory::DirectoryService, sync::SyncService},
     ingest::Ingestor,
+    metrics,
     store::Store,
 };
 
@@ -82,6 +83,7 @@ pub async fn serve(
     // back for a delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
+        .layer(metrics::GrpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -103,7 +105,8 @@ pub async fn serve(
 }
 
 /// Keeps the health status in step with the database: SERVING only while it
-/// answers. The empty service name stands for the whole server.
+/// answers. The empty service name stands for the whole server. Samples the
+/// pool's connections for the metrics on the same tick.
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
     const SERVICES: [&str; 3] = [
         "",
@@ -114,6 +117,8 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
+        let (in_use, idle) = store.pool_connections();
+        metrics::set_db_pool(in_use, idle);
         let status =
             match tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await {
                 Ok(Ok(())) => ServingStatus::Serving,

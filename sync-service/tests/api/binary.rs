@@ -8,7 +8,11 @@ use std::{
 
 fn service() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clerk-sync-service"));
-    command.env_remove("DATABASE_URL").env("RUST_LOG", "info");
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("LOG_FORMAT")
+        .env("SYNC_SERVICE_METRICS_LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info");
     command
 }
 
@@ -22,10 +26,16 @@ type Case = (
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // (arguments, environment, the setting the error must name)
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
         (&["--max-batch", "0"], &[], "--max-batch"),
         (&[], &[("SYNC_WRITERS", "lots")], "--writers"),
+        (&[], &[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+        (
+            &["--metrics-listen", "9465"],
+            &[],
+            "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+        ),
         (
             &["migrate"],
             &[("DATABASE_URL", "mysql://root:hunter2@nowhere/db")],
@@ -90,5 +100,28 @@ fn migrate_creates_the_sqlite_file_and_sigterm_stops_serving_cleanly() {
     assert!(
         status.success(),
         "SIGTERM should end in a clean exit, got {status}"
+    );
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_start_up_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = service()
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+            taken.local_addr().unwrap().to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error_lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(
+        error_lines[0].contains("SYNC_SERVICE_METRICS_LISTEN_ADDR"),
+        "{stderr}"
     );
 }
