@@ -96,7 +96,7 @@ async fn events_calls_and_batches_are_counted_exactly(backend: Backend) {
         ),
         ("clerk_sync_service_commit_batch_events_sum".to_owned(), 6.0),
         (
-            r#"clerk_sync_service_commit_batch_events_bucket{le="1.0"}"#.to_owned(),
+            r#"clerk_sync_service_commit_batch_events_bucket{le="1"}"#.to_owned(),
             6.0,
         ),
         (
