@@ -3,6 +3,8 @@
 //! gRPC.
 //!
 //! - [`config`]: flags and environment variables.
+//! - [`auth`]: bearer tokens and roles, one layer in front of every service.
+//! - [`tls`]: the gRPC port's certificate and optional client CA.
 //! - [`server`]: the tonic server (both services, health, reflection);
 //!   [`run`] takes its listener and shutdown from the caller.
 //! - [`domain`]: typed values requests are parsed into at the edge.
@@ -13,6 +15,7 @@
 //!   tower layer that counts and times every gRPC call.
 //! - `grpc`: the service handlers, which translate and delegate.
 
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -21,6 +24,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;

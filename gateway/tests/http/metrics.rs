@@ -169,7 +169,7 @@ async fn in_flight_requests_rise_while_held_and_fall_when_answered() {
 #[tokio::test]
 async fn the_gateways_own_deadline_counts_as_deadline_exceeded() {
     let app = TestApp::spawn_with(FakeSync::start().await, |config| {
-        config.upstream_timeout = Duration::from_millis(200);
+        config.sync_service.timeout = Duration::from_millis(200);
     })
     .await;
     let (_arrived, _release) = app.upstream.hold_calls();

@@ -23,9 +23,23 @@ use crate::{domain::Event, error::Error, ingest::Ingestor};
 #[derive(Clone, Debug)]
 pub(crate) struct SyncService {
     pub(crate) ingestor: Ingestor,
+    /// The operator opted in to keeping Clerk's private_metadata; otherwise
+    /// it is dropped here, before it can reach the database or a log.
+    pub(crate) store_private_metadata: bool,
 }
 
 impl SyncService {
+    fn parse<T>(&self, request: Request<T>) -> Result<Event, Error>
+    where
+        Event: TryFrom<T, Error = Error>,
+    {
+        let mut event = Event::try_from(request.into_inner())?;
+        if !self.store_private_metadata {
+            event.forget_private_metadata();
+        }
+        Ok(event)
+    }
+
     /// Parses and applies one event inside its `apply_event` span, and
     /// returns its outcome once committed.
     async fn apply<T>(&self, request: Request<T>) -> Result<v1::Outcome, Status>
@@ -47,7 +61,7 @@ impl SyncService {
             span.record("event_id", event_id);
         }
         async {
-            let event = Event::try_from(request.into_inner())?;
+            let event = self.parse(request)?;
             let span = tracing::Span::current();
             // The event's own id is the deduplication key: it wins over the
             // metadata (they are the same when the gateway sent it).

@@ -6,6 +6,7 @@
 //! PostgreSQL tests use `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test.
 
+mod account_state;
 mod bad_input;
 mod batches;
 mod binary;
@@ -15,4 +16,5 @@ mod helpers;
 mod metrics;
 mod outage;
 mod queries;
+mod security;
 mod semantics;
