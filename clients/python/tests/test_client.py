@@ -32,7 +32,8 @@ def user(user_id: str, email: str, updated_at_ms: int, first_name: str = "Ada") 
     return user_pb2.User(
         id=user_id,
         primary_email_address=email,
-        email_addresses=[email],
+        # FindUserByEmail matches verified addresses only.
+        email_addresses=[user_pb2.EmailAddress(address=email, verified=True, primary=True)],
         first_name=first_name,
         display_name=f"{first_name} Lovelace",
         created_at=timestamp(1_700_000_000_000),
