@@ -55,7 +55,13 @@ def service_binary() -> Path:
 class SyncService:
     """A running sync-service process and where it listens."""
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         env = {
             **os.environ,
             "DATABASE_URL": f"sqlite://{workdir / 'clerk-sync.db'}?mode=rwc",
@@ -64,9 +70,10 @@ class SyncService:
             "SYNC_SERVICE_METRICS_LISTEN_ADDR": "",
             "LOG_FORMAT": "json",
             "RUST_LOG": "info",
+            **(extra_env or {}),
         }
         self.process = subprocess.Popen(
-            [str(binary)], cwd=workdir, env=env, stderr=subprocess.PIPE, text=True
+            [str(binary), *args], cwd=workdir, env=env, stderr=subprocess.PIPE, text=True
         )
         self.logs: list[str] = []
         self.address = self._wait_for_listening()
@@ -93,6 +100,45 @@ class SyncService:
 @pytest.fixture
 def sync_service(service_binary: Path, tmp_path: Path):
     service = SyncService(service_binary, tmp_path)
+    try:
+        yield service
+    finally:
+        if service.process.poll() is None:
+            assert service.stop() == 0, "".join(service.logs)
+
+
+WRITE_TOKEN = "py-write-token-0123456789abcdef"
+READ_TOKEN = "py-read-token-0123456789abcdef"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> Path:
+    """A private CA and a server certificate for 127.0.0.1, made with openssl."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+             "-keyout", "ca-key.pem", "-out", "ca.pem", cwd=tls)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=sync.test",
+             "-keyout", "server-key.pem", "-out", "server.csr", cwd=tls)
+    (tls / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+             "-CAcreateserial", "-days", "1", "-extfile", "server.ext", "-out", "server.pem", cwd=tls)
+    return tls
+
+
+@pytest.fixture
+def secure_sync_service(service_binary: Path, tmp_path: Path, tls_files: Path):
+    """The sync-service with TLS on its gRPC port and bearer tokens required."""
+    service = SyncService(
+        service_binary,
+        tmp_path,
+        args=("--tls-cert", str(tls_files / "server.pem"), "--tls-key", str(tls_files / "server-key.pem")),
+        extra_env={"SYNC_SERVICE_WRITE_TOKENS": WRITE_TOKEN, "SYNC_SERVICE_READ_TOKENS": READ_TOKEN},
+    )
     try:
         yield service
     finally:

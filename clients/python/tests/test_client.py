@@ -5,6 +5,7 @@ arrive with their gRPC codes, and the example script works end to end."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from clerk_sync_client import (
     sync_pb2_grpc,
     user_pb2,
 )
-from conftest import CLIENT_ROOT
+from conftest import CLIENT_ROOT, READ_TOKEN, WRITE_TOKEN
 
 
 def timestamp(millis: int) -> timestamp_pb2.Timestamp:
@@ -135,6 +136,42 @@ def test_example_script_gets_finds_and_lists_users(sync_service):
     missing = run_example(sync_service.address, "get", "user_nobody")
     assert missing.returncode == 1
     assert missing.stderr.startswith("NOT_FOUND: ")
+
+
+def test_tls_and_tokens_decide_who_reads_and_who_writes(secure_sync_service, tls_files):
+    address = secure_sync_service.address
+    ca_file = tls_files / "ca.pem"
+    with connect(address, token=WRITE_TOKEN, ca_file=ca_file) as writer:
+        assert create(writer, "msg_tls_1", user("user_tls", "tls@example.org", 1_700_000_004_000)) == (
+            sync_pb2.OUTCOME_APPLIED
+        )
+
+    with connect(address, token=READ_TOKEN, ca_file=ca_file) as reader:
+        directory = directory_pb2_grpc.UserDirectoryServiceStub(reader)
+        got = directory.GetUser(directory_pb2.GetUserRequest(id="user_tls"), timeout=10).user
+        assert got.id == "user_tls"
+        with pytest.raises(grpc.RpcError) as refused:
+            create(reader, "msg_tls_2", user("user_tls2", "tls2@example.org", 1_700_000_004_000))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    with connect(address, ca_file=ca_file) as anonymous:
+        directory = directory_pb2_grpc.UserDirectoryServiceStub(anonymous)
+        with pytest.raises(grpc.RpcError) as unauthenticated:
+            directory.GetUser(directory_pb2.GetUserRequest(id="user_tls"), timeout=10)
+        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # The example, with the token from the environment and the CA file.
+    example = subprocess.run(
+        [sys.executable, str(CLIENT_ROOT / "example.py"), "--address", address,
+         "--ca-file", str(ca_file), "get", "user_tls"],
+        cwd=CLIENT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CLERK_SYNC_TOKEN": READ_TOKEN},
+    )
+    assert example.returncode == 0, example.stderr
+    assert json.loads(example.stdout)["id"] == "user_tls"
 
 
 def test_bearer_token_travels_as_authorization_metadata():

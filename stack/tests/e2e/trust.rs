@@ -114,6 +114,8 @@ async fn the_stack_banner_masks_the_database_password() {
         .env("DATABASE_URL", &url)
         .env("GATEWAY_LISTEN_ADDR", "127.0.0.1:0")
         .env("SYNC_SERVICE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_METRICS_LISTEN_ADDR", "127.0.0.1:0")
+        .env("SYNC_SERVICE_METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "debug")
         .env_remove("CLERK_WEBHOOK_SECRET")
         .stdout(Stdio::piped())
