@@ -11,11 +11,13 @@
 //! - [`clerk`]: Clerk event JSON → typed values → sync messages.
 //! - [`upstream`]: the long-lived gRPC channel to the sync-service.
 //! - [`error`]: the one error type and its one mapping to HTTP responses.
+//! - [`metrics`]: the Prometheus registry and the functions that record.
 //! - [`config`]: flags and environment variables.
 
 pub mod clerk;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod upstream;
 pub mod verify;

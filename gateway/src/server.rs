@@ -6,7 +6,12 @@
 //! The webhook handler is the pipeline: size limit → content type → signature →
 //! parse → forward, and every failure leaves through [`Error::into_response`].
 
-use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration, time::SystemTime};
+use std::{
+    convert::Infallible,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -22,6 +27,7 @@ use tracing::{Instrument, Span, field};
 use crate::{
     Config, Error,
     clerk::{ClerkEvent, UserEvent},
+    metrics,
     upstream::Upstream,
     verify::Verifier,
 };
@@ -58,6 +64,7 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let _in_flight = metrics::InFlight::start();
         let method = request.method();
         let result = match request.uri().path() {
             WEBHOOK_PATH if method == Method::POST => return self.webhook(request).await,
@@ -81,13 +88,23 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Set once the event is verified and parsed: until then its type is
+        // not trusted (the metrics label it `unknown`).
+        let mut event_type = None;
         // Built inside the span, so rejections are logged with the event id.
-        self.process_webhook(request)
+        let response = self
+            .process_webhook(request, &mut event_type)
             .await
-            .unwrap_or_else(Error::into_response)
+            .unwrap_or_else(Error::into_response);
+        metrics::record_webhook(event_type, response.status());
+        response
     }
 
-    async fn process_webhook<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, Error>
+    async fn process_webhook<B>(
+        &self,
+        request: Request<B>,
+        event_type: &mut Option<&'static str>,
+    ) -> Result<Response<Full<Bytes>>, Error>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -109,9 +126,11 @@ impl App {
 
         let delivery = self
             .verifier
-            .verify(&parts.headers, &body, SystemTime::now())?;
+            .verify(&parts.headers, &body, SystemTime::now())
+            .inspect_err(metrics::record_verification_failure)?;
         let event = ClerkEvent::parse(&body)?;
         span.record("event_type", event.event_type());
+        *event_type = Some(metrics::event_type_label(event.event_type()));
         if let Some(user_id) = event.user_id() {
             span.record("user_id", user_id);
         }
@@ -119,7 +138,10 @@ impl App {
         match UserEvent::from_clerk(event, &delivery)? {
             None => tracing::info!("event type not synced; acknowledged"),
             Some(user_event) => {
-                let outcome = self.upstream.forward(user_event, delivery.id).await?;
+                let started = Instant::now();
+                let forwarded = self.upstream.forward(user_event, delivery.id).await;
+                metrics::record_forward(started.elapsed(), forwarded.as_ref().err());
+                let outcome = forwarded?;
                 tracing::info!(outcome = outcome.as_str_name(), "event forwarded");
             }
         }
