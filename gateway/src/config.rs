@@ -7,6 +7,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 use http::Uri;
 
 use crate::{limits::Limits, quarantine::cli::QuarantineCommand, verify::WebhookSecrets};
@@ -75,6 +76,25 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub shutdown_timeout: Duration,
+
+    /// Address serving Prometheus metrics at `GET /metrics` (keep it off the
+    /// public network); empty serves none.
+    #[arg(
+        long = "metrics-listen", value_name = "ADDR",
+        env = "GATEWAY_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_parser = |text: &str| parse_metrics_listen(text, "GATEWAY_METRICS_LISTEN_ADDR")
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 
     /// Connection hygiene and load limits.
     #[command(flatten)]
@@ -222,6 +242,8 @@ impl Config {
             body_limit: Self::DEFAULT_BODY_LIMIT,
             timestamp_tolerance: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(20),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Text,
             limits: Limits::default(),
         }
     }
@@ -359,6 +381,8 @@ mod tests {
                 "--sync-service-url",
             ),
             (&["--listen", "8080"], "--listen"),
+            (&["--metrics-listen", "9464"], "GATEWAY_METRICS_LISTEN_ADDR"),
+            (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--webhook-secret", "whsec_"], "--webhook-secret"),
             (&["--header-timeout-secs", "0"], "--header-timeout-secs"),
             (&["--body-timeout-secs", "x"], "--body-timeout-secs"),
@@ -393,6 +417,20 @@ mod tests {
             assert!(error.contains(setting), "{args:?}: {error}");
             assert!(!error.contains("MfKQ9r8G"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_empty_metrics_address_turns_metrics_off() {
+        assert_eq!(
+            parse(&["--metrics-listen", ""]).unwrap().metrics_listen,
+            None
+        );
+        let config = parse(&["--metrics-listen", "0.0.0.0:9100", "--log-format", "json"]).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -16,12 +16,14 @@
 //! - [`quarantine`]: verified deliveries no retry can fix, kept by the
 //!   sync-service; and the operator's `quarantine` command.
 //! - [`error`]: the one error type and its one mapping to HTTP responses.
+//! - [`metrics`]: the Prometheus registry and the functions that record.
 //! - [`config`]: flags and environment variables.
 
 pub mod clerk;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod pipeline;
 pub mod quarantine;
 pub mod server;

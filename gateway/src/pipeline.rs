@@ -4,6 +4,8 @@
 //! runs it again on a quarantined one, so a fixed release redrives exactly
 //! what an old one could not take.
 
+use std::time::Instant;
+
 use clerk_sync_api::v1::{Outcome, User};
 use prost::Message;
 use prost_types::{Struct, Value, value::Kind};
@@ -12,6 +14,7 @@ use tracing::Span;
 use crate::{
     Error,
     clerk::{ClerkEvent, UserEvent},
+    metrics,
     upstream::Upstream,
     verify::Delivery,
 };
@@ -26,16 +29,19 @@ pub const MAX_METADATA_DEPTH: usize = 28;
 /// Runs the pipeline on a verified `body`: `Ok(None)` for an event type the
 /// directory does not track, `Ok(Some(outcome))` once the sync-service has
 /// committed it. Errors a retry cannot fix are the ones for which
-/// [`Error::is_poison`] holds.
+/// [`Error::is_poison`] holds. `event_type` receives the event's type as a
+/// metrics label as soon as the body is parsed.
 pub async fn forward(
     upstream: &Upstream,
     max_message_bytes: usize,
     body: &[u8],
     delivery: &Delivery<'_>,
+    event_type: &mut Option<&'static str>,
 ) -> Result<Option<Outcome>, Error> {
     let event = ClerkEvent::parse(body)?;
     let span = Span::current();
     span.record("event_type", event.event_type());
+    *event_type = Some(metrics::event_type_label(event.event_type()));
     if let Some(user_id) = event.user_id() {
         span.record("user_id", user_id);
     }
@@ -43,7 +49,10 @@ pub async fn forward(
         None => Ok(None),
         Some(user_event) => {
             check_carriable(&user_event, max_message_bytes)?;
-            upstream.forward(user_event, delivery.id).await.map(Some)
+            let started = Instant::now();
+            let forwarded = upstream.forward(user_event, delivery.id).await;
+            metrics::record_forward(started.elapsed(), forwarded.as_ref().err());
+            forwarded.map(Some)
         }
     }
 }

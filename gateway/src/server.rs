@@ -12,7 +12,12 @@
 //! [`pipeline`]: crate::pipeline
 //! [`limits`]: crate::limits
 
-use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration, time::SystemTime};
+use std::{
+    convert::Infallible,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -28,7 +33,7 @@ use tracing::{Instrument, Span, field};
 use crate::{
     Config, Error,
     limits::{Activity, Caps, Limits, Watchdog, Watched, shed},
-    pipeline,
+    metrics, pipeline,
     quarantine::Quarantine,
     upstream::Upstream,
     verify::{Delivery, Verifier},
@@ -81,6 +86,7 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let _in_flight = metrics::InFlight::start();
         let method = request.method();
         let result = match request.uri().path() {
             WEBHOOK_PATH if method == Method::POST => return self.webhook(request).await,
@@ -104,19 +110,32 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Set once the event is verified and parsed: until then its type is
+        // not trusted (the metrics label it `unknown`).
+        let mut event_type = None;
         // Built inside the span, so rejections are logged with the event id.
-        self.process_webhook(request)
+        let response = self
+            .process_webhook(request, &mut event_type)
             .await
-            .unwrap_or_else(Error::into_response)
+            .unwrap_or_else(Error::into_response);
+        metrics::record_webhook(event_type, response.status());
+        response
     }
 
-    async fn process_webhook<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, Error>
+    async fn process_webhook<B>(
+        &self,
+        request: Request<B>,
+        event_type: &mut Option<&'static str>,
+    ) -> Result<Response<Full<Bytes>>, Error>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Shed before reading anything: a 503 now beats a queue that grows.
-        let _permit = self.caps.webhook().ok_or(Error::Overloaded)?;
+        let Some(_permit) = self.caps.webhook() else {
+            metrics::record_shed();
+            return Err(Error::Overloaded);
+        };
         let (parts, body) = request.into_parts();
         // The body is bounded in size and time before anything else looks at
         // the request.
@@ -140,12 +159,14 @@ impl App {
 
         let delivery = self
             .verifier
-            .verify(&parts.headers, &body, SystemTime::now())?;
+            .verify(&parts.headers, &body, SystemTime::now())
+            .inspect_err(metrics::record_verification_failure)?;
         match pipeline::forward(
             &self.upstream,
             self.limits.max_message_bytes,
             &body,
             &delivery,
+            event_type,
         )
         .await
         {
@@ -231,6 +252,7 @@ pub async fn run(
                 let Some(permit) = app.caps.connection() else {
                     // debug, not warn: a flood must not become a log flood.
                     tracing::debug!(max = limits.max_connections, "too many connections; answering 503");
+                    metrics::record_shed();
                     tokio::spawn(shed(stream));
                     continue;
                 };

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, builder::BoolishValueParser};
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 
 use crate::{
     auth::{TokenList, Tokens, TokensParser},
@@ -133,6 +134,28 @@ pub struct Config {
         global = true
     )]
     pub shutdown_timeout_secs: u64,
+
+    /// Address serving Prometheus metrics at `GET /metrics` (keep it off the
+    /// public network); empty serves none.
+    #[arg(
+        long = "metrics-listen",
+        value_name = "ADDR",
+        env = "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_parser = |text: &str| parse_metrics_listen(text, "SYNC_SERVICE_METRICS_LISTEN_ADDR"),
+        global = true
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
 }
 
 /// Sub-commands.

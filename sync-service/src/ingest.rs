@@ -4,13 +4,14 @@
 //! load this turns N commits (N fsyncs, N turns of SQLite's single writer lock)
 //! into one, without giving up per-event outcomes or atomic deduplication.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::{
     domain::{Event, Outcome},
     error::Error,
+    metrics,
     store::Store,
 };
 
@@ -87,7 +88,9 @@ async fn write_loop(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max
         }
         let (events, replies): (Vec<Event>, Vec<_>) =
             jobs.drain(..).map(|job| (job.event, job.reply)).unzip();
+        let started = Instant::now();
         let outcomes = store.apply_batch(&events).await;
+        metrics::record_batch(&events, &outcomes, started.elapsed());
         tracing::debug!(events = events.len(), "batch committed");
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The caller may have given up (deadline); the outcome stands.

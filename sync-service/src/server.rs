@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     grpc::{directory::DirectoryService, quarantine::QuarantineService, sync::SyncService},
     ingest::Ingestor,
+    metrics,
     store::Store,
 };
 
@@ -118,7 +119,10 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // Metrics outermost: calls the authentication layer refuses are counted
+    // too (UNAUTHENTICATED, PERMISSION_DENIED).
     let server = builder
+        .layer(metrics::GrpcMetricsLayer)
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -155,7 +159,8 @@ pub async fn serve(
 }
 
 /// Keeps the health status in step with the database: SERVING only while it
-/// answers. The empty service name stands for the whole server.
+/// answers. The empty service name stands for the whole server. Samples the
+/// pool's connections for the metrics on the same tick.
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
     const SERVICES: [&str; 4] = [
         "",
@@ -167,6 +172,8 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
+        let (in_use, idle) = store.pool_connections();
+        metrics::set_db_pool(in_use, idle);
         let status =
             match tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await {
                 Ok(Ok(())) => ServingStatus::Serving,

@@ -136,6 +136,7 @@ async fn retry(
         config.limits.max_message_bytes,
         &event.body,
         &delivery,
+        &mut None,
     )
     .await;
     match forwarded {

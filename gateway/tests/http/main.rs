@@ -1,11 +1,13 @@
 //! The gateway over real HTTP: every row of the status table, each fixture
-//! forwarded with its typed fields, upstream failures and recovery, and
-//! graceful shutdown. One test binary; each test starts its own gateway and
-//! fake sync-service on port 0.
+//! forwarded with its typed fields, upstream failures and recovery, graceful
+//! shutdown, and (in `metrics`) the metrics endpoint and log settings. One
+//! test binary; each test starts its own gateway and fake sync-service on
+//! port 0.
 
 mod fake_sync;
 mod helpers;
 mod logs;
+mod metrics;
 mod properties;
 mod slow_clients;
 

@@ -2,8 +2,12 @@
 //! real gateway on 127.0.0.1:0, an HTTP client that signs like Svix (with the
 //! svix crate) and a gRPC directory client.
 
+#[path = "../../../tests/support/scrape.rs"]
+mod scrape;
 #[path = "../../../tests/support/webhooks.rs"]
 mod webhooks;
+
+pub(crate) use scrape::scrape;
 
 pub(crate) use webhooks::{fixture, now, signed_headers};
 
@@ -66,6 +70,10 @@ pub(crate) struct Stack {
     gateway: Option<Running<Result<(), clerk_sync_gateway::Error>>>,
     http: Client<HttpConnector, Full<Bytes>>,
     pub(crate) directory: UserDirectoryServiceClient<Channel>,
+    /// Where the gateway's metrics are served.
+    pub(crate) gateway_metrics: SocketAddr,
+    /// Where the sync-service's metrics are served.
+    pub(crate) sync_metrics: SocketAddr,
     pub(crate) quarantine: QuarantineServiceClient<Channel>,
 }
 
@@ -133,6 +141,10 @@ impl Stack {
             endpoint = endpoint.tls_config(tls).unwrap();
         }
         let channel = endpoint.connect_lazy();
+        // Each service's registry is process-wide, so its endpoint outlives
+        // restarts of the service (as in `clerk_sync_stack::run`).
+        let gateway_metrics = spawn_metrics(clerk_sync_gateway::metrics::render).await;
+        let sync_metrics = spawn_metrics(clerk_sync_service::metrics::render).await;
         let stack = Self {
             _db: db,
             database_url,
@@ -144,6 +156,8 @@ impl Stack {
             http: Client::builder(TokioExecutor::new()).build_http(),
             directory: UserDirectoryServiceClient::new(channel.clone()),
             quarantine: QuarantineServiceClient::new(channel),
+            gateway_metrics,
+            sync_metrics,
         };
         stack.wait_until_ready().await;
         stack
@@ -310,6 +324,18 @@ impl Drop for Stack {
             let _ = sync.stop.send(());
         }
     }
+}
+
+/// Serves `render` on a fresh port, for the rest of the test.
+async fn spawn_metrics(render: fn() -> String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(clerk_sync_api::runtime::serve_metrics(
+        listener,
+        render,
+        std::future::pending(),
+    ));
+    address
 }
 
 fn spawn_sync(

@@ -1,9 +1,10 @@
 //! End-to-end: Clerk payloads signed by Svix's own library go through the real
 //! gateway and sync-service into SQLite or PostgreSQL, and are read back over
-//! gRPC.
+//! gRPC; `operability` checks the metrics and logs of the same traffic.
 
 mod helpers;
 mod hostile;
+mod operability;
 mod trust;
 
 use bytes::Bytes;

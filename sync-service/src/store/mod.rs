@@ -17,8 +17,8 @@ mod quarantine;
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, JoinType, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, JoinType,
+    QueryFilter, QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
     sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -136,6 +136,23 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
         Ok(())
+    }
+
+    /// The connection pool's connections: (in use, idle).
+    pub fn pool_connections(&self) -> (u32, u32) {
+        let (size, idle) = match self.db.get_database_backend() {
+            DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        (size.saturating_sub(idle), idle)
     }
 
     /// Applies events in one transaction (group commit: one commit, one fsync
