@@ -185,6 +185,15 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
     METRICS.forward_duration.observe(elapsed.as_secs_f64());
     let code = match error {
         None => return,
+        // tonic's own per-call timeout (the same deadline, set on the
+        // channel) answers CANCELLED "Timeout expired": whichever timer
+        // fires first, it is the gateway's deadline.
+        Some(Error::Upstream(status))
+            if status.code() == Code::Cancelled
+                && status.message() == tonic::TimeoutExpired(()).to_string() =>
+        {
+            Code::DeadlineExceeded
+        }
         Some(Error::Upstream(status)) => status.code(),
         Some(Error::UpstreamTimeout) => Code::DeadlineExceeded,
         // An OK answer with an outcome this build does not know.
