@@ -6,10 +6,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use http::Uri;
 
-use crate::verify::WebhookSecrets;
+use crate::{clerk_api::SecretKey, verify::WebhookSecrets};
 
 /// Settings of the gateway.
 #[derive(Debug, Clone, Parser)]
@@ -19,6 +19,10 @@ use crate::verify::WebhookSecrets;
     about = "Receives Clerk webhooks (Svix-signed), verifies them and forwards user events to the clerk-sync sync-service over gRPC."
 )]
 pub struct Config {
+    /// What to do (default: serve webhooks).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for webhooks (used by the binary; `run` takes a bound
     /// listener instead).
     #[arg(
@@ -36,20 +40,22 @@ pub struct Config {
         env = "SYNC_SERVICE_URL",
         default_value = "http://127.0.0.1:50051",
         value_delimiter = ',',
-        value_parser = parse_sync_service_url
+        value_parser = parse_sync_service_url,
+        global = true
     )]
     pub sync_service_urls: Vec<Uri>,
 
     /// Svix signing secret(s) from the Clerk dashboard (`whsec_…`), separated by
-    /// spaces or commas (several during a rotation). Prefer the environment
-    /// variable: command lines are visible to other users of the machine.
+    /// spaces or commas (several during a rotation). Required to serve
+    /// webhooks. Prefer the environment variable: command lines are visible
+    /// to other users of the machine.
     #[arg(
         long = "webhook-secret", value_name = "SECRETS",
         env = "CLERK_WEBHOOK_SECRET",
         hide_env_values = true,
         value_parser = SecretsParser
     )]
-    pub webhook_secrets: WebhookSecrets,
+    pub webhook_secrets: Option<WebhookSecrets>,
 
     /// Largest accepted webhook body, in bytes.
     #[arg(
@@ -75,7 +81,8 @@ pub struct Config {
         long = "upstream-timeout-ms", value_name = "MS",
         env = "SYNC_SERVICE_TIMEOUT_MS",
         default_value = "5000",
-        value_parser = parse_positive_millis
+        value_parser = parse_positive_millis,
+        global = true
     )]
     pub upstream_timeout: Duration,
 
@@ -84,7 +91,8 @@ pub struct Config {
         long = "connect-timeout-ms", value_name = "MS",
         env = "SYNC_SERVICE_CONNECT_TIMEOUT_MS",
         default_value = "1000",
-        value_parser = parse_positive_millis
+        value_parser = parse_positive_millis,
+        global = true
     )]
     pub connect_timeout: Duration,
 
@@ -106,15 +114,119 @@ impl Config {
     /// addresses; for tests and in-process launchers, which then adjust fields.
     pub fn new(webhook_secrets: WebhookSecrets, sync_service_urls: Vec<Uri>) -> Self {
         Self {
+            command: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             sync_service_urls,
-            webhook_secrets,
+            webhook_secrets: Some(webhook_secrets),
             body_limit: Self::DEFAULT_BODY_LIMIT,
             timestamp_tolerance: Duration::from_secs(300),
             upstream_timeout: Duration::from_millis(5000),
             connect_timeout: Duration::from_millis(1000),
             shutdown_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+/// Sub-commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve Clerk's webhooks (the default).
+    Serve,
+    /// Fill the directory from Clerk's Backend API (every user, through the
+    /// sync-service with the webhook rules), optionally tombstoning local
+    /// users Clerk no longer lists; then exit.
+    Backfill(BackfillArgs),
+}
+
+/// Settings of `clerk-sync-gateway backfill` (the sync-service address and
+/// timeouts are the server's).
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Clerk secret key (`sk_live_…` or `sk_test_…`) of the instance to copy.
+    /// Prefer the environment variable: command lines are visible to other
+    /// users of the machine.
+    #[arg(
+        long = "clerk-secret-key", value_name = "KEY",
+        env = "CLERK_SECRET_KEY",
+        hide_env_values = true,
+        value_parser = SecretKeyParser
+    )]
+    pub clerk_secret_key: SecretKey,
+
+    /// Base URL of Clerk's Backend API.
+    #[arg(
+        long = "clerk-api-url", value_name = "URL",
+        env = "CLERK_API_URL",
+        default_value = "https://api.clerk.com",
+        value_parser = parse_clerk_api_url
+    )]
+    pub clerk_api_url: Uri,
+
+    /// Also tombstone local users that Clerk no longer lists (only after a
+    /// complete listing, and only users whose last change is older than it).
+    #[arg(long, env = "BACKFILL_RECONCILE")]
+    pub reconcile: bool,
+
+    /// Report what would change; write nothing.
+    #[arg(long, env = "BACKFILL_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Start the listing at this offset: the one an interrupted run printed.
+    /// A listing that does not start at 0 is incomplete: no reconcile.
+    #[arg(long, value_name = "OFFSET", env = "BACKFILL_RESUME_FROM", default_value_t = 0)]
+    pub resume_from: u64,
+
+    /// Users per page requested from Clerk (Clerk allows at most 500).
+    #[arg(long, value_name = "N", env = "BACKFILL_PAGE_SIZE", default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub page_size: u32,
+
+    /// Retries of a failing request (Clerk 5xx or network error, sync-service
+    /// unavailable) before the run stops; waits double from 250 ms.
+    #[arg(long, value_name = "N", env = "BACKFILL_MAX_RETRIES", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_retries: u32,
+
+    /// Users applied concurrently.
+    #[arg(long, value_name = "N", env = "BACKFILL_CONCURRENCY", default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+}
+
+fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .trim()
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected https://host"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.path().is_empty() || uri.path() == "/" => Ok(uri),
+        (Some("http" | "https"), Some(_)) => Err("expected a base URL without a path".to_owned()),
+        _ => Err("expected https://host".to_owned()),
+    }
+}
+
+/// Parses `CLERK_SECRET_KEY` without echoing the value in the error.
+#[derive(Clone)]
+struct SecretKeyParser;
+
+impl clap::builder::TypedValueParser for SecretKeyParser {
+    type Value = SecretKey;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SecretKey, clap::Error> {
+        let reason = match value.to_str().map(SecretKey::parse) {
+            Some(Ok(key)) => return Ok(key),
+            Some(Err(reason)) => reason,
+            None => "not valid UTF-8".to_owned(),
+        };
+        let message =
+            format!("invalid value for --clerk-secret-key (CLERK_SECRET_KEY): {reason}\n");
+        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
     }
 }
 

@@ -12,8 +12,14 @@
 //! - [`upstream`]: the long-lived gRPC channel to the sync-service.
 //! - [`error`]: the one error type and its one mapping to HTTP responses.
 //! - [`config`]: flags and environment variables.
+//!
+//! And the `backfill` command, which fills the directory from Clerk itself:
+//! - [`backfill`]: list Clerk's users, apply them like webhooks, reconcile.
+//! - [`clerk_api`]: the Backend API client (paging, throttling, retries).
 
+pub mod backfill;
 pub mod clerk;
+pub mod clerk_api;
 pub mod config;
 pub mod error;
 pub mod server;

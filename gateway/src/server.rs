@@ -45,8 +45,12 @@ impl App {
     /// Builds the verifier and the (lazily connecting) sync-service channel.
     /// Must be called inside a Tokio runtime.
     pub fn new(config: &Config) -> Result<Self, Error> {
+        let secrets = config.webhook_secrets.clone().ok_or(Error::Config {
+            setting: "--webhook-secret (CLERK_WEBHOOK_SECRET)",
+            reason: "is required to serve webhooks".to_owned(),
+        })?;
         Ok(Self {
-            verifier: Verifier::new(config.webhook_secrets.clone(), config.timestamp_tolerance),
+            verifier: Verifier::new(secrets, config.timestamp_tolerance),
             upstream: Upstream::new(
                 &config.sync_service_urls,
                 config.connect_timeout,

@@ -9,10 +9,13 @@
 //!   find-by-email hits an index whichever of the user's addresses is asked for.
 //! - `processed_events`: every applied event id; its primary key makes
 //!   deduplication atomic with the write it guards.
+//! - `user_changes` and `feed_head`: the change feed's log (one entry per
+//!   user, at the position of its latest change) and its position counter.
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_directory;
+mod m20261127_000002_create_change_feed;
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -21,6 +24,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_directory::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_directory::Migration),
+            Box::new(m20261127_000002_create_change_feed::Migration),
+        ]
     }
 }

@@ -196,6 +196,35 @@ impl Stack {
             .users
     }
 
+    /// The sync-service's address, as the gateway's `--sync-service-url`.
+    pub(crate) fn sync_url(&self) -> String {
+        format!("http://{}", self.sync_address)
+    }
+
+    /// Every live user in the directory, by id, however many pages.
+    pub(crate) async fn all_users_paged(&self) -> std::collections::BTreeMap<String, v1::User> {
+        let mut users = std::collections::BTreeMap::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .directory
+                .clone()
+                .list_users(v1::ListUsersRequest {
+                    page_size: 1000,
+                    page_token,
+                    changed_since: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            users.extend(page.users.into_iter().map(|u| (u.id.clone(), u)));
+            if page.next_page_token.is_empty() {
+                return users;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// Stops the gateway, then the sync-service, and checks both ended well.
     pub(crate) async fn stop(mut self) {
         self.gateway.take().unwrap().stop().await.unwrap();

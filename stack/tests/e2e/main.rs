@@ -2,6 +2,8 @@
 //! gateway and sync-service into SQLite or PostgreSQL, and are read back over
 //! gRPC.
 
+mod backfill;
+mod fake_clerk;
 mod helpers;
 
 use bytes::Bytes;

@@ -5,8 +5,11 @@
 //! How the sync semantics are made atomic, on both backends, is the `apply`
 //! module's story: deduplication by a ledger insert in the same transaction as
 //! the change, last write wins and final deletes by conditional upserts.
+//! The `changes` module keeps the change feed's log in the same transaction
+//! and serves it.
 
 mod apply;
+mod changes;
 pub(crate) mod entity;
 mod page;
 
@@ -25,6 +28,7 @@ use crate::{
 };
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::{user_email_addresses, users};
+pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
 
 /// Prepared statements kept per connection: every row count of every batch
@@ -46,6 +50,8 @@ pub struct StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Wakes this process's change-feed watchers after a commit.
+    signal: std::sync::Arc<changes::Signal>,
 }
 
 impl Store {
@@ -88,7 +94,10 @@ impl Store {
                     .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
             });
         let db = Database::connect(connect).await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            signal: std::sync::Arc::new(changes::Signal::new()),
+        })
     }
 
     /// Brings the schema up to date.
@@ -131,6 +140,9 @@ impl Store {
         let txn = self.db.begin().await?;
         let outcomes = apply::apply_events(&txn, events, now_millis()).await?;
         txn.commit().await?;
+        if outcomes.contains(&Outcome::Applied) {
+            self.signal.ring();
+        }
         Ok(outcomes)
     }
 
@@ -251,7 +263,7 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn now_millis() -> Millis {
+pub(crate) fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
