@@ -351,6 +351,64 @@ mod tests {
         }
     }
 
+    fn backfill(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["clerk-sync-gateway", "backfill"];
+        if !args.contains(&"--clerk-secret-key") {
+            argv.extend(["--clerk-secret-key", "sk_test_Secret123"]);
+        }
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    #[test]
+    fn backfill_takes_the_servers_sync_service_settings_and_needs_no_webhook_secret() {
+        let config = Config::try_parse_from([
+            "clerk-sync-gateway",
+            "--sync-service-url",
+            "http://a:1",
+            "backfill",
+            "--clerk-secret-key",
+            "sk_test_Secret123",
+            "--upstream-timeout-ms",
+            "900",
+            "--reconcile",
+        ])
+        .unwrap();
+        assert_eq!(config.sync_service_urls, ["http://a:1"]);
+        assert_eq!(config.upstream_timeout, Duration::from_millis(900));
+        assert!(config.webhook_secrets.is_none());
+        let Some(Command::Backfill(args)) = &config.command else {
+            panic!("{config:?}")
+        };
+        assert!(args.reconcile && !args.dry_run);
+        assert_eq!(args.clerk_api_url, "https://api.clerk.com");
+        assert_eq!((args.page_size, args.resume_from), (500, 0));
+        assert!(!format!("{config:?}").contains("Secret123"));
+    }
+
+    #[test]
+    fn bad_backfill_values_name_the_setting_without_echoing_the_key() {
+        for (args, setting) in [
+            (&["--clerk-secret-key", "pk_test_Secret123"][..], "--clerk-secret-key"),
+            (&["--clerk-secret-key", "sk_test Secret123"], "CLERK_SECRET_KEY"),
+            (&["--clerk-api-url", "api.clerk.com"], "--clerk-api-url"),
+            (&["--clerk-api-url", "https://api.clerk.com/v1"], "--clerk-api-url"),
+            (&["--page-size", "501"], "--page-size"),
+            (&["--page-size", "0"], "--page-size"),
+            (&["--resume-from", "minus3"], "--resume-from"),
+            (&["--max-retries", "many"], "--max-retries"),
+            (&["--concurrency", "0"], "--concurrency"),
+        ] {
+            let error = backfill(args).unwrap_err().to_string();
+            assert!(error.contains(setting), "{args:?}: {error}");
+            assert!(!error.contains("Secret123"), "{error}");
+        }
+        let error = Config::try_parse_from(["clerk-sync-gateway", "backfill"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--clerk-secret-key"), "{error}");
+    }
+
     #[test]
     fn debug_output_redacts_the_secret() {
         let shown = format!("{:?}", parse(&[]).unwrap());

@@ -3,6 +3,7 @@
 //! graceful shutdown. One test binary; each test starts its own gateway and
 //! fake sync-service on port 0.
 
+mod backfill_cli;
 mod fake_sync;
 mod helpers;
 

@@ -151,8 +151,9 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
         }
         assert_eq!(stored.primary_email_address.as_deref(), Some(&*format!("{id}@example.com")));
         assert_eq!(stored.first_name.as_deref(), Some(&*format!("First {id}")));
+        let version = stored.updated_at.unwrap();
         assert_eq!(
-            stored.updated_at.unwrap().seconds * 1000 + i64::from(stored.updated_at.unwrap().nanos / 1_000_000),
+            version.seconds * 1000 + i64::from(version.nanos / 1_000_000),
             user["updated_at"].as_i64().unwrap()
         );
     }
