@@ -126,7 +126,11 @@ impl std::fmt::Display for Summary {
             f,
             "{}fetched {}, {applied} {}, unchanged {}, stale {} ({} deleted locally), rejected {}, \
              {tombstoned} {}, quarantined {}",
-            if self.dry_run { "dry run (nothing written): " } else { "" },
+            if self.dry_run {
+                "dry run (nothing written): "
+            } else {
+                ""
+            },
             self.fetched,
             self.applied,
             self.unchanged,
@@ -151,8 +155,12 @@ pub async fn run(
             "--reconcile needs a complete listing; --resume-from skips its start".to_owned(),
         ));
     }
-    let api = ClerkApi::new(&args.clerk_api_url, &args.clerk_secret_key, args.max_retries)
-        .map_err(|e| BackfillError::Setup(e.to_string()))?;
+    let api = ClerkApi::new(
+        &args.clerk_api_url,
+        &args.clerk_secret_key,
+        args.max_retries,
+    )
+    .map_err(|e| BackfillError::Setup(e.to_string()))?;
     let upstream = Upstream::new(
         &config.sync_service_urls,
         config.connect_timeout,
@@ -328,7 +336,11 @@ impl Backfill {
                 Ok(Outcome::Unspecified) => unreachable!("Upstream refuses unknown outcomes"),
                 Err(Error::Upstream(status)) if status.code() == Code::InvalidArgument => {
                     self.summary.rejected += 1;
-                    tracing::warn!(user_id, reason = status.message(), "sync-service rejected a user");
+                    tracing::warn!(
+                        user_id,
+                        reason = status.message(),
+                        "sync-service rejected a user"
+                    );
                 }
                 Err(source) => {
                     return Err(BackfillError::SyncService {
@@ -342,7 +354,11 @@ impl Backfill {
     }
 
     /// Dry run: compares `users` with the directory instead of applying.
-    async fn classify(&mut self, users: Vec<Mapped>, resume_from: u64) -> Result<(), BackfillError> {
+    async fn classify(
+        &mut self,
+        users: Vec<Mapped>,
+        resume_from: u64,
+    ) -> Result<(), BackfillError> {
         for chunk in users.chunks(BATCH_GET) {
             let ids = chunk.iter().map(|u| u.user_id.clone()).collect();
             let local = self

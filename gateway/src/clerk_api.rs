@@ -33,7 +33,10 @@ impl SecretKey {
             return Err("is empty".to_owned());
         }
         if !key.starts_with("sk_") {
-            return Err("must start with sk_ (the instance's secret key, not its publishable pk_ key)".to_owned());
+            return Err(
+                "must start with sk_ (the instance's secret key, not its publishable pk_ key)"
+                    .to_owned(),
+            );
         }
         if key.len() <= 3 || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("must be sk_ followed by printable characters, without spaces".to_owned());
@@ -52,9 +55,7 @@ impl fmt::Debug for SecretKey {
 #[derive(Debug, thiserror::Error)]
 pub enum ClerkApiError {
     /// 401/403: the key is wrong, revoked, or for another instance.
-    #[error(
-        "Clerk refused the secret key ({0}): check CLERK_SECRET_KEY (the instance's sk_… key)"
-    )]
+    #[error("Clerk refused the secret key ({0}): check CLERK_SECRET_KEY (the instance's sk_… key)")]
     Unauthorized(StatusCode),
     /// An answer that retrying cannot fix, or a 5xx that outlasted the retries.
     #[error("Clerk answered {status} to {path}{detail}")]
@@ -350,7 +351,8 @@ mod tests {
 
     #[test]
     fn clerk_error_messages_are_quoted() {
-        let body = br#"{"errors":[{"message":"bad","long_message":"offset is invalid","code":"x"}]}"#;
+        let body =
+            br#"{"errors":[{"message":"bad","long_message":"offset is invalid","code":"x"}]}"#;
         assert_eq!(clerk_message(body), ": offset is invalid");
         assert_eq!(clerk_message(b"<html>"), "");
     }

@@ -173,7 +173,12 @@ pub struct BackfillArgs {
 
     /// Start the listing at this offset: the one an interrupted run printed.
     /// A listing that does not start at 0 is incomplete: no reconcile.
-    #[arg(long, value_name = "OFFSET", env = "BACKFILL_RESUME_FROM", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "OFFSET",
+        env = "BACKFILL_RESUME_FROM",
+        default_value_t = 0
+    )]
     pub resume_from: u64,
 
     /// Users per page requested from Clerk (Clerk allows at most 500).
@@ -389,10 +394,19 @@ mod tests {
     #[test]
     fn bad_backfill_values_name_the_setting_without_echoing_the_key() {
         for (args, setting) in [
-            (&["--clerk-secret-key", "pk_test_Secret123"][..], "--clerk-secret-key"),
-            (&["--clerk-secret-key", "sk_test Secret123"], "CLERK_SECRET_KEY"),
+            (
+                &["--clerk-secret-key", "pk_test_Secret123"][..],
+                "--clerk-secret-key",
+            ),
+            (
+                &["--clerk-secret-key", "sk_test Secret123"],
+                "CLERK_SECRET_KEY",
+            ),
             (&["--clerk-api-url", "api.clerk.com"], "--clerk-api-url"),
-            (&["--clerk-api-url", "https://api.clerk.com/v1"], "--clerk-api-url"),
+            (
+                &["--clerk-api-url", "https://api.clerk.com/v1"],
+                "--clerk-api-url",
+            ),
             (&["--page-size", "501"], "--page-size"),
             (&["--page-size", "0"], "--page-size"),
             (&["--resume-from", "minus3"], "--resume-from"),

@@ -58,7 +58,12 @@ pub struct Config {
 
     /// Seconds a deletion stays in the change log (0: forever). A client
     /// resuming from before a pruned deletion must restart from a snapshot.
-    #[arg(long, env = "FEED_DELETION_RETENTION_SECS", default_value_t = 2_592_000, global = true)]
+    #[arg(
+        long,
+        env = "FEED_DELETION_RETENTION_SECS",
+        default_value_t = 2_592_000,
+        global = true
+    )]
     pub feed_deletion_retention_secs: u64,
 
     /// Seconds in-flight requests get to finish on shutdown.

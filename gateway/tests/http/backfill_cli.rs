@@ -39,12 +39,24 @@ fn bad_or_missing_settings_stop_with_one_line_naming_them() {
             "CLERK_SECRET_KEY",
         ),
         (
-            &["backfill", "--clerk-secret-key", "sk_x", "--page-size", "900"],
+            &[
+                "backfill",
+                "--clerk-secret-key",
+                "sk_x",
+                "--page-size",
+                "900",
+            ],
             &[],
             "--page-size",
         ),
         (
-            &["backfill", "--clerk-secret-key", "sk_x", "--clerk-api-url", "ftp://x"],
+            &[
+                "backfill",
+                "--clerk-secret-key",
+                "sk_x",
+                "--clerk-api-url",
+                "ftp://x",
+            ],
             &[],
             "--clerk-api-url",
         ),
@@ -58,7 +70,8 @@ fn bad_or_missing_settings_stop_with_one_line_naming_them() {
         assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
         // clap names a missing argument on the line after its one error line.
         assert!(
-            errors[0].contains(setting) || (errors[0].contains("required") && stderr.contains(setting)),
+            errors[0].contains(setting)
+                || (errors[0].contains("required") && stderr.contains(setting)),
             "{setting} not named: {stderr}"
         );
         assert!(!stderr.contains("Secret123"));
@@ -80,7 +93,8 @@ async fn refusing_clerk() -> String {
                         Ok(n) => request.extend_from_slice(&buffer[..n]),
                     }
                 }
-                let body = r#"{"errors":[{"message":"Unauthorized","code":"authentication_invalid"}]}"#;
+                let body =
+                    r#"{"errors":[{"message":"Unauthorized","code":"authentication_invalid"}]}"#;
                 let response = format!(
                     "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
                      content-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -71,9 +71,7 @@ async fn webhook(stack: &Stack, msg_id: &str, user: &Value) {
         "timestamp": user["updated_at"],
         "data": user,
     });
-    let answer = stack
-        .deliver(msg_id, body.to_string().as_bytes())
-        .await;
+    let answer = stack.deliver(msg_id, body.to_string().as_bytes()).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
 }
 
@@ -96,7 +94,12 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     newer["updated_at"] = json!(EPOCH_MS + 10_000_000);
     newer["first_name"] = json!("Newer");
     webhook(&stack, "msg_newer_5", &newer).await;
-    webhook(&stack, "msg_gone", &clerk_user("user_gone", EPOCH_MS - 5_000, EPOCH_MS - 5_000)).await;
+    webhook(
+        &stack,
+        "msg_gone",
+        &clerk_user("user_gone", EPOCH_MS - 5_000, EPOCH_MS - 5_000),
+    )
+    .await;
     webhook(&stack, "msg_2000", &users[2000]).await;
     let fresh = clerk_user("user_fresh", now_ms(), now_ms());
     webhook(&stack, "msg_fresh", &fresh).await;
@@ -146,10 +149,17 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
             .get(id)
             .unwrap_or_else(|| panic!("{id} is missing from the directory"));
         if id == "user_00005" {
-            assert_eq!(stored.first_name.as_deref(), Some("Newer"), "the webhook's newer version stays");
+            assert_eq!(
+                stored.first_name.as_deref(),
+                Some("Newer"),
+                "the webhook's newer version stays"
+            );
             continue;
         }
-        assert_eq!(stored.primary_email_address.as_deref(), Some(&*format!("{id}@example.com")));
+        assert_eq!(
+            stored.primary_email_address.as_deref(),
+            Some(&*format!("{id}@example.com"))
+        );
         assert_eq!(stored.first_name.as_deref(), Some(&*format!("First {id}")));
         let version = stored.updated_at.unwrap();
         assert_eq!(
@@ -161,7 +171,11 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     // listing is not; the user deleted behind the cursor stays until its
     // user.deleted webhook arrives (the listing saw it alive).
     for gone in ["user_gone", "user_02000"] {
-        assert_eq!(stack.get_user(gone).await.unwrap_err().code(), Code::NotFound, "{gone}");
+        assert_eq!(
+            stack.get_user(gone).await.unwrap_err().code(),
+            Code::NotFound,
+            "{gone}"
+        );
     }
     assert!(stack.get_user("user_fresh").await.is_ok());
     assert!(stack.get_user("user_00100").await.is_ok());
@@ -184,13 +198,20 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     assert_eq!(served[failed + 1].offset, served[failed].offset);
     assert_eq!(served[failed + 1].status, StatusCode::OK);
 
-    // A rerun changes nothing: every user is a duplicate (or still stale).
+    // A rerun changes nothing: every user is a duplicate of the first run's
+    // event (user 5's stale one included: the ledger keeps every event id).
     clerk.reset_requests();
     let config = backfill_command(&stack, &clerk, &["--page-size", "500"]);
     let summary = run_backfill(&config).await.unwrap();
     assert_eq!(
-        (summary.fetched, summary.applied, summary.unchanged, summary.stale, summary.tombstoned),
-        (2_399, 0, 2_398, 1, 0)
+        (
+            summary.fetched,
+            summary.applied,
+            summary.unchanged,
+            summary.stale,
+            summary.tombstoned
+        ),
+        (2_399, 0, 2_399, 0, 0)
     );
     stack.stop().await;
 }
@@ -203,7 +224,12 @@ async fn dry_run_reports_and_writes_nothing(backend: Backend) {
     let mut newer = users[2].clone();
     newer["updated_at"] = json!(EPOCH_MS + 10_000_000);
     webhook(&stack, "msg_2", &newer).await;
-    webhook(&stack, "msg_gone", &clerk_user("user_gone", EPOCH_MS, EPOCH_MS)).await;
+    webhook(
+        &stack,
+        "msg_gone",
+        &clerk_user("user_gone", EPOCH_MS, EPOCH_MS),
+    )
+    .await;
     let before = stack.all_users_paged().await;
 
     let config = backfill_command(
@@ -213,11 +239,25 @@ async fn dry_run_reports_and_writes_nothing(backend: Backend) {
     );
     let summary = run_backfill(&config).await.unwrap();
     assert_eq!(
-        (summary.dry_run, summary.fetched, summary.applied, summary.unchanged, summary.stale, summary.tombstoned),
+        (
+            summary.dry_run,
+            summary.fetched,
+            summary.applied,
+            summary.unchanged,
+            summary.stale,
+            summary.tombstoned
+        ),
         (true, 300, 298, 1, 1, 1)
     );
-    assert!(summary.to_string().starts_with("dry run (nothing written)"), "{summary}");
-    assert_eq!(stack.all_users_paged().await, before, "a dry run writes nothing");
+    assert!(
+        summary.to_string().starts_with("dry run (nothing written)"),
+        "{summary}"
+    );
+    assert_eq!(
+        stack.all_users_paged().await,
+        before,
+        "a dry run writes nothing"
+    );
     stack.stop().await;
 }
 
@@ -242,7 +282,10 @@ async fn a_bad_key_stops_and_an_interrupted_run_resumes(backend: Backend) {
     let error = run_backfill(&config).await.unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, BackfillError::Unauthorized(_)), "{message}");
-    assert!(message.contains("CLERK_SECRET_KEY") && message.contains("401"), "{message}");
+    assert!(
+        message.contains("CLERK_SECRET_KEY") && message.contains("401"),
+        "{message}"
+    );
     assert!(!message.contains("wrongWrong"), "{message}");
     assert!(stack.all_users_paged().await.is_empty());
 
@@ -256,15 +299,27 @@ async fn a_bad_key_stops_and_an_interrupted_run_resumes(backend: Backend) {
         panic!("{error}");
     };
     let resume_from = *resume_from;
-    assert!(error.to_string().contains(&format!("--resume-from {resume_from}")), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("--resume-from {resume_from}")),
+        "{error}"
+    );
     assert!(error.to_string().contains("500"), "{error}");
     let partial = stack.all_users_paged().await.len() as u64;
-    assert!(partial >= resume_from && partial < 1_000, "{partial} users after {resume_from}");
+    assert!(
+        partial >= resume_from && partial < 1_000,
+        "{partial} users after {resume_from}"
+    );
 
     // Resuming where it said: the rest arrives, without starting over.
     clerk.reset_requests();
     let offset = resume_from.to_string();
-    let config = backfill_command(&stack, &clerk, &["--page-size", "100", "--resume-from", &offset]);
+    let config = backfill_command(
+        &stack,
+        &clerk,
+        &["--page-size", "100", "--resume-from", &offset],
+    );
     let summary = run_backfill(&config).await.unwrap();
     assert!(!summary.complete, "a resumed listing is not complete");
     assert_eq!(summary.fetched, 1_000 - resume_from);
@@ -273,12 +328,13 @@ async fn a_bad_key_stops_and_an_interrupted_run_resumes(backend: Backend) {
     assert_eq!(stack.all_users_paged().await.len(), 1_000);
 
     // Reconcile refuses a listing that does not start at 0.
-    let config = backfill_command(
-        &stack,
-        &clerk,
-        &["--resume-from", &offset, "--reconcile"],
-    );
+    let config = backfill_command(&stack, &clerk, &["--resume-from", &offset, "--reconcile"]);
     let error = run_backfill(&config).await.unwrap_err();
-    assert!(error.to_string().contains("--reconcile needs a complete listing"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("--reconcile needs a complete listing"),
+        "{error}"
+    );
     stack.stop().await;
 }

@@ -194,7 +194,10 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Byt
             json!({"object": "total_count", "total_count": state.users.len()}),
         ),
         "/v1/users" => {
-            assert_eq!(query.get("order_by").map(String::as_str), Some("+created_at"));
+            assert_eq!(
+                query.get("order_by").map(String::as_str),
+                Some("+created_at")
+            );
             let limit: usize = query["limit"].parse().unwrap();
             let offset: usize = query["offset"].parse().unwrap();
             assert!((1..=500).contains(&limit), "Clerk allows limit 1..=500");

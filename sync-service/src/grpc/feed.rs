@@ -182,9 +182,7 @@ fn watch_message(entry: FeedEntry) -> WatchUsersResponse {
         position: entry.position,
         event: Some(match entry.change {
             FeedChange::Upsert(profile) => WatchEvent::User(profile.into_proto()),
-            FeedChange::Deleted { id, deleted_at } => {
-                WatchEvent::Deleted(deletion(id, deleted_at))
-            }
+            FeedChange::Deleted { id, deleted_at } => WatchEvent::Deleted(deletion(id, deleted_at)),
         }),
     }
 }

@@ -34,9 +34,10 @@
 use std::collections::HashSet;
 
 use sea_orm::{
-    AccessMode, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend,
-    DatabaseTransaction, DbErr, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    AccessMode,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
+    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, OnConflict, Query},
 };
 use tokio::sync::watch;
@@ -171,7 +172,8 @@ impl Signal {
     }
 
     pub(super) fn ring(&self) {
-        self.0.send_modify(|generation| *generation = generation.wrapping_add(1));
+        self.0
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 }
 
@@ -239,7 +241,10 @@ impl Store {
                 continue;
             }
             let user = user.ok_or_else(|| {
-                Error::Corrupt(format!("change log entry of {} has no user", change.user_id))
+                Error::Corrupt(format!(
+                    "change log entry of {} has no user",
+                    change.user_id
+                ))
             })?;
             entries.push(FeedEntry {
                 position: change.position,

@@ -26,9 +26,9 @@ use crate::{
     domain::{Event, Millis, Outcome, Profile, UserId},
     error::Error,
 };
+pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::{user_email_addresses, users};
-pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
 
 /// Prepared statements kept per connection: every row count of every batch

@@ -24,7 +24,11 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
     // (arguments, environment, the setting the error must name)
     let cases: [Case; 6] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
-        (&["--feed-poll-interval-ms", "0"], &[], "--feed-poll-interval-ms"),
+        (
+            &["--feed-poll-interval-ms", "0"],
+            &[],
+            "--feed-poll-interval-ms",
+        ),
         (
             &[],
             &[("FEED_DELETION_RETENTION_SECS", "a month")],

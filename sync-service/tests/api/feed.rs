@@ -51,7 +51,10 @@ impl Mirror {
                 self.deletions_seen += 1;
             }
             Event::CaughtUp(_) => {
-                assert!(message.position >= self.position, "caught_up never goes back");
+                assert!(
+                    message.position >= self.position,
+                    "caught_up never goes back"
+                );
                 self.caught_up = true;
             }
         }
@@ -468,7 +471,10 @@ async fn pruned_and_foreign_positions_are_failed_precondition(backend: Backend) 
     for _ in 0..100 {
         match list_changes(&app, before_deletion, 10).await {
             Ok(page) => {
-                assert!(!page.changes.is_empty(), "the deletion is there until pruned");
+                assert!(
+                    !page.changes.is_empty(),
+                    "the deletion is there until pruned"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(status) => {
@@ -535,7 +541,11 @@ async fn bad_feed_requests_name_the_field(backend: Backend) {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().starts_with(message), "{}", status.message());
+        assert!(
+            status.message().starts_with(message),
+            "{}",
+            status.message()
+        );
     }
     for (after, size, message) in [
         (-5, 10, "after_position must not be negative"),
