@@ -44,26 +44,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             }
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(message)) => {
-                    match message.event {
-                        Some(Event::User(user)) => {
-                            users.insert(user.id.clone(), user);
-                        }
-                        Some(Event::Deleted(deleted)) => {
-                            users.remove(&deleted.id);
-                        }
-                        Some(Event::CaughtUp(_)) => {
-                            println!("caught up: {} users", users.len());
-                        }
-                        None => {}
-                    }
-                    position = Some(message.position);
+        // Ends when the server shuts down or the network is cut: then resume
+        // after `position`.
+        while let Ok(Some(message)) = stream.message().await {
+            match message.event {
+                Some(Event::User(user)) => {
+                    users.insert(user.id.clone(), user);
                 }
-                // Server shutting down, network cut: resume after `position`.
-                Ok(None) | Err(_) => break,
+                Some(Event::Deleted(deleted)) => {
+                    users.remove(&deleted.id);
+                }
+                Some(Event::CaughtUp(_)) => println!("caught up: {} users", users.len()),
+                None => {}
             }
+            position = Some(message.position);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -29,9 +29,16 @@ fn error_lines(output: &Output) -> Vec<String> {
         .collect()
 }
 
+/// Arguments, environment, and the setting the error must name.
+type Case = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn bad_or_missing_settings_stop_with_one_line_naming_them() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [Case; 5] = [
         (&["backfill"], &[], "--clerk-secret-key"),
         (
             &["backfill"],
