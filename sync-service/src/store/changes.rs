@@ -159,20 +159,33 @@ pub struct ChangePage {
     pub has_more: bool,
 }
 
-/// Wakes the change-feed watchers of this process. Local commits ring it at
-/// once; the poller ([`Store::follow_other_writers`]) rings it when another
-/// replica moved the log's head. The value is only a counter: watchers read
-/// the log to learn what changed.
+/// This process's side of the feed: what wakes its watchers, and the bound
+/// on their reads.
 #[derive(Debug)]
-pub(super) struct Signal(watch::Sender<u64>);
+pub(super) struct Signal {
+    /// Local commits ring it at once; the poller
+    /// ([`Store::follow_other_writers`]) rings it when another replica moved
+    /// the log's head. The value is only a counter: watchers read the log to
+    /// learn what changed.
+    wake: watch::Sender<u64>,
+    /// Log reads running at once. Every watcher reads after every commit;
+    /// this keeps them to a share of the pool, so writers always find a
+    /// connection however many clients watch.
+    reads: tokio::sync::Semaphore,
+}
 
 impl Signal {
-    pub(super) fn new() -> Self {
-        Self(watch::Sender::new(0))
+    /// `pool_size`: the store's connection pool; a quarter of it may read
+    /// the log at once.
+    pub(super) fn new(pool_size: u32) -> Self {
+        Self {
+            wake: watch::Sender::new(0),
+            reads: tokio::sync::Semaphore::new((pool_size as usize / 4).max(1)),
+        }
     }
 
     pub(super) fn ring(&self) {
-        self.0
+        self.wake
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 }
@@ -182,7 +195,7 @@ impl Store {
     /// Subscribe before reading the log, so no commit slips between the read
     /// and the wait.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
-        self.signal.0.subscribe()
+        self.signal.wake.subscribe()
     }
 
     /// The last position handed out.
@@ -203,6 +216,12 @@ impl Store {
         limit: u32,
         hide_deletions_through: Position,
     ) -> Result<ChangePage, Error> {
+        let _permit = self
+            .signal
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let txn = self.begin_snapshot().await?;
         let head = head_row(&txn).await?;
         if after > head.position {

@@ -96,7 +96,7 @@ impl Store {
         let db = Database::connect(connect).await?;
         Ok(Self {
             db,
-            signal: std::sync::Arc::new(changes::Signal::new()),
+            signal: std::sync::Arc::new(changes::Signal::new(options.max_connections)),
         })
     }
 
