@@ -6,9 +6,13 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`json`]: JSON ⇄ protobuf `Struct`, for Clerk metadata.
 //! - [`runtime`]: process plumbing both binaries share (shutdown signal, logs).
+//! - [`tls`]: reading the PEM files TLS settings name.
+//! - [`redact`]: URLs with their passwords masked, for logs and banners.
 
 pub mod json;
+pub mod redact;
 pub mod runtime;
+pub mod tls;
 
 /// Generated code for the `clerk.sync.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

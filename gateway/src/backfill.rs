@@ -34,14 +34,19 @@ use futures::{StreamExt as _, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost_types::Timestamp;
 use serde_json::value::RawValue;
-use tonic::{Code, transport::Channel};
+use tonic::{
+    Code, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
 
 use crate::{
     Config, Error,
     clerk::{ClerkEvent, ClerkUser, Envelope, UserEvent},
     clerk_api::{ClerkApi, ClerkApiError, backoff},
-    config::BackfillArgs,
-    upstream::Upstream,
+    config::{BackfillArgs, SyncServiceSettings},
+    upstream::{Upstream, client_tls},
     verify::Delivery,
 };
 
@@ -161,13 +166,9 @@ pub async fn run(
         args.max_retries,
     )
     .map_err(|e| BackfillError::Setup(e.to_string()))?;
-    let upstream = Upstream::new(
-        &config.sync_service_urls,
-        config.connect_timeout,
-        config.upstream_timeout,
-    )
-    .map_err(|e| BackfillError::Setup(e.to_string()))?;
-    let directory = UserDirectoryServiceClient::new(directory_channel(config)?);
+    let upstream =
+        Upstream::new(&config.sync_service).map_err(|e| BackfillError::Setup(e.to_string()))?;
+    let directory = directory_client(&config.sync_service)?;
     let mut run = Backfill {
         api,
         upstream,
@@ -206,7 +207,7 @@ struct Backfill {
     api: ClerkApi,
     upstream: Upstream,
     /// Reads the directory for reconcile and dry runs.
-    directory: UserDirectoryServiceClient<Channel>,
+    directory: DirectoryClient,
     args: BackfillArgs,
     /// Ids of every user listed so far.
     seen: HashSet<String>,
@@ -404,7 +405,7 @@ impl Backfill {
                 .list_users(ListUsersRequest {
                     page_size: 1000,
                     page_token,
-                    changed_since: None,
+                    ..ListUsersRequest::default()
                 })
                 .await
                 .map_err(|status| BackfillError::Reconcile(Error::Upstream(status)))?
@@ -522,20 +523,68 @@ fn map_user(raw: &RawValue) -> Result<Mapped, Error> {
     })
 }
 
-/// A channel for reads, built like [`Upstream`]'s (same addresses and
-/// timeouts): `Upstream` applies events, reconcile and dry runs also read.
-fn directory_channel(config: &Config) -> Result<Channel, BackfillError> {
-    let endpoints = config.sync_service_urls.iter().map(|url| {
-        tonic::transport::Endpoint::from(url.clone())
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.upstream_timeout.max(Duration::from_secs(30)))
-    });
-    match config.sync_service_urls.as_slice() {
-        [] => Err(BackfillError::Setup(
-            "SYNC_SERVICE_URL: no address given".to_owned(),
-        )),
-        [_] => Ok(endpoints.into_iter().next().expect("one").connect_lazy()),
-        _ => Ok(Channel::balance_list(endpoints)),
+/// The directory client reconcile and dry runs read with.
+type DirectoryClient = UserDirectoryServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// A directory client over the same addresses, TLS, token and deadlines as
+/// [`Upstream`] (which only applies events).
+fn directory_client(settings: &SyncServiceSettings) -> Result<DirectoryClient, BackfillError> {
+    let setup = |error: Error| BackfillError::Setup(error.to_string());
+    let tls = client_tls(settings).map_err(setup)?;
+    let endpoints = settings
+        .urls
+        .iter()
+        .map(|url| {
+            let endpoint = Endpoint::from(url.clone())
+                .connect_timeout(settings.connect_timeout)
+                // Pages of 1,000 users: more than one event's deadline.
+                .timeout(settings.timeout.max(Duration::from_secs(30)));
+            match (&tls, url.scheme_str()) {
+                (Some(tls), Some("https")) => endpoint.tls_config(tls.clone()),
+                _ => Ok(endpoint),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BackfillError::Setup(format!("sync-service TLS settings: {e}")))?;
+    let channel = match endpoints.as_slice() {
+        [] => {
+            return Err(BackfillError::Setup(
+                "SYNC_SERVICE_URL: no address given".to_owned(),
+            ));
+        }
+        [endpoint] => endpoint.connect_lazy(),
+        _ => Channel::balance_list(endpoints.into_iter()),
+    };
+    let authorization = settings
+        .token
+        .as_ref()
+        .map(|token| {
+            let mut value =
+                MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                    BackfillError::Setup("SYNC_SERVICE_TOKEN cannot travel in a header".to_owned())
+                })?;
+            value.set_sensitive(true);
+            Ok::<_, BackfillError>(value)
+        })
+        .transpose()?;
+    Ok(UserDirectoryServiceClient::with_interceptor(
+        channel,
+        BearerAuth(authorization),
+    ))
+}
+
+/// Adds the sync-service token to every directory call.
+#[derive(Clone)]
+struct BearerAuth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
     }
 }
 

@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use clerk_sync_api::v1::{EventMeta, User, UserCreated, UserDeleted, UserUpdated};
+use clerk_sync_api::v1::{
+    self, EventMeta, SecondFactors, User, UserCreated, UserDeleted, UserUpdated,
+};
 use prost_types::Timestamp;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::value::RawValue;
@@ -86,14 +88,68 @@ pub struct ClerkUser<'a> {
     /// The application's own id for the user.
     #[serde(borrow)]
     pub external_id: Option<Text<'a>>,
+    /// Whether the user uploaded a profile image.
+    pub has_image: Option<bool>,
     /// Public metadata, a JSON object.
     pub public_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Private (server-side) metadata, a JSON object. The sync-service keeps
+    /// it only when its operator opted in.
+    pub private_metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Creation time, Unix milliseconds.
     pub created_at: Option<i64>,
     /// Last change, Unix milliseconds: the version for last-write-wins.
     pub updated_at: Option<i64>,
     /// Last sign-in, Unix milliseconds; null if never.
     pub last_sign_in_at: Option<i64>,
+    /// Last activity, Unix milliseconds.
+    pub last_active_at: Option<i64>,
+    /// When the legal terms were accepted, Unix milliseconds.
+    pub legal_accepted_at: Option<i64>,
+    /// Banned by an administrator.
+    pub banned: Option<bool>,
+    /// Locked out after failed sign-in attempts.
+    pub locked: Option<bool>,
+    /// Seconds until the lockout ends, counted from the event.
+    pub lockout_expires_in_seconds: Option<i64>,
+    /// Any second factor enabled.
+    pub two_factor_enabled: Option<bool>,
+    /// An authenticator app enabled.
+    pub totp_enabled: Option<bool>,
+    /// Backup codes enabled.
+    pub backup_code_enabled: Option<bool>,
+    /// Linked identity-provider accounts.
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    pub external_accounts: Vec<ClerkExternalAccount<'a>>,
+}
+
+/// The `verification` object of an address, number or linked account.
+#[derive(Debug, Deserialize)]
+pub struct Verification<'a> {
+    /// `verified`, `unverified`, `expired`, …
+    #[serde(borrow)]
+    pub status: Option<Text<'a>>,
+}
+
+/// Whether a `verification` says the owner proved it. Anything but Clerk's
+/// `verified` (no verification, unverified, expired, transferable) is not.
+fn is_verified(verification: Option<&Verification<'_>>) -> bool {
+    verification
+        .and_then(|v| v.status.as_ref())
+        .is_some_and(|status| status.as_str() == "verified")
+}
+
+/// An entry of a user's `external_accounts`.
+#[derive(Debug, Deserialize)]
+pub struct ClerkExternalAccount<'a> {
+    /// `oauth_google`, `oauth_github`, …
+    #[serde(borrow)]
+    pub provider: Option<Text<'a>>,
+    /// The address the provider reported.
+    #[serde(borrow)]
+    pub email_address: Option<Text<'a>>,
+    /// Whether Clerk verified the account.
+    #[serde(borrow)]
+    pub verification: Option<Verification<'a>>,
 }
 
 /// An entry of a user's `email_addresses`.
@@ -105,6 +161,9 @@ pub struct EmailAddress<'a> {
     /// The address as the user typed it.
     #[serde(borrow)]
     pub email_address: Option<Text<'a>>,
+    /// Whether the user proved they own it.
+    #[serde(borrow)]
+    pub verification: Option<Verification<'a>>,
 }
 
 /// An entry of a user's `phone_numbers`.
@@ -116,6 +175,9 @@ pub struct PhoneNumber<'a> {
     /// The number in E.164 form.
     #[serde(borrow)]
     pub phone_number: Option<Text<'a>>,
+    /// Whether the user proved they own it.
+    #[serde(borrow)]
+    pub verification: Option<Verification<'a>>,
 }
 
 /// The `data` of `user.deleted`: Clerk sends only `{id, object, deleted}`.
@@ -275,14 +337,20 @@ impl UserEvent {
         delivery: &Delivery<'_>,
     ) -> Result<Option<Self>, Error> {
         Ok(Some(match event {
-            ClerkEvent::UserCreated(event) => UserEvent::Created(UserCreated {
-                meta: Some(event.meta(delivery)),
-                user: Some(user_from_clerk(event.data)?),
-            }),
-            ClerkEvent::UserUpdated(event) => UserEvent::Updated(UserUpdated {
-                meta: Some(event.meta(delivery)),
-                user: Some(user_from_clerk(event.data)?),
-            }),
+            ClerkEvent::UserCreated(event) => {
+                let meta = event.meta(delivery);
+                UserEvent::Created(UserCreated {
+                    user: Some(user_from_clerk(event.data, meta.occurred_at)?),
+                    meta: Some(meta),
+                })
+            }
+            ClerkEvent::UserUpdated(event) => {
+                let meta = event.meta(delivery);
+                UserEvent::Updated(UserUpdated {
+                    user: Some(user_from_clerk(event.data, meta.occurred_at)?),
+                    meta: Some(meta),
+                })
+            }
             ClerkEvent::UserDeleted(event) => {
                 let meta = event.meta(delivery);
                 UserEvent::Deleted(UserDeleted {
@@ -302,7 +370,9 @@ fn required_id(id: Option<Text<'_>>) -> Result<String, Error> {
     }
 }
 
-fn user_from_clerk(user: ClerkUser<'_>) -> Result<User, Error> {
+/// Maps a Clerk user object. `observed_at` is when Clerk reported it (the
+/// event's time): a lockout's end is counted from there.
+pub fn user_from_clerk(user: ClerkUser<'_>, observed_at: Option<Timestamp>) -> Result<User, Error> {
     let id = required_id(user.id)?;
     let updated_at = user
         .updated_at
@@ -321,9 +391,48 @@ fn user_from_clerk(user: ClerkUser<'_>) -> Result<User, Error> {
     let email_addresses = user
         .email_addresses
         .iter()
-        .filter_map(|entry| entry.email_address.as_ref())
-        .map(|address| address.as_str().to_owned())
+        .filter_map(|entry| {
+            Some(v1::EmailAddress {
+                address: entry.email_address.as_ref()?.as_str().to_owned(),
+                verified: is_verified(entry.verification.as_ref()),
+                primary: entry.id.is_some() && entry.id == user.primary_email_address_id,
+            })
+        })
         .collect();
+    let phone_numbers = user
+        .phone_numbers
+        .iter()
+        .filter_map(|entry| {
+            Some(v1::PhoneNumber {
+                number: entry.phone_number.as_ref()?.as_str().to_owned(),
+                verified: is_verified(entry.verification.as_ref()),
+                primary: entry.id.is_some() && entry.id == user.primary_phone_number_id,
+            })
+        })
+        .collect();
+    let external_accounts = user
+        .external_accounts
+        .iter()
+        .filter_map(|account| {
+            Some(v1::ExternalAccount {
+                provider: account.provider.as_ref()?.as_str().to_owned(),
+                email_address: account
+                    .email_address
+                    .as_ref()
+                    .filter(|email| !email.as_str().trim().is_empty())
+                    .map(|email| email.as_str().to_owned()),
+                verified: is_verified(account.verification.as_ref()),
+            })
+        })
+        .collect();
+    let locked = user.locked.unwrap_or(false);
+    let locked_until = match (locked, user.lockout_expires_in_seconds, observed_at) {
+        (true, Some(seconds), Some(at)) if seconds >= 0 => Some(Timestamp {
+            seconds: at.seconds.saturating_add(seconds),
+            nanos: at.nanos,
+        }),
+        _ => None,
+    };
 
     let first_name = non_empty(user.first_name);
     let last_name = non_empty(user.last_name);
@@ -342,18 +451,34 @@ fn user_from_clerk(user: ClerkUser<'_>) -> Result<User, Error> {
         primary_email_address,
         email_addresses,
         primary_phone_number,
+        phone_numbers,
         first_name,
         last_name,
         display_name,
         username,
         image_url: non_empty(user.image_url),
+        has_image: user.has_image.unwrap_or(false),
         external_id: non_empty(user.external_id),
         public_metadata: user
             .public_metadata
             .map(clerk_sync_api::json::struct_from_json),
+        private_metadata: user
+            .private_metadata
+            .map(clerk_sync_api::json::struct_from_json),
         created_at: user.created_at.map(timestamp_from_millis),
         updated_at: Some(timestamp_from_millis(updated_at)),
         last_sign_in_at: user.last_sign_in_at.map(timestamp_from_millis),
+        last_active_at: user.last_active_at.map(timestamp_from_millis),
+        legal_accepted_at: user.legal_accepted_at.map(timestamp_from_millis),
+        banned: user.banned.unwrap_or(false),
+        locked,
+        locked_until,
+        two_factor_enabled: user.two_factor_enabled.unwrap_or(false),
+        second_factors: Some(SecondFactors {
+            totp: user.totp_enabled.unwrap_or(false),
+            backup_codes: user.backup_code_enabled.unwrap_or(false),
+        }),
+        external_accounts,
     })
 }
 
@@ -475,19 +600,140 @@ mod tests {
             User {
                 id: "user_29w83sxmDNGwOuEthce5gg56FcC".into(),
                 primary_email_address: Some("example@example.org".into()),
-                email_addresses: vec!["example@example.org".into()],
+                email_addresses: vec![v1::EmailAddress {
+                    address: "example@example.org".into(),
+                    verified: true,
+                    primary: true,
+                }],
                 primary_phone_number: None,
+                phone_numbers: vec![],
                 first_name: Some("Example".into()),
                 last_name: Some("Example".into()),
                 display_name: "Example Example".into(),
                 username: None,
                 image_url: Some("https://img.clerk.com/xxxxxx".into()),
+                has_image: false,
                 external_id: Some("567772".into()),
                 public_metadata: Some(prost_types::Struct::default()),
+                private_metadata: Some(prost_types::Struct::default()),
                 created_at: ts(1_654_012_591_514),
                 updated_at: ts(1_654_012_591_835),
                 last_sign_in_at: ts(1_654_012_591_514),
+                // The catalogue example predates these: absent means no.
+                last_active_at: None,
+                legal_accepted_at: None,
+                banned: false,
+                locked: false,
+                locked_until: None,
+                two_factor_enabled: false,
+                second_factors: Some(SecondFactors::default()),
+                external_accounts: vec![],
             }
+        );
+    }
+
+    fn updated_user(body: &[u8]) -> User {
+        match map(body).unwrap() {
+            Some(UserEvent::Updated(UserUpdated {
+                user: Some(user), ..
+            })) => user,
+            other => panic!("not a user.updated: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn account_state_is_mapped_and_the_lockout_counts_from_the_event() {
+        let user = updated_user(&fixture("user.updated.banned-locked.json"));
+        assert!(user.banned);
+        assert!(user.locked);
+        // The event's timestamp (1654012884306 ms) plus 3600 s.
+        assert_eq!(
+            user.locked_until,
+            Some(Timestamp {
+                seconds: 1_654_012_884 + 3600,
+                nanos: 306_000_000
+            })
+        );
+        assert!(user.two_factor_enabled);
+        assert_eq!(
+            user.second_factors,
+            Some(SecondFactors {
+                totp: true,
+                backup_codes: true
+            })
+        );
+        assert!(user.has_image);
+        assert_eq!(user.last_active_at, ts(1_654_012_700_000));
+        assert_eq!(user.legal_accepted_at, ts(1_654_012_591_514));
+        let private = user.private_metadata.unwrap().fields;
+        assert_eq!(
+            private["role"].kind,
+            Some(Kind::StringValue("admin".into()))
+        );
+    }
+
+    #[test]
+    fn a_lock_without_duration_has_no_end_and_no_lock_has_no_end() {
+        let body =
+            br#"{"type":"user.updated","timestamp":1000,"data":{"id":"user_1","updated_at":5,
+            "locked":true,"lockout_expires_in_seconds":null}}"#;
+        let user = updated_user(body);
+        assert!(user.locked);
+        assert_eq!(user.locked_until, None);
+        let body =
+            br#"{"type":"user.updated","timestamp":1000,"data":{"id":"user_1","updated_at":5,
+            "locked":false,"lockout_expires_in_seconds":3600}}"#;
+        assert_eq!(updated_user(body).locked_until, None);
+    }
+
+    #[test]
+    fn verification_is_kept_for_every_address_number_and_linked_account() {
+        let (_, user) = created_user(&fixture("user.created.unverified-email.json"));
+        let emails: Vec<_> = user
+            .email_addresses
+            .iter()
+            .map(|e| (e.address.as_str(), e.verified, e.primary))
+            .collect();
+        assert_eq!(
+            emails,
+            [
+                ("mallory@example.net", true, true),
+                ("Example@Example.org", false, false)
+            ]
+        );
+        let body = br#"{"type":"user.created","data":{"id":"user_1","updated_at":5,
+            "primary_phone_number_id":"idn_p2",
+            "phone_numbers":[
+              {"id":"idn_p1","phone_number":"+15555550101","verification":null},
+              {"id":"idn_p2","phone_number":"+15555550102","verification":{"status":"verified"}}],
+            "external_accounts":[
+              {"provider":"oauth_google","email_address":"a@gmail.com","verification":{"status":"verified"}},
+              {"provider":"oauth_github","email_address":"","verification":{"status":"unverified"}},
+              {"email_address":"no-provider@x.io"}]}}"#;
+        let (_, user) = created_user(body);
+        let phones: Vec<_> = user
+            .phone_numbers
+            .iter()
+            .map(|p| (p.number.as_str(), p.verified, p.primary))
+            .collect();
+        assert_eq!(
+            phones,
+            [("+15555550101", false, false), ("+15555550102", true, true)]
+        );
+        assert_eq!(
+            user.external_accounts,
+            [
+                v1::ExternalAccount {
+                    provider: "oauth_google".into(),
+                    email_address: Some("a@gmail.com".into()),
+                    verified: true,
+                },
+                v1::ExternalAccount {
+                    provider: "oauth_github".into(),
+                    email_address: None,
+                    verified: false,
+                },
+            ]
         );
     }
 
@@ -498,9 +744,17 @@ mod tests {
             user.primary_email_address.as_deref(),
             Some("Primary.Person@Example.COM")
         );
+        let addresses: Vec<_> = user
+            .email_addresses
+            .iter()
+            .map(|e| (e.address.as_str(), e.primary))
+            .collect();
         assert_eq!(
-            user.email_addresses,
-            ["old.address@example.net", "Primary.Person@Example.COM"]
+            addresses,
+            [
+                ("old.address@example.net", false),
+                ("Primary.Person@Example.COM", true)
+            ]
         );
         assert_eq!(user.first_name.as_deref(), Some("Zoë"));
         assert_eq!(user.last_name.as_deref(), Some("Ångström-Ñúñez 😀"));

@@ -4,7 +4,7 @@
 //! Values are parsed into their final types here, so a bad one stops start-up
 //! with one line naming the setting instead of failing on the first request.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use http::Uri;
@@ -33,17 +33,9 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Address(es) of the sync-service gRPC server, comma-separated; several are
-    /// load-balanced.
-    #[arg(
-        long = "sync-service-url", value_name = "URL",
-        env = "SYNC_SERVICE_URL",
-        default_value = "http://127.0.0.1:50051",
-        value_delimiter = ',',
-        value_parser = parse_sync_service_url,
-        global = true
-    )]
-    pub sync_service_urls: Vec<Uri>,
+    /// How to reach the sync-service.
+    #[command(flatten)]
+    pub sync_service: SyncServiceSettings,
 
     /// Svix signing secret(s) from the Clerk dashboard (`whsec_…`), separated by
     /// spaces or commas (several during a rotation). Required to serve
@@ -75,6 +67,71 @@ pub struct Config {
     )]
     pub timestamp_tolerance: Duration,
 
+    /// On shutdown, how long in-flight requests may take to finish, in seconds.
+    #[arg(
+        long = "shutdown-timeout-secs", value_name = "SECS",
+        env = "GATEWAY_SHUTDOWN_TIMEOUT_SECS",
+        default_value = "20",
+        value_parser = parse_secs
+    )]
+    pub shutdown_timeout: Duration,
+}
+
+/// How to reach the sync-service: the addresses, the token, TLS and the
+/// deadlines. Shared by everything in this crate that applies events.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SyncServiceSettings {
+    /// Address(es) of the sync-service gRPC server, comma-separated; several are
+    /// load-balanced. `https://` speaks TLS (see --sync-service-ca).
+    #[arg(
+        long = "sync-service-url", value_name = "URL",
+        env = "SYNC_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ',',
+        value_parser = parse_sync_service_url,
+        global = true
+    )]
+    pub urls: Vec<Uri>,
+
+    /// Bearer token sent on every call: one of the sync-service's write
+    /// tokens. Prefer the environment variable.
+    #[arg(
+        long = "sync-service-token", value_name = "TOKEN",
+        env = "SYNC_SERVICE_TOKEN",
+        hide_env_values = true,
+        value_parser = BearerTokenParser,
+        global = true
+    )]
+    pub token: Option<BearerToken>,
+
+    /// CA certificate(s) (PEM) to trust for `https://` sync-service URLs,
+    /// for a private CA; the system's roots are trusted otherwise.
+    #[arg(
+        long = "sync-service-ca",
+        value_name = "PEM",
+        env = "SYNC_SERVICE_CA",
+        global = true
+    )]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) to present to the sync-service (mutual TLS).
+    #[arg(
+        long = "sync-service-client-cert",
+        value_name = "PEM",
+        env = "SYNC_SERVICE_CLIENT_CERT",
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --sync-service-client-cert.
+    #[arg(
+        long = "sync-service-client-key",
+        value_name = "PEM",
+        env = "SYNC_SERVICE_CLIENT_KEY",
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
+
     /// Deadline of each call to the sync-service, in milliseconds; past it the
     /// webhook is answered 503 and Svix retries.
     #[arg(
@@ -84,7 +141,7 @@ pub struct Config {
         value_parser = parse_positive_millis,
         global = true
     )]
-    pub upstream_timeout: Duration,
+    pub timeout: Duration,
 
     /// Time allowed to open a connection to the sync-service, in milliseconds.
     #[arg(
@@ -95,15 +152,53 @@ pub struct Config {
         global = true
     )]
     pub connect_timeout: Duration,
+}
 
-    /// On shutdown, how long in-flight requests may take to finish, in seconds.
-    #[arg(
-        long = "shutdown-timeout-secs", value_name = "SECS",
-        env = "GATEWAY_SHUTDOWN_TIMEOUT_SECS",
-        default_value = "20",
-        value_parser = parse_secs
-    )]
-    pub shutdown_timeout: Duration,
+impl SyncServiceSettings {
+    /// Plain-text addresses and every other default, for tests and
+    /// in-process launchers.
+    pub fn new(urls: Vec<Uri>) -> Self {
+        Self {
+            urls,
+            token: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            timeout: Duration::from_millis(5000),
+            connect_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// A bearer token; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Parses a token; the error does not repeat it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "has characters that cannot travel in a header (use printable ASCII)".to_owned(),
+            );
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    /// The token, to put in a header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(redacted)")
+    }
 }
 
 impl Config {
@@ -116,12 +211,10 @@ impl Config {
         Self {
             command: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            sync_service_urls,
+            sync_service: SyncServiceSettings::new(sync_service_urls),
             webhook_secrets: Some(webhook_secrets),
             body_limit: Self::DEFAULT_BODY_LIMIT,
             timestamp_tolerance: Duration::from_secs(300),
-            upstream_timeout: Duration::from_millis(5000),
-            connect_timeout: Duration::from_millis(1000),
             shutdown_timeout: Duration::from_secs(20),
         }
     }
@@ -241,9 +334,32 @@ fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
         .parse()
         .map_err(|e| format!("not a URL ({e}); expected http://host:port"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => Err("https is not supported; expected http://host:port".to_owned()),
-        _ => Err("expected http://host:port".to_owned()),
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err("expected http://host:port or https://host:port".to_owned()),
+    }
+}
+
+/// Parses `SYNC_SERVICE_TOKEN` without echoing it in the error.
+#[derive(Clone)]
+struct BearerTokenParser;
+
+impl clap::builder::TypedValueParser for BearerTokenParser {
+    type Value = BearerToken;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<BearerToken, clap::Error> {
+        let reason = match value.to_str().map(BearerToken::parse) {
+            Some(Ok(token)) => return Ok(token),
+            Some(Err(reason)) => reason,
+            None => "not valid UTF-8".to_owned(),
+        };
+        let message =
+            format!("invalid value for --sync-service-token (SYNC_SERVICE_TOKEN): {reason}\n");
+        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
     }
 }
 
@@ -324,8 +440,8 @@ mod tests {
     #[test]
     fn several_sync_service_urls_are_comma_separated() {
         let config = parse(&["--sync-service-url", "http://a:1,http://b:2"]).unwrap();
-        assert_eq!(config.sync_service_urls.len(), 2);
-        assert_eq!(config.sync_service_urls[1], "http://b:2");
+        assert_eq!(config.sync_service.urls.len(), 2);
+        assert_eq!(config.sync_service.urls[1], "http://b:2");
     }
 
     #[test]
@@ -345,6 +461,15 @@ mod tests {
             ),
             (&["--listen", "8080"], "--listen"),
             (&["--webhook-secret", "whsec_"], "--webhook-secret"),
+            (
+                &["--sync-service-url", "ftp://host:1"],
+                "--sync-service-url",
+            ),
+            (
+                &["--sync-service-token", "MfKQ9r8G ünicode"],
+                "SYNC_SERVICE_TOKEN",
+            ),
+            (&["--sync-service-token", " "], "SYNC_SERVICE_TOKEN"),
             (
                 &["--webhook-secret", "whsec_MfKQ9r8G*"],
                 "CLERK_WEBHOOK_SECRET",
@@ -379,8 +504,8 @@ mod tests {
             "--reconcile",
         ])
         .unwrap();
-        assert_eq!(config.sync_service_urls, ["http://a:1"]);
-        assert_eq!(config.upstream_timeout, Duration::from_millis(900));
+        assert_eq!(config.sync_service.urls, ["http://a:1"]);
+        assert_eq!(config.sync_service.timeout, Duration::from_millis(900));
         assert!(config.webhook_secrets.is_none());
         let Some(Command::Backfill(args)) = &config.command else {
             panic!("{config:?}")
@@ -424,8 +549,19 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_redacts_the_secret() {
-        let shown = format!("{:?}", parse(&[]).unwrap());
+    fn debug_output_redacts_the_secret_and_the_token() {
+        let config = parse(&["--sync-service-token", "tok_MfKQ9r8G_0123456789"]).unwrap();
+        assert_eq!(
+            config.sync_service.token.as_ref().map(BearerToken::expose),
+            Some("tok_MfKQ9r8G_0123456789")
+        );
+        let shown = format!("{config:?}");
         assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+    }
+
+    #[test]
+    fn https_urls_are_accepted() {
+        let config = parse(&["--sync-service-url", "https://sync.internal:50051"]).unwrap();
+        assert_eq!(config.sync_service.urls[0].scheme_str(), Some("https"));
     }
 }

@@ -51,11 +51,7 @@ impl App {
         })?;
         Ok(Self {
             verifier: Verifier::new(secrets, config.timestamp_tolerance),
-            upstream: Upstream::new(
-                &config.sync_service_urls,
-                config.connect_timeout,
-                config.upstream_timeout,
-            )?,
+            upstream: Upstream::new(&config.sync_service)?,
             body_limit: config.body_limit,
         })
     }
@@ -106,12 +102,13 @@ impl App {
         check_content_type(&parts.headers)?;
 
         let span = Span::current();
-        // Logged even when verification fails: it is what Svix's dashboard shows.
+        // Logged even when verification fails: it is what Svix's dashboard
+        // shows. Unverified, so it is cut to a length no real id exceeds.
         if let Some(id) = ["svix-id", "webhook-id"]
             .iter()
             .find_map(|name| parts.headers.get(*name)?.to_str().ok())
         {
-            span.record("event_id", id);
+            span.record("event_id", truncate(id, MAX_LOGGED_ID_LEN));
         }
 
         let delivery = self
@@ -151,7 +148,13 @@ pub async fn run(
     let mut shutdown = pin!(shutdown);
 
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, upstream = ?config.sync_service_urls, "gateway listening");
+        let upstream: Vec<String> = config
+            .sync_service
+            .urls
+            .iter()
+            .map(|url| clerk_sync_api::redact::url(&url.to_string()).into_owned())
+            .collect();
+        tracing::info!(%address, ?upstream, "gateway listening");
     }
     loop {
         tokio::select! {
@@ -195,6 +198,18 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Longest unverified event id written to the logs (Svix ids are ~30 bytes).
+const MAX_LOGGED_ID_LEN: usize = 64;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn is_get(method: &Method) -> bool {

@@ -5,8 +5,9 @@
 //! Tables:
 //! - `users`: one row per Clerk user. A deleted user keeps a tombstone row
 //!   (`deleted_at` set, personal data erased) so late events cannot revive it.
-//! - `user_email_addresses`: every address of every live user, lower-cased, so
-//!   find-by-email hits an index whichever of the user's addresses is asked for.
+//! - `user_email_addresses`: every verified address of every live user,
+//!   lower-cased, so find-by-email hits an index whichever of the user's
+//!   addresses is asked for, and an unverified address never matches.
 //! - `processed_events`: every applied event id; its primary key makes
 //!   deduplication atomic with the write it guards.
 //! - `user_changes` and `feed_head`: the change feed's log (one entry per
@@ -15,7 +16,8 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_directory;
-mod m20261127_000002_create_change_feed;
+mod m20261128_000001_account_state;
+mod m20261128_000002_create_change_feed;
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -26,7 +28,8 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m20261127_000001_create_directory::Migration),
-            Box::new(m20261127_000002_create_change_feed::Migration),
+            Box::new(m20261128_000001_account_state::Migration),
+            Box::new(m20261128_000002_create_change_feed::Migration),
         ]
     }
 }

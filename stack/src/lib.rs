@@ -6,9 +6,13 @@
 use std::{future::Future, net::SocketAddr};
 
 use anyhow::Context as _;
-use base64::{Engine, engine::general_purpose::STANDARD};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 use clap::Parser;
-use clerk_sync_gateway::WebhookSecrets;
+use clerk_sync_gateway::{WebhookSecrets, config::BearerToken};
+use clerk_sync_service::auth::{TokenList, TokensParser};
 use tokio::{net::TcpListener, sync::watch};
 
 /// Runs the gateway and the sync-service together.
@@ -35,6 +39,21 @@ pub struct StackConfig {
     /// generated and printed, for local experiments.
     #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+
+    /// Bearer tokens other services query the directory with. When set (or
+    /// --write-tokens is), every call needs a token, and the gateway half
+    /// gets a token of its own generated for this run.
+    #[arg(long, env = "SYNC_SERVICE_READ_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--read-tokens (SYNC_SERVICE_READ_TOKENS)"))]
+    pub read_tokens: TokenList,
+
+    /// Bearer tokens that may apply events besides the gateway half (a
+    /// backfill's).
+    #[arg(long, env = "SYNC_SERVICE_WRITE_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--write-tokens (SYNC_SERVICE_WRITE_TOKENS)"))]
+    pub write_tokens: TokenList,
+
+    /// Store Clerk's private_metadata (see the sync-service's setting).
+    #[arg(long, env = "SYNC_STORE_PRIVATE_METADATA", value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub store_private_metadata: bool,
 }
 
 /// Binds both listeners, then serves until `shutdown` completes: the gateway
@@ -71,9 +90,18 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
 
     let mut sync_config = clerk_sync_service::Config::with_database(&config.database_url);
     sync_config.listen = sync_address;
+    sync_config.store_private_metadata = config.store_private_metadata;
     let upstream: http::Uri = format!("http://{sync_address}").parse()?;
     let mut gateway_config = clerk_sync_gateway::Config::new(secrets, vec![upstream]);
     gateway_config.listen = gateway_address;
+    if !(config.read_tokens.is_empty() && config.write_tokens.is_empty()) {
+        // Calls need tokens: the gateway half gets one of its own.
+        let token = generate_token()?;
+        sync_config.write_tokens = config.write_tokens.with(&token);
+        sync_config.read_tokens = config.read_tokens;
+        gateway_config.sync_service.token =
+            Some(BearerToken::parse(&token).map_err(anyhow::Error::msg)?);
+    }
 
     let (stop_sync, sync_stopped) = watch::channel(false);
     let sync = tokio::spawn(async move {
@@ -85,7 +113,7 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
          webhooks: POST http://{gateway_address}/clerk\n  \
          queries:  grpcurl -plaintext {sync_address} list\n  \
          Ctrl-C stops both.",
-        database = config.database_url,
+        database = clerk_sync_api::redact::url(&config.database_url),
     );
     let gateway = clerk_sync_gateway::run(gateway_listener, gateway_config, async {
         tokio::select! {
@@ -112,7 +140,16 @@ async fn sync_failed(task: &tokio::task::JoinHandle<anyhow::Result<()>>) {
 
 /// A random 24-byte key in Svix's `whsec_` format.
 fn generate_secret() -> anyhow::Result<String> {
-    let mut key = [0u8; 24];
-    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
-    Ok(format!("whsec_{}", STANDARD.encode(key)))
+    Ok(format!("whsec_{}", STANDARD.encode(random_bytes()?)))
+}
+
+/// A random bearer token for the gateway half, never shown.
+fn generate_token() -> anyhow::Result<String> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes()?))
+}
+
+fn random_bytes() -> anyhow::Result<[u8; 24]> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(bytes)
 }

@@ -1,10 +1,14 @@
 //! Command line and environment configuration of the sync-service.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, builder::BoolishValueParser};
 
-use crate::{ingest::IngestOptions, store::StoreOptions};
+use crate::{
+    auth::{TokenList, Tokens, TokensParser},
+    ingest::IngestOptions,
+    store::StoreOptions,
+};
 
 /// Default database: a SQLite file under ./data, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/clerk-sync.db?mode=rwc";
@@ -66,6 +70,49 @@ pub struct Config {
     )]
     pub feed_deletion_retention_secs: u64,
 
+    /// Bearer tokens that may apply events (and read): the gateway's and a
+    /// backfill's. Comma- or space-separated, so that a new token can be
+    /// added before the old one is removed. Prefer the environment variable:
+    /// command lines are visible to other users of the machine.
+    #[arg(long, env = "SYNC_SERVICE_WRITE_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--write-tokens (SYNC_SERVICE_WRITE_TOKENS)"), global = true)]
+    pub write_tokens: TokenList,
+
+    /// Bearer tokens that may only read (UserDirectoryService): the other
+    /// internal services'. Comma- or space-separated.
+    #[arg(long, env = "SYNC_SERVICE_READ_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--read-tokens (SYNC_SERVICE_READ_TOKENS)"), global = true)]
+    pub read_tokens: TokenList,
+
+    /// Serve without tokens on an address beyond loopback. Without it, such a
+    /// server refuses to start: anyone who reaches it could erase users.
+    #[arg(long, env = "SYNC_SERVICE_ALLOW_UNAUTHENTICATED", value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new(), global = true)]
+    pub allow_unauthenticated: bool,
+
+    /// TLS certificate chain (PEM) of the gRPC port; with --tls-key, the
+    /// server speaks only TLS.
+    #[arg(long, env = "SYNC_SERVICE_TLS_CERT", value_name = "PEM", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SYNC_SERVICE_TLS_KEY", value_name = "PEM", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that client certificates must be signed by:
+    /// set it to require mutual TLS.
+    #[arg(
+        long,
+        env = "SYNC_SERVICE_TLS_CLIENT_CA",
+        value_name = "PEM",
+        global = true
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Store Clerk's private_metadata and serve it to callers with a token.
+    /// Off by default: it can hold secrets the operator never meant to copy;
+    /// when off, it is dropped on arrival and erased from the database at
+    /// start-up.
+    #[arg(long, env = "SYNC_STORE_PRIVATE_METADATA", value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new(), global = true)]
+    pub store_private_metadata: bool,
+
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(
         long,
@@ -106,6 +153,39 @@ impl Config {
     pub fn feed_deletion_retention(&self) -> Option<Duration> {
         (self.feed_deletion_retention_secs > 0)
             .then(|| Duration::from_secs(self.feed_deletion_retention_secs))
+    }
+
+    /// The tokens calls are checked against; `None` to serve
+    /// unauthenticated, which only a loopback address or an explicit
+    /// --allow-unauthenticated permits.
+    pub fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
+        if self.write_tokens.is_empty() {
+            if !self.read_tokens.is_empty() {
+                anyhow::bail!(
+                    "SYNC_SERVICE_READ_TOKENS is set but SYNC_SERVICE_WRITE_TOKENS is not: nothing could apply events"
+                );
+            }
+            if !self.listen.ip().is_loopback() && !self.allow_unauthenticated {
+                anyhow::bail!(
+                    "refusing to serve {} without authentication: set SYNC_SERVICE_WRITE_TOKENS (and SYNC_SERVICE_READ_TOKENS), or SYNC_SERVICE_ALLOW_UNAUTHENTICATED=true",
+                    self.listen
+                );
+            }
+            return Ok(None);
+        }
+        Tokens::new(&self.write_tokens, &self.read_tokens)
+            .map(Some)
+            .map_err(|reason| anyhow::anyhow!("SYNC_SERVICE_READ_TOKENS: {reason}"))
+    }
+
+    /// TLS settings of the gRPC port, read from the PEM files; `None`
+    /// without --tls-cert and --tls-key.
+    pub fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        crate::tls::server_config(
+            self.tls_cert.as_ref(),
+            self.tls_key.as_ref(),
+            self.tls_client_ca.as_ref(),
+        )
     }
 
     /// How to size the write path.

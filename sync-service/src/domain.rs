@@ -98,6 +98,60 @@ impl EventKind {
     }
 }
 
+/// An email address of a user.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EmailAddress {
+    /// As Clerk spells it.
+    pub address: String,
+    /// The user proved they own it; only then does it identify them.
+    pub verified: bool,
+    /// The user's primary address.
+    pub primary: bool,
+}
+
+/// A phone number of a user.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhoneNumber {
+    /// E.164 form.
+    pub number: String,
+    /// The user proved they own it.
+    pub verified: bool,
+    /// The user's primary number.
+    pub primary: bool,
+}
+
+/// An account at an identity provider linked to a user.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExternalAccount {
+    /// Clerk's provider name (`oauth_google`, …).
+    pub provider: String,
+    /// The address the provider reported.
+    pub email_address: Option<String>,
+    /// Clerk verified the account.
+    pub verified: bool,
+}
+
+/// What Clerk says about a user's standing: what callers act on before
+/// letting the user do anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountState {
+    /// Banned by an administrator: cannot sign in.
+    pub banned: bool,
+    /// Locked out after failed sign-in attempts.
+    pub locked: bool,
+    /// When the lockout ends (event time + Clerk's lockout duration).
+    pub locked_until: Option<Millis>,
+    /// A second factor is enabled.
+    pub two_factor_enabled: bool,
+    /// An authenticator app is enabled.
+    pub totp_enabled: bool,
+    /// Backup codes are enabled.
+    pub backup_codes_enabled: bool,
+}
+
+/// A JSON object (Clerk metadata).
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
 /// A user's profile as the directory stores it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
@@ -106,9 +160,11 @@ pub struct Profile {
     /// Primary email address, as Clerk spells it.
     pub primary_email_address: Option<String>,
     /// Every address, in Clerk's order.
-    pub email_addresses: Vec<String>,
+    pub email_addresses: Vec<EmailAddress>,
     /// Primary phone number.
     pub primary_phone_number: Option<String>,
+    /// Every phone number, in Clerk's order.
+    pub phone_numbers: Vec<PhoneNumber>,
     /// Given name.
     pub first_name: Option<String>,
     /// Family name.
@@ -119,16 +175,29 @@ pub struct Profile {
     pub username: Option<String>,
     /// Profile image URL.
     pub image_url: Option<String>,
+    /// The user uploaded an image.
+    pub has_image: bool,
     /// The application's own id for the user.
     pub external_id: Option<String>,
     /// Clerk public_metadata (a JSON object).
-    pub public_metadata: serde_json::Map<String, serde_json::Value>,
+    pub public_metadata: JsonObject,
+    /// Clerk private_metadata; `None` unless the operator opted in to
+    /// storing it.
+    pub private_metadata: Option<JsonObject>,
     /// Creation time in Clerk.
     pub created_at: Option<Millis>,
     /// Clerk's version of the profile: last write wins by this.
     pub updated_at: Millis,
     /// Last sign-in time.
     pub last_sign_in_at: Option<Millis>,
+    /// Last activity in the application.
+    pub last_active_at: Option<Millis>,
+    /// When the user accepted the legal terms.
+    pub legal_accepted_at: Option<Millis>,
+    /// Banned, locked, second factors.
+    pub state: AccountState,
+    /// Linked identity-provider accounts.
+    pub external_accounts: Vec<ExternalAccount>,
 }
 
 impl Profile {
@@ -142,44 +211,128 @@ impl Profile {
         } else {
             user.display_name
         };
+        let second_factors = user.second_factors.unwrap_or_default();
         Ok(Self {
             id,
             primary_email_address: user.primary_email_address,
-            email_addresses: user.email_addresses,
+            email_addresses: user
+                .email_addresses
+                .into_iter()
+                .map(|email| EmailAddress {
+                    address: email.address,
+                    verified: email.verified,
+                    primary: email.primary,
+                })
+                .collect(),
             primary_phone_number: user.primary_phone_number,
+            phone_numbers: user
+                .phone_numbers
+                .into_iter()
+                .map(|phone| PhoneNumber {
+                    number: phone.number,
+                    verified: phone.verified,
+                    primary: phone.primary,
+                })
+                .collect(),
             first_name: user.first_name,
             last_name: user.last_name,
             display_name,
             username: user.username,
             image_url: user.image_url,
+            has_image: user.has_image,
             external_id: user.external_id,
             public_metadata: user
                 .public_metadata
                 .map(clerk_sync_api::json::json_from_struct)
                 .unwrap_or_default(),
+            private_metadata: user
+                .private_metadata
+                .map(clerk_sync_api::json::json_from_struct),
             created_at: user.created_at.as_ref().map(millis_from_timestamp),
             updated_at,
             last_sign_in_at: user.last_sign_in_at.as_ref().map(millis_from_timestamp),
+            last_active_at: user.last_active_at.as_ref().map(millis_from_timestamp),
+            legal_accepted_at: user.legal_accepted_at.as_ref().map(millis_from_timestamp),
+            state: AccountState {
+                banned: user.banned,
+                locked: user.locked,
+                locked_until: user.locked_until.as_ref().map(millis_from_timestamp),
+                two_factor_enabled: user.two_factor_enabled,
+                totp_enabled: second_factors.totp,
+                backup_codes_enabled: second_factors.backup_codes,
+            },
+            external_accounts: user
+                .external_accounts
+                .into_iter()
+                .map(|account| ExternalAccount {
+                    provider: account.provider,
+                    email_address: account.email_address,
+                    verified: account.verified,
+                })
+                .collect(),
         })
     }
 
-    /// The protobuf form served to clients.
-    pub fn into_proto(self) -> v1::User {
+    /// The protobuf form served to clients. Private metadata is left out
+    /// unless `with_private_metadata`.
+    pub fn into_proto(self, with_private_metadata: bool) -> v1::User {
+        let struct_from_json = clerk_sync_api::json::struct_from_json;
         v1::User {
             id: self.id.0,
             primary_email_address: self.primary_email_address,
-            email_addresses: self.email_addresses,
+            email_addresses: self
+                .email_addresses
+                .into_iter()
+                .map(|email| v1::EmailAddress {
+                    address: email.address,
+                    verified: email.verified,
+                    primary: email.primary,
+                })
+                .collect(),
             primary_phone_number: self.primary_phone_number,
+            phone_numbers: self
+                .phone_numbers
+                .into_iter()
+                .map(|phone| v1::PhoneNumber {
+                    number: phone.number,
+                    verified: phone.verified,
+                    primary: phone.primary,
+                })
+                .collect(),
             first_name: self.first_name,
             last_name: self.last_name,
             display_name: self.display_name,
             username: self.username,
             image_url: self.image_url,
+            has_image: self.has_image,
             external_id: self.external_id,
-            public_metadata: Some(clerk_sync_api::json::struct_from_json(self.public_metadata)),
+            public_metadata: Some(struct_from_json(self.public_metadata)),
+            private_metadata: self
+                .private_metadata
+                .filter(|_| with_private_metadata)
+                .map(struct_from_json),
             created_at: self.created_at.map(timestamp_from_millis),
             updated_at: Some(timestamp_from_millis(self.updated_at)),
             last_sign_in_at: self.last_sign_in_at.map(timestamp_from_millis),
+            last_active_at: self.last_active_at.map(timestamp_from_millis),
+            legal_accepted_at: self.legal_accepted_at.map(timestamp_from_millis),
+            banned: self.state.banned,
+            locked: self.state.locked,
+            locked_until: self.state.locked_until.map(timestamp_from_millis),
+            two_factor_enabled: self.state.two_factor_enabled,
+            second_factors: Some(v1::SecondFactors {
+                totp: self.state.totp_enabled,
+                backup_codes: self.state.backup_codes_enabled,
+            }),
+            external_accounts: self
+                .external_accounts
+                .into_iter()
+                .map(|account| v1::ExternalAccount {
+                    provider: account.provider,
+                    email_address: account.email_address,
+                    verified: account.verified,
+                })
+                .collect(),
         }
     }
 }
@@ -215,6 +368,14 @@ impl Event {
         match &self.change {
             Change::Upsert(profile) => &profile.id,
             Change::Delete { user_id, .. } => user_id,
+        }
+    }
+
+    /// Drops the private metadata the event carries, for a directory that
+    /// does not store it: it then never reaches the database or a log.
+    pub fn forget_private_metadata(&mut self) {
+        if let Change::Upsert(profile) = &mut self.change {
+            profile.private_metadata = None;
         }
     }
 

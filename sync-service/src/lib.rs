@@ -3,6 +3,8 @@
 //! gRPC.
 //!
 //! - [`config`]: flags and environment variables.
+//! - [`auth`]: bearer tokens and roles, one layer in front of every service.
+//! - [`tls`]: the gRPC port's certificate and optional client CA.
 //! - [`server`]: the tonic server (both services, health, reflection);
 //!   [`run`] takes its listener and shutdown from the caller.
 //! - [`domain`]: typed values requests are parsed into at the edge.
@@ -11,6 +13,7 @@
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
 //! - `grpc`: the service handlers, which translate and delegate.
 
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -18,6 +21,7 @@ mod grpc;
 pub mod ingest;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;

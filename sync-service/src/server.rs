@@ -1,5 +1,6 @@
 //! The gRPC server: both clerk-sync services, `grpc.health.v1` backed by a
-//! periodic database check, and server reflection (v1 and v1alpha).
+//! periodic database check, and server reflection (v1 and v1alpha), behind
+//! the authentication layer and, when configured, TLS.
 
 use std::{future::Future, time::Duration};
 
@@ -12,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    auth::AuthLayer,
     config::Config,
     grpc::{directory::DirectoryService, sync::SyncService},
     ingest::Ingestor,
@@ -26,6 +28,9 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // Settings first: a bad one stops start-up before the database is touched.
+    config.tokens()?;
+    config.tls()?;
     let store = open_store(config).await?;
     serve(listener, store, config, shutdown).await
 }
@@ -40,6 +45,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         .migrate()
         .await
         .context("cannot migrate the database")?;
+    if !config.store_private_metadata {
+        let erased = store
+            .erase_private_metadata()
+            .await
+            .context("cannot erase stored private_metadata")?;
+        if erased > 0 {
+            tracing::info!(
+                users = erased,
+                "private_metadata erased: SYNC_STORE_PRIVATE_METADATA is off"
+            );
+        }
+    }
     Ok(store)
 }
 
@@ -50,6 +67,8 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let tokens = config.tokens()?;
+    let tls = config.tls()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(watch_database(
         store.clone(),
@@ -68,6 +87,7 @@ pub async fn serve(
 
     let sync = SyncService {
         ingestor: Ingestor::start(store.clone(), config.ingest_options()),
+        store_private_metadata: config.store_private_metadata,
     };
     let feed_poll = tokio::spawn({
         let store = store.clone();
@@ -80,7 +100,12 @@ pub async fn serve(
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let directory = DirectoryService { store, stopping };
 
-    tracing::info!(address = %listener.local_addr()?, "sync-service listening");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        authenticated = tokens.is_some(),
+        tls = tls.is_some(),
+        "sync-service listening"
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -93,7 +118,12 @@ pub async fn serve(
     // not apply to an incoming stream, and Nagle would hold small responses
     // back for a delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
+        .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -6,6 +6,7 @@
 mod backfill_cli;
 mod fake_sync;
 mod helpers;
+mod logs;
 
 use std::time::Duration;
 
@@ -78,7 +79,9 @@ async fn user_created_is_forwarded_with_typed_fields_and_event_id() {
         user.primary_email_address.as_deref(),
         Some("example@example.org")
     );
-    assert_eq!(user.email_addresses, ["example@example.org"]);
+    assert_eq!(user.email_addresses.len(), 1);
+    assert_eq!(user.email_addresses[0].address, "example@example.org");
+    assert!(user.email_addresses[0].verified);
     assert_eq!(user.display_name, "Example Example");
     assert_eq!(
         user.image_url.as_deref(),
@@ -114,7 +117,10 @@ async fn primary_email_not_first_and_unicode_names_are_forwarded_intact() {
         Some("Primary.Person@Example.COM")
     );
     assert_eq!(
-        user.email_addresses,
+        user.email_addresses
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect::<Vec<_>>(),
         ["old.address@example.net", "Primary.Person@Example.COM"]
     );
     assert_eq!(user.display_name, "Zoë Ångström-Ñúñez 😀");
@@ -274,7 +280,7 @@ async fn events_are_balanced_over_several_sync_services() {
     let mut second = FakeSync::start().await;
     let second_url = second.url();
     let app = TestApp::spawn_with(first, |config| {
-        config.sync_service_urls.push(second_url);
+        config.sync_service.urls.push(second_url);
     })
     .await;
 
@@ -653,7 +659,7 @@ async fn internal_error_body_has_no_internals() {
 #[tokio::test]
 async fn upstream_past_its_deadline_is_503() {
     let app = TestApp::spawn_with(FakeSync::start().await, |config| {
-        config.upstream_timeout = Duration::from_millis(200);
+        config.sync_service.timeout = Duration::from_millis(200);
     })
     .await;
     // The fake never answers: only the gateway's deadline can end the request.

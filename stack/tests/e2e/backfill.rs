@@ -39,11 +39,10 @@ fn clerk_users(count: usize) -> Vec<Value> {
 
 /// Parses a backfill command line exactly as the binary does.
 fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str]) -> Config {
-    let sync_url = stack.sync_url();
-    let mut argv = vec![
-        "clerk-sync-gateway",
-        "--sync-service-url",
-        &sync_url,
+    let sync_service = stack.sync_service_args();
+    let mut argv = vec!["clerk-sync-gateway"];
+    argv.extend(sync_service.iter().map(String::as_str));
+    argv.extend([
         "backfill",
         "--clerk-secret-key",
         CLERK_KEY,
@@ -51,7 +50,7 @@ fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str]) -> Config 
         &clerk.url,
         "--max-retries",
         "2",
-    ];
+    ]);
     argv.extend_from_slice(extra);
     Config::try_parse_from(argv).unwrap()
 }
@@ -217,7 +216,9 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
 }
 
 async fn dry_run_reports_and_writes_nothing(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    // As production runs: mutual TLS and a write token, which the dry run's
+    // reads and the webhooks' writes both present.
+    let stack = Stack::start_secured(backend).await;
     let users = clerk_users(300);
     let clerk = FakeClerk::start(users.clone()).await;
     webhook(&stack, "msg_1", &users[1]).await;
@@ -267,18 +268,19 @@ async fn a_bad_key_stops_and_an_interrupted_run_resumes(backend: Backend) {
     let clerk = FakeClerk::start(users.clone()).await;
 
     // A wrong key: one clear error, nothing written, the key not echoed.
-    let sync_url = stack.sync_url();
-    let config = Config::try_parse_from([
-        "clerk-sync-gateway",
-        "--sync-service-url",
-        &sync_url,
-        "backfill",
-        "--clerk-secret-key",
-        "sk_test_wrongWrongWrong",
-        "--clerk-api-url",
-        &clerk.url,
-    ])
-    .unwrap();
+    let mut argv = vec!["clerk-sync-gateway".to_owned()];
+    argv.extend(stack.sync_service_args());
+    argv.extend(
+        [
+            "backfill",
+            "--clerk-secret-key",
+            "sk_test_wrongWrongWrong",
+            "--clerk-api-url",
+            &clerk.url,
+        ]
+        .map(String::from),
+    );
+    let config = Config::try_parse_from(argv).unwrap();
     let error = run_backfill(&config).await.unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, BackfillError::Unauthorized(_)), "{message}");

@@ -7,6 +7,8 @@ mod webhooks;
 
 pub(crate) use webhooks::{fixture, now, signed_headers};
 
+#[path = "../../../tests/support/certs.rs"]
+mod certs;
 #[path = "../../../tests/support/tcp_proxy.rs"]
 mod tcp_proxy;
 #[path = "../../../tests/support/test_db.rs"]
@@ -23,8 +25,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub(crate) use certs::TestCerts;
 pub(crate) use tcp_proxy::TcpProxy;
 pub(crate) use test_db::{Backend, TestDb};
 
@@ -43,10 +46,17 @@ impl<T> Running<T> {
     }
 }
 
+/// Token the gateway applies events with, in a secured stack.
+pub(crate) const WRITE_TOKEN: &str = "gateway-write-token-x81Kq0";
+/// Token the test's directory client reads with, in a secured stack.
+pub(crate) const READ_TOKEN: &str = "service-read-token-Pz40mN";
+
 /// A running gateway + sync-service over one test database.
 pub(crate) struct Stack {
     _db: TestDb,
     database_url: String,
+    /// Set for a stack whose sync-service requires mutual TLS and tokens.
+    certs: Option<TestCerts>,
     sync_address: SocketAddr,
     sync: Option<Running<anyhow::Result<()>>>,
     gateway_address: SocketAddr,
@@ -70,28 +80,59 @@ impl Stack {
 
     /// Starts the stack over `db`, reaching it through `database_url`.
     pub(crate) async fn start_on(db: TestDb, database_url: String) -> Self {
+        Self::start_with(db, database_url, None).await
+    }
+
+    /// A stack as production runs it: the sync-service requires TLS with
+    /// client certificates from the test CA and bearer tokens; the gateway
+    /// speaks `https://` with its own certificate and the write token.
+    pub(crate) async fn start_secured(backend: Backend) -> Self {
+        let db = TestDb::new(backend).await;
+        let database_url = db.url.clone();
+        Self::start_with(db, database_url, Some(TestCerts::new())).await
+    }
+
+    async fn start_with(db: TestDb, database_url: String, certs: Option<TestCerts>) -> Self {
         let sync_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sync_address = sync_listener.local_addr().unwrap();
-        let sync = Some(spawn_sync(sync_listener, &database_url));
+        let sync = Some(spawn_sync(sync_listener, &database_url, certs.as_ref()));
 
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway_address = gateway_listener.local_addr().unwrap();
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let mut config = clerk_sync_gateway::Config::new(
             SECRET.parse().unwrap(),
-            vec![format!("http://{sync_address}").parse().unwrap()],
+            vec![format!("{scheme}://{sync_address}").parse().unwrap()],
         );
-        config.connect_timeout = std::time::Duration::from_millis(200);
+        config.sync_service.connect_timeout = std::time::Duration::from_millis(200);
+        if let Some(certs) = &certs {
+            config.sync_service.ca = Some(certs.path("ca.pem"));
+            config.sync_service.client_cert = Some(certs.path("client.pem"));
+            config.sync_service.client_key = Some(certs.path("client-key.pem"));
+            config.sync_service.token =
+                Some(clerk_sync_gateway::config::BearerToken::parse(WRITE_TOKEN).unwrap());
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(clerk_sync_gateway::run(gateway_listener, config, async {
             let _ = stopped.await;
         }));
 
-        let channel = Channel::from_shared(format!("http://{sync_address}"))
-            .unwrap()
-            .connect_lazy();
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{sync_address}")).unwrap();
+        if let Some(certs) = &certs {
+            let read = |file: &str| std::fs::read(certs.path(file)).unwrap();
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("ca.pem")))
+                .identity(Identity::from_pem(
+                    read("client.pem"),
+                    read("client-key.pem"),
+                ));
+            endpoint = endpoint.tls_config(tls).unwrap();
+        }
+        let channel = endpoint.connect_lazy();
         let stack = Self {
             _db: db,
             database_url,
+            certs,
             sync_address,
             sync,
             gateway_address,
@@ -132,7 +173,11 @@ impl Stack {
     /// Starts the sync-service again, on the same address and database.
     pub(crate) async fn restart_sync(&mut self) {
         let listener = TcpListener::bind(self.sync_address).await.unwrap();
-        self.sync = Some(spawn_sync(listener, &self.database_url));
+        self.sync = Some(spawn_sync(
+            listener,
+            &self.database_url,
+            self.certs.as_ref(),
+        ));
         self.wait_until_ready().await;
     }
 
@@ -174,10 +219,33 @@ impl Stack {
         .await
     }
 
+    /// `message` with the read token, in a secured stack.
+    pub(crate) fn as_reader<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if self.certs.is_some() {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {READ_TOKEN}").parse().unwrap(),
+            );
+        }
+        request
+    }
+
     pub(crate) async fn get_user(&self, id: &str) -> Result<v1::User, tonic::Status> {
         self.directory
             .clone()
-            .get_user(v1::GetUserRequest { id: id.into() })
+            .get_user(self.as_reader(v1::GetUserRequest { id: id.into() }))
+            .await
+            .map(|r| r.into_inner().user.unwrap())
+    }
+
+    /// The user owning `address`, verified.
+    pub(crate) async fn find_by_email(&self, address: &str) -> Result<v1::User, tonic::Status> {
+        self.directory
+            .clone()
+            .find_user_by_email(self.as_reader(v1::FindUserByEmailRequest {
+                email_address: address.into(),
+            }))
             .await
             .map(|r| r.into_inner().user.unwrap())
     }
@@ -186,19 +254,38 @@ impl Stack {
     pub(crate) async fn all_users(&self) -> Vec<v1::User> {
         self.directory
             .clone()
-            .list_users(v1::ListUsersRequest {
+            .list_users(self.as_reader(v1::ListUsersRequest {
                 page_size: 1000,
                 ..Default::default()
-            })
+            }))
             .await
             .unwrap()
             .into_inner()
             .users
     }
 
-    /// The sync-service's address, as the gateway's `--sync-service-url`.
-    pub(crate) fn sync_url(&self) -> String {
-        format!("http://{}", self.sync_address)
+    /// The gateway's settings that reach this stack's sync-service (address,
+    /// and in a secured stack the write token, CA and client certificate).
+    pub(crate) fn sync_service_args(&self) -> Vec<String> {
+        let Some(certs) = &self.certs else {
+            return vec![
+                "--sync-service-url".into(),
+                format!("http://{}", self.sync_address),
+            ];
+        };
+        let path = |file: &str| certs.path(file).display().to_string();
+        vec![
+            "--sync-service-url".into(),
+            format!("https://{}", self.sync_address),
+            "--sync-service-token".into(),
+            WRITE_TOKEN.into(),
+            "--sync-service-ca".into(),
+            path("ca.pem"),
+            "--sync-service-client-cert".into(),
+            path("client.pem"),
+            "--sync-service-client-key".into(),
+            path("client-key.pem"),
+        ]
     }
 
     /// Every live user in the directory, by id, however many pages.
@@ -209,11 +296,11 @@ impl Stack {
             let page = self
                 .directory
                 .clone()
-                .list_users(v1::ListUsersRequest {
+                .list_users(self.as_reader(v1::ListUsersRequest {
                     page_size: 1000,
                     page_token,
-                    changed_since: None,
-                })
+                    ..Default::default()
+                }))
                 .await
                 .unwrap()
                 .into_inner();
@@ -245,8 +332,20 @@ impl Drop for Stack {
     }
 }
 
-fn spawn_sync(listener: TcpListener, database_url: &str) -> Running<anyhow::Result<()>> {
+fn spawn_sync(
+    listener: TcpListener,
+    database_url: &str,
+    certs: Option<&TestCerts>,
+) -> Running<anyhow::Result<()>> {
     let mut config = clerk_sync_service::Config::with_database(database_url);
+    if let Some(certs) = certs {
+        use clerk_sync_service::auth::TokenList;
+        config.tls_cert = Some(certs.path("server.pem"));
+        config.tls_key = Some(certs.path("server-key.pem"));
+        config.tls_client_ca = Some(certs.path("ca.pem"));
+        config.write_tokens = TokenList::parse(WRITE_TOKEN).unwrap();
+        config.read_tokens = TokenList::parse(READ_TOKEN).unwrap();
+    }
     config.health_check_interval_ms = 50;
     config.shutdown_timeout_secs = 5;
     config.database_max_connections = 5;

@@ -5,6 +5,7 @@
 mod backfill;
 mod fake_clerk;
 mod helpers;
+mod trust;
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -70,8 +71,15 @@ async fn every_fixture_lands_in_the_directory(backend: Backend) {
         Some("Primary.Person@Example.COM")
     );
     assert_eq!(
-        unicode.email_addresses,
-        ["old.address@example.net", "Primary.Person@Example.COM"]
+        unicode
+            .email_addresses
+            .iter()
+            .map(|e| (e.address.as_str(), e.verified, e.primary))
+            .collect::<Vec<_>>(),
+        [
+            ("old.address@example.net", true, false),
+            ("Primary.Person@Example.COM", true, true)
+        ]
     );
     assert_eq!(unicode.display_name, "Zoë Ångström-Ñúñez 😀");
 

@@ -1,5 +1,6 @@
 //! `clerk.sync.v1.UserDirectoryService`: read-only queries over the [`Store`].
-//! The change feed RPCs are in [`super::feed`].
+//! Private metadata (when stored at all) goes only to callers that presented
+//! a token. The change feed RPCs are in [`super::feed`].
 
 use std::collections::HashSet;
 
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::feed;
 use crate::{
+    auth::Caller,
     domain::{Profile, UserId},
     error::Error,
     store::{ListQuery, Store},
@@ -35,10 +37,11 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
         let id = UserId::parse(request.into_inner().id, "id")?;
         let user = self.store.get_user(&id).await?;
         Ok(Response::new(GetUserResponse {
-            user: Some(user.into_proto()),
+            user: Some(user.into_proto(private)),
         }))
     }
 
@@ -46,6 +49,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         &self,
         request: Request<BatchGetUsersRequest>,
     ) -> Result<Response<BatchGetUsersResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
         let ids = parse_batch(request.into_inner().ids)?;
         let mut found: std::collections::HashMap<UserId, Profile> = self
             .store
@@ -57,7 +61,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         let mut response = BatchGetUsersResponse::default();
         for id in ids {
             match found.remove(&id) {
-                Some(user) => response.users.push(user.into_proto()),
+                Some(user) => response.users.push(user.into_proto(private)),
                 None => response.missing_ids.push(id.as_str().to_owned()),
             }
         }
@@ -68,13 +72,14 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         &self,
         request: Request<FindUserByEmailRequest>,
     ) -> Result<Response<FindUserByEmailResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
         let email = request.into_inner().email_address;
         if email.trim().is_empty() {
             return Err(Error::invalid("email_address", "must not be empty").into());
         }
         let user = self.store.find_by_email(email.trim()).await?;
         Ok(Response::new(FindUserByEmailResponse {
-            user: Some(user.into_proto()),
+            user: Some(user.into_proto(private)),
         }))
     }
 
@@ -82,10 +87,15 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
         let query = ListQuery::parse(request.into_inner())?;
         let page = self.store.list_users(&query).await?;
         Ok(Response::new(ListUsersResponse {
-            users: page.users.into_iter().map(Profile::into_proto).collect(),
+            users: page
+                .users
+                .into_iter()
+                .map(|user| user.into_proto(private))
+                .collect(),
             next_page_token: page.next_page_token,
         }))
     }
@@ -96,7 +106,9 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         &self,
         request: Request<WatchUsersRequest>,
     ) -> Result<Response<Self::WatchUsersStream>, Status> {
-        let stream = feed::watch_users(&self.store, &self.stopping, request.into_inner()).await?;
+        let private = Caller::of(&request).is_authenticated();
+        let stream =
+            feed::watch_users(&self.store, &self.stopping, request.into_inner(), private).await?;
         Ok(Response::new(stream))
     }
 
@@ -104,7 +116,8 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         &self,
         request: Request<ListChangesRequest>,
     ) -> Result<Response<ListChangesResponse>, Status> {
-        let response = feed::list_changes(&self.store, request.into_inner()).await?;
+        let private = Caller::of(&request).is_authenticated();
+        let response = feed::list_changes(&self.store, request.into_inner(), private).await?;
         Ok(Response::new(response))
     }
 }

@@ -59,10 +59,12 @@ fn parse_start(request: WatchUsersRequest) -> Result<StartAt, Error> {
 
 /// Starts a `WatchUsers` stream. The request is checked (and the starting
 /// position found) before answering, so a bad one fails the call itself.
+/// `private`: whether the caller may see private metadata.
 pub(crate) async fn watch_users(
     store: &Store,
     stopping: &watch::Receiver<bool>,
     request: WatchUsersRequest,
+    private: bool,
 ) -> Result<WatchStream, Error> {
     let start = parse_start(request)?;
     // Subscribed before the first read: a commit after it rings this.
@@ -84,6 +86,7 @@ pub(crate) async fn watch_users(
         stopping: stopping.clone(),
         after,
         hide_deletions_through,
+        private,
     };
     tokio::spawn(watcher.run());
     Ok(Box::pin(ReceiverStream::new(receiver)))
@@ -101,6 +104,8 @@ struct Watcher {
     after: Position,
     /// Deletions at or below this are not sent (a snapshot's start).
     hide_deletions_through: Position,
+    /// Whether the caller may see private metadata.
+    private: bool,
 }
 
 impl Watcher {
@@ -124,7 +129,7 @@ impl Watcher {
                 .changes_after(self.after, WATCH_PAGE, self.hide_deletions_through)
                 .await?;
             for entry in page.entries {
-                if !self.send(watch_message(entry)).await {
+                if !self.send(watch_message(entry, self.private)).await {
                     return Ok(());
                 }
             }
@@ -177,20 +182,21 @@ fn deletion(id: crate::domain::UserId, deleted_at: crate::domain::Millis) -> Use
     }
 }
 
-fn watch_message(entry: FeedEntry) -> WatchUsersResponse {
+fn watch_message(entry: FeedEntry, private: bool) -> WatchUsersResponse {
     WatchUsersResponse {
         position: entry.position,
         event: Some(match entry.change {
-            FeedChange::Upsert(profile) => WatchEvent::User(profile.into_proto()),
+            FeedChange::Upsert(profile) => WatchEvent::User(profile.into_proto(private)),
             FeedChange::Deleted { id, deleted_at } => WatchEvent::Deleted(deletion(id, deleted_at)),
         }),
     }
 }
 
-/// Answers `ListChanges`.
+/// Answers `ListChanges`; `private` as for [`watch_users`].
 pub(crate) async fn list_changes(
     store: &Store,
     request: ListChangesRequest,
+    private: bool,
 ) -> Result<ListChangesResponse, Error> {
     let page_size = match request.page_size {
         0 => DEFAULT_CHANGES_PAGE,
@@ -217,7 +223,7 @@ pub(crate) async fn list_changes(
                 position: entry.position,
                 change: Some(match entry.change {
                     FeedChange::Upsert(profile) => {
-                        v1::user_change::Change::User(profile.into_proto())
+                        v1::user_change::Change::User(profile.into_proto(private))
                     }
                     FeedChange::Deleted { id, deleted_at } => {
                         v1::user_change::Change::Deleted(deletion(id, deleted_at))

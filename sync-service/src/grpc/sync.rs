@@ -13,9 +13,23 @@ use crate::{domain::Event, error::Error, ingest::Ingestor};
 #[derive(Clone, Debug)]
 pub(crate) struct SyncService {
     pub(crate) ingestor: Ingestor,
+    /// The operator opted in to keeping Clerk's private_metadata; otherwise
+    /// it is dropped here, before it can reach the database or a log.
+    pub(crate) store_private_metadata: bool,
 }
 
 impl SyncService {
+    fn parse<T>(&self, request: Request<T>) -> Result<Event, Error>
+    where
+        Event: TryFrom<T, Error = Error>,
+    {
+        let mut event = Event::try_from(request.into_inner())?;
+        if !self.store_private_metadata {
+            event.forget_private_metadata();
+        }
+        Ok(event)
+    }
+
     #[tracing::instrument(
         name = "apply_event",
         skip_all,
@@ -29,20 +43,13 @@ impl SyncService {
     }
 }
 
-fn parse<T>(request: Request<T>) -> Result<Event, Error>
-where
-    Event: TryFrom<T, Error = Error>,
-{
-    Event::try_from(request.into_inner())
-}
-
 #[tonic::async_trait]
 impl v1::user_sync_service_server::UserSyncService for SyncService {
     async fn apply_user_created(
         &self,
         request: Request<ApplyUserCreatedRequest>,
     ) -> Result<Response<ApplyUserCreatedResponse>, Status> {
-        let outcome = self.apply(parse(request)?).await?;
+        let outcome = self.apply(self.parse(request)?).await?;
         Ok(Response::new(ApplyUserCreatedResponse {
             outcome: outcome.into(),
         }))
@@ -52,7 +59,7 @@ impl v1::user_sync_service_server::UserSyncService for SyncService {
         &self,
         request: Request<ApplyUserUpdatedRequest>,
     ) -> Result<Response<ApplyUserUpdatedResponse>, Status> {
-        let outcome = self.apply(parse(request)?).await?;
+        let outcome = self.apply(self.parse(request)?).await?;
         Ok(Response::new(ApplyUserUpdatedResponse {
             outcome: outcome.into(),
         }))
@@ -62,7 +69,7 @@ impl v1::user_sync_service_server::UserSyncService for SyncService {
         &self,
         request: Request<ApplyUserDeletedRequest>,
     ) -> Result<Response<ApplyUserDeletedResponse>, Status> {
-        let outcome = self.apply(parse(request)?).await?;
+        let outcome = self.apply(self.parse(request)?).await?;
         Ok(Response::new(ApplyUserDeletedResponse {
             outcome: outcome.into(),
         }))

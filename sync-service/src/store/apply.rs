@@ -179,10 +179,15 @@ async fn upsert_users(
             Change::Delete { .. } => None,
         })
         .collect();
-    let newer = Expr::col((users::Entity, users::Column::UpdatedAt)).lt(Expr::col((
-        Alias::new("excluded"),
-        users::Column::UpdatedAt,
-    )));
+    // Newer by Clerk's version; or the same version, over a row an older
+    // mapping wrote (it dropped fields this one keeps).
+    let stored = |column| Expr::col((users::Entity, column));
+    let excluded = |column| Expr::col((Alias::new("excluded"), column));
+    let newer = stored(users::Column::UpdatedAt)
+        .lt(excluded(users::Column::UpdatedAt))
+        .or(stored(users::Column::UpdatedAt)
+            .eq(excluded(users::Column::UpdatedAt))
+            .and(stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat))));
     write_users(txn, rows, users::Column::UpdatedAt, live().and(newer)).await
 }
 
@@ -251,7 +256,8 @@ async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSe
 }
 
 /// Rebuilds the email index of the `written` users from `profiles` (the
-/// upserted ones; tombstones keep no address).
+/// upserted ones; tombstones keep no address). Only verified addresses are
+/// indexed: an address a user merely typed in identifies nobody.
 async fn replace_email_index(
     txn: &DatabaseTransaction,
     written: &[&str],
@@ -270,8 +276,8 @@ async fn replace_email_index(
             profile
                 .email_addresses
                 .iter()
-                .chain(&profile.primary_email_address)
-                .map(|email| (email.to_lowercase(), profile.id.as_str()))
+                .filter(|email| email.verified)
+                .map(|email| (email.address.to_lowercase(), profile.id.as_str()))
         })
         .collect();
     rows.sort();
@@ -303,43 +309,75 @@ async fn returned_strings(
         .collect()
 }
 
+/// Version of the Clerk-to-row mapping this code writes. Bumped whenever the
+/// mapping starts keeping something it dropped before, so that the same Clerk
+/// version of a user, delivered again (a backfill), fills the row in.
+pub(super) const PROFILE_FORMAT: i32 = 2;
+
 /// The columns holding what Clerk tells about a user: a newer version
 /// overwrites them, a delete erases them.
-const PROFILE_COLUMNS: [users::Column; 12] = [
+const PROFILE_COLUMNS: [users::Column; 25] = [
     users::Column::PrimaryEmailAddress,
     users::Column::EmailAddresses,
     users::Column::PrimaryPhoneNumber,
+    users::Column::PhoneNumbers,
     users::Column::FirstName,
     users::Column::LastName,
     users::Column::DisplayName,
     users::Column::Username,
     users::Column::ImageUrl,
+    users::Column::HasImage,
     users::Column::ExternalId,
     users::Column::PublicMetadata,
+    users::Column::PrivateMetadata,
     users::Column::CreatedAt,
     users::Column::LastSignInAt,
+    users::Column::LastActiveAt,
+    users::Column::LegalAcceptedAt,
+    users::Column::Banned,
+    users::Column::Locked,
+    users::Column::LockedUntil,
+    users::Column::TwoFactorEnabled,
+    users::Column::TotpEnabled,
+    users::Column::BackupCodeEnabled,
+    users::Column::ExternalAccounts,
+    users::Column::ProfileFormat,
 ];
 
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
 fn row_from_profile(profile: &Profile) -> users::ActiveModel {
+    let state = &profile.state;
     users::ActiveModel {
         id: Set(profile.id.as_str().to_owned()),
         primary_email_address: Set(profile.primary_email_address.clone()),
-        email_addresses: Set(Some(
-            serde_json::to_string(&profile.email_addresses).expect("strings serialise"),
-        )),
+        email_addresses: Set(Some(to_json(&profile.email_addresses))),
         primary_phone_number: Set(profile.primary_phone_number.clone()),
+        phone_numbers: Set(Some(to_json(&profile.phone_numbers))),
         first_name: Set(profile.first_name.clone()),
         last_name: Set(profile.last_name.clone()),
         display_name: Set(Some(profile.display_name.clone())),
         username: Set(profile.username.clone()),
         image_url: Set(profile.image_url.clone()),
+        has_image: Set(profile.has_image),
         external_id: Set(profile.external_id.clone()),
-        public_metadata: Set(Some(
-            serde_json::to_string(&profile.public_metadata).expect("JSON values serialise"),
-        )),
+        public_metadata: Set(Some(to_json(&profile.public_metadata))),
+        private_metadata: Set(profile.private_metadata.as_ref().map(to_json)),
         created_at: Set(profile.created_at),
         updated_at: Set(profile.updated_at),
         last_sign_in_at: Set(profile.last_sign_in_at),
+        last_active_at: Set(profile.last_active_at),
+        legal_accepted_at: Set(profile.legal_accepted_at),
+        banned: Set(state.banned),
+        locked: Set(state.locked),
+        locked_until: Set(state.locked_until),
+        two_factor_enabled: Set(state.two_factor_enabled),
+        totp_enabled: Set(state.totp_enabled),
+        backup_code_enabled: Set(state.backup_codes_enabled),
+        external_accounts: Set(Some(to_json(&profile.external_accounts))),
+        profile_format: Set(PROFILE_FORMAT),
         deleted_at: Set(None),
     }
 }
@@ -350,17 +388,30 @@ fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
         primary_email_address: Set(None),
         email_addresses: Set(None),
         primary_phone_number: Set(None),
+        phone_numbers: Set(None),
         first_name: Set(None),
         last_name: Set(None),
         display_name: Set(None),
         username: Set(None),
         image_url: Set(None),
+        has_image: Set(false),
         external_id: Set(None),
         public_metadata: Set(None),
+        private_metadata: Set(None),
         created_at: Set(None),
         // A user first seen as deleted has no version: the deletion time stands in.
         updated_at: Set(deleted_at),
         last_sign_in_at: Set(None),
+        last_active_at: Set(None),
+        legal_accepted_at: Set(None),
+        banned: Set(false),
+        locked: Set(false),
+        locked_until: Set(None),
+        two_factor_enabled: Set(false),
+        totp_enabled: Set(false),
+        backup_code_enabled: Set(false),
+        external_accounts: Set(None),
+        profile_format: Set(PROFILE_FORMAT),
         deleted_at: Set(Some(deleted_at)),
     }
 }

@@ -23,7 +23,7 @@ use sea_orm::{
 };
 
 use crate::{
-    domain::{Event, Millis, Outcome, Profile, UserId},
+    domain::{AccountState, EmailAddress, Event, Millis, Outcome, Profile, UserId},
     error::Error,
 };
 pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
@@ -106,6 +106,21 @@ impl Store {
         Ok(())
     }
 
+    /// Erases every stored private_metadata: run at start-up when the
+    /// operator has not opted in to keeping it (or has opted out since).
+    /// Returns how many users held some.
+    pub async fn erase_private_metadata(&self) -> Result<u64, Error> {
+        let result = users::Entity::update_many()
+            .col_expr(
+                users::Column::PrivateMetadata,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(users::Column::PrivateMetadata.is_not_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     /// Answers whether the database is reachable.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
@@ -169,8 +184,9 @@ impl Store {
             .collect()
     }
 
-    /// The live user owning `email` (any of their addresses, case-insensitive);
-    /// if several claim it, the most recently updated.
+    /// The live user owning `email` (any of their verified addresses,
+    /// case-insensitive); if several have it verified, the most recently
+    /// updated.
     pub async fn find_by_email(&self, email: &str) -> Result<Profile, Error> {
         users::Entity::find()
             .join(
@@ -185,7 +201,8 @@ impl Store {
             .await?
             .map(profile_from_row)
             .transpose()?
-            .ok_or_else(|| Error::NotFound(format!("no user has email address {email}")))
+            // The address is personal data: the answer does not repeat it.
+            .ok_or_else(|| Error::NotFound("no user has this verified email address".into()))
     }
 
     /// One page of live users in (updated_at, id) order.
@@ -193,6 +210,9 @@ impl Store {
         let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
         if let Some(since) = query.changed_since {
             select = select.filter(users::Column::UpdatedAt.gte(since));
+        }
+        if let Some(banned) = query.banned {
+            select = select.filter(users::Column::Banned.eq(banned));
         }
         if let Some((updated_at, id)) = &query.after {
             select = select.filter(
@@ -221,31 +241,80 @@ impl Store {
 
 fn profile_from_row(row: users::Model) -> Result<Profile, Error> {
     let corrupt = |what: &str| Error::Corrupt(format!("user {}: {what}", row.id));
-    let email_addresses = match &row.email_addresses {
-        Some(json) => serde_json::from_str(json).map_err(|_| corrupt("email_addresses"))?,
-        None => Vec::new(),
-    };
-    let public_metadata = match &row.public_metadata {
-        Some(json) => serde_json::from_str(json).map_err(|_| corrupt("public_metadata"))?,
-        None => serde_json::Map::new(),
-    };
+    fn parse_json<T: serde::de::DeserializeOwned + Default>(
+        json: &Option<String>,
+    ) -> Result<T, ()> {
+        json.as_deref().map_or(Ok(T::default()), |json| {
+            serde_json::from_str(json).map_err(|_| ())
+        })
+    }
+    let email_addresses: Vec<StoredEmail> =
+        parse_json(&row.email_addresses).map_err(|()| corrupt("email_addresses"))?;
+    let email_addresses = email_addresses
+        .into_iter()
+        .map(|email| email.upgrade(row.primary_email_address.as_deref()))
+        .collect();
     let display_name = row.display_name.clone().unwrap_or_else(|| row.id.clone());
     Ok(Profile {
-        id: UserId::parse(row.id, "id").map_err(|_| Error::Corrupt("empty user id".into()))?,
         primary_email_address: row.primary_email_address,
         email_addresses,
         primary_phone_number: row.primary_phone_number,
+        phone_numbers: parse_json(&row.phone_numbers).map_err(|()| corrupt("phone_numbers"))?,
         first_name: row.first_name,
         last_name: row.last_name,
         display_name,
         username: row.username,
         image_url: row.image_url,
+        has_image: row.has_image,
         external_id: row.external_id,
-        public_metadata,
+        public_metadata: parse_json(&row.public_metadata)
+            .map_err(|()| corrupt("public_metadata"))?,
+        private_metadata: match &row.private_metadata {
+            Some(_) => {
+                Some(parse_json(&row.private_metadata).map_err(|()| corrupt("private_metadata"))?)
+            }
+            None => None,
+        },
         created_at: row.created_at,
         updated_at: row.updated_at,
         last_sign_in_at: row.last_sign_in_at,
+        last_active_at: row.last_active_at,
+        legal_accepted_at: row.legal_accepted_at,
+        state: AccountState {
+            banned: row.banned,
+            locked: row.locked,
+            locked_until: row.locked_until,
+            two_factor_enabled: row.two_factor_enabled,
+            totp_enabled: row.totp_enabled,
+            backup_codes_enabled: row.backup_code_enabled,
+        },
+        external_accounts: parse_json(&row.external_accounts)
+            .map_err(|()| corrupt("external_accounts"))?,
+        id: UserId::parse(row.id, "id").map_err(|_| Error::Corrupt("empty user id".into()))?,
     })
+}
+
+/// An entry of the stored `email_addresses`: today's object, or the bare
+/// string of a row written before verification was tracked.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredEmail {
+    Current(EmailAddress),
+    Legacy(String),
+}
+
+impl StoredEmail {
+    /// A legacy address counts as unverified: nothing recorded that it was.
+    fn upgrade(self, primary: Option<&str>) -> EmailAddress {
+        match self {
+            Self::Current(email) => email,
+            Self::Legacy(address) => EmailAddress {
+                primary: primary == Some(address.as_str()),
+                address,
+                verified: false,
+            },
+        }
+    }
 }
 
 fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {

@@ -1,5 +1,5 @@
 //! Cursor pagination for ListUsers. The page token is opaque to clients: it
-//! encodes the (updated_at, id) of the last user served and the filter it was
+//! encodes the (updated_at, id) of the last user served and the filters it was
 //! served under, so a page boundary never skips or repeats a user.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -16,7 +16,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// Version tag of the token layout, so old tokens fail loudly if it changes.
-const TOKEN_VERSION: &str = "v1";
+const TOKEN_VERSION: &str = "v2";
 
 /// A validated ListUsers request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub struct ListQuery {
     pub page_size: u32,
     /// Only users with updated_at at or after this.
     pub changed_since: Option<Millis>,
+    /// Only banned users (`Some(true)`), only the others (`Some(false)`), or all.
+    pub banned: Option<bool>,
     /// Continue after this (updated_at, id).
     pub after: Option<(Millis, UserId)>,
 }
@@ -53,22 +55,33 @@ impl ListQuery {
             n => n as u32,
         };
         let changed_since = request.changed_since.as_ref().map(millis_from_timestamp);
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_token(&request.page_token, changed_since)?)
+        let banned = match v1::BannedFilter::try_from(request.banned) {
+            Ok(v1::BannedFilter::Unspecified) => None,
+            Ok(v1::BannedFilter::Exclude) => Some(false),
+            Ok(v1::BannedFilter::Only) => Some(true),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "banned",
+                    format!("{} is not a BannedFilter value", request.banned),
+                ));
+            }
         };
-        Ok(Self {
+        let mut query = Self {
             page_size,
             changed_since,
-            after,
-        })
+            banned,
+            after: None,
+        };
+        if !request.page_token.is_empty() {
+            query.after = Some(query.decode_token(&request.page_token)?);
+        }
+        Ok(query)
     }
 
     /// Builds the page, with a next-page token when more users follow.
     pub(crate) fn page(&self, users: Vec<Profile>, has_more: bool) -> Page {
         let next_page_token = match users.last() {
-            Some(last) if has_more => encode_token(self.changed_since, last.updated_at, &last.id),
+            Some(last) if has_more => self.encode_token(last.updated_at, &last.id),
             _ => String::new(),
         };
         Page {
@@ -76,37 +89,52 @@ impl ListQuery {
             next_page_token,
         }
     }
-}
 
-fn encode_token(changed_since: Option<Millis>, updated_at: Millis, id: &UserId) -> String {
-    let since = changed_since.map(|ms| ms.to_string()).unwrap_or_default();
-    let raw = format!("{TOKEN_VERSION}|{since}|{updated_at}|{}", id.as_str());
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn decode_token(token: &str, changed_since: Option<Millis>) -> Result<(Millis, UserId), Error> {
-    let invalid = || Error::invalid("page_token", "is not a token this server issued");
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let mut parts = raw.splitn(4, '|');
-    let (Some(TOKEN_VERSION), Some(since), Some(updated_at), Some(id)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid());
-    };
-    let since = match since {
-        "" => None,
-        s => Some(s.parse::<Millis>().map_err(|_| invalid())?),
-    };
-    if since != changed_since {
-        return Err(Error::invalid(
-            "page_token",
-            "was issued for a different changed_since",
-        ));
+    /// The filters a token is issued under, as text.
+    fn filters(&self) -> String {
+        let since = self
+            .changed_since
+            .map(|ms| ms.to_string())
+            .unwrap_or_default();
+        let banned = self
+            .banned
+            .map_or("", |b| if b { "only" } else { "exclude" });
+        format!("{since}|{banned}")
     }
-    let updated_at = updated_at.parse::<Millis>().map_err(|_| invalid())?;
-    let id = UserId::parse(id.to_owned(), "page_token").map_err(|_| invalid())?;
-    Ok((updated_at, id))
+
+    fn encode_token(&self, updated_at: Millis, id: &UserId) -> String {
+        let raw = format!(
+            "{TOKEN_VERSION}|{}|{updated_at}|{}",
+            self.filters(),
+            id.as_str()
+        );
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn decode_token(&self, token: &str) -> Result<(Millis, UserId), Error> {
+        let invalid = || Error::invalid("page_token", "is not a token this server issued");
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+        let mut parts = raw.splitn(5, '|');
+        let (Some(TOKEN_VERSION), Some(since), Some(banned), Some(updated_at), Some(id)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(invalid());
+        };
+        if format!("{since}|{banned}") != self.filters() {
+            return Err(Error::invalid(
+                "page_token",
+                "was issued for different changed_since or banned filters",
+            ));
+        }
+        let updated_at = updated_at.parse::<Millis>().map_err(|_| invalid())?;
+        let id = UserId::parse(id.to_owned(), "page_token").map_err(|_| invalid())?;
+        Ok((updated_at, id))
+    }
 }
 
 #[cfg(test)]
@@ -118,13 +146,23 @@ mod tests {
             page_size,
             page_token: page_token.into(),
             changed_since: None,
+            banned: 0,
+        }
+    }
+
+    fn query(changed_since: Option<Millis>, banned: Option<bool>) -> ListQuery {
+        ListQuery {
+            page_size: 10,
+            changed_since,
+            banned,
+            after: None,
         }
     }
 
     #[test]
     fn tokens_round_trip_ids_with_separators() {
         let id = UserId::parse("user_a|b".into(), "id").unwrap();
-        let token = encode_token(None, 42, &id);
+        let token = query(None, None).encode_token(42, &id);
         let query = ListQuery::parse(request(10, &token)).unwrap();
         assert_eq!(query.after, Some((42, id)));
     }
@@ -149,11 +187,21 @@ mod tests {
             assert!(err.to_string().starts_with("page_token"), "{err}");
         }
         let id = UserId::parse("user_1".into(), "id").unwrap();
-        let token = encode_token(Some(5), 42, &id);
-        let err = ListQuery::parse(request(10, &token)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "page_token was issued for a different changed_since"
-        );
+        for issued in [query(Some(5), None), query(None, Some(true))] {
+            let token = issued.encode_token(42, &id);
+            let err = ListQuery::parse(request(10, &token)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "page_token was issued for different changed_since or banned filters"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_banned_filters_are_rejected() {
+        let mut bad = request(10, "");
+        bad.banned = 7;
+        let err = ListQuery::parse(bad).unwrap_err();
+        assert_eq!(err.to_string(), "banned 7 is not a BannedFilter value");
     }
 }

@@ -140,6 +140,7 @@ async fn malformed_queries_are_rejected(backend: Backend) {
         page_size,
         page_token: page_token.into(),
         changed_since: None,
+        ..Default::default()
     };
     invalid(
         directory.list_users(list(-1, "")).await,

@@ -143,7 +143,7 @@ pub(crate) async fn final_state(app: &TestApp) -> BTreeMap<String, v1::User> {
             .list_users(ListUsersRequest {
                 page_size: 1000,
                 page_token,
-                changed_since: None,
+                ..ListUsersRequest::default()
             })
             .await
             .unwrap()

