@@ -1,8 +1,8 @@
 //! The part of Clerk's Backend API that backfill needs: listing users, a
 //! page at a time, with the secret key as a bearer token, and counting them.
 //!
-//! HTTP client: hyper-util's pooled client over hyper-rustls (rustls with the
-//! system's trust store), the hyper stack the gateway already runs on, rather
+//! HTTP client: hyper-util's pooled client over hyper-rustls (rustls with
+//! ring, as tonic uses, and the system's trust store), the hyper stack the gateway already runs on, rather
 //! than a second HTTP stack such as reqwest. Throttling and faults are
 //! handled here, once: 429 waits what `Retry-After` says; 5xx answers,
 //! timeouts and network errors are retried a bounded number of times with
@@ -124,8 +124,10 @@ impl ClerkApi {
     /// A client of the API at `base` (`https://api.clerk.com`; `http://` is
     /// accepted for local fakes).
     pub fn new(base: &Uri, key: &SecretKey, max_retries: u32) -> Result<Self, ClerkApiError> {
+        // The provider is named: several are linked in (tonic's, test
+        // clients'), and rustls will not guess.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
+            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
             .map_err(|e| ClerkApiError::Unreachable {
                 url: base.to_string(),
                 reason: format!("no TLS trust roots on this machine: {e}"),
