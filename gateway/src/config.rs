@@ -7,9 +7,13 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 use http::Uri;
 
-use crate::{clerk_api::SecretKey, verify::WebhookSecrets};
+use crate::{
+    clerk_api::SecretKey, limits::Limits, quarantine::cli::QuarantineCommand,
+    verify::WebhookSecrets,
+};
 
 /// Settings of the gateway.
 #[derive(Debug, Clone, Parser)]
@@ -38,9 +42,9 @@ pub struct Config {
     pub sync_service: SyncServiceSettings,
 
     /// Svix signing secret(s) from the Clerk dashboard (`whsec_…`), separated by
-    /// spaces or commas (several during a rotation). Required to serve
-    /// webhooks. Prefer the environment variable: command lines are visible
-    /// to other users of the machine.
+    /// spaces or commas (several during a rotation); required to serve. Prefer
+    /// the environment variable: command lines are visible to other users of
+    /// the machine.
     #[arg(
         long = "webhook-secret", value_name = "SECRETS",
         env = "CLERK_WEBHOOK_SECRET",
@@ -75,6 +79,46 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub shutdown_timeout: Duration,
+
+    /// Address serving Prometheus metrics at `GET /metrics` (keep it off the
+    /// public network); empty serves none.
+    #[arg(
+        long = "metrics-listen", value_name = "ADDR",
+        env = "GATEWAY_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_parser = |text: &str| parse_metrics_listen(text, "GATEWAY_METRICS_LISTEN_ADDR")
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Connection hygiene and load limits.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Sub-commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve webhooks (the default).
+    Serve,
+    /// Inspect, retry or drop quarantined deliveries on the sync-service.
+    Quarantine {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: QuarantineCommand,
+    },
+    /// Fill the directory from Clerk's Backend API (every user, through the
+    /// sync-service with the webhook rules), optionally tombstoning local
+    /// users Clerk no longer lists; then exit.
+    Backfill(BackfillArgs),
 }
 
 /// How to reach the sync-service: the addresses, the token, TLS and the
@@ -216,19 +260,11 @@ impl Config {
             body_limit: Self::DEFAULT_BODY_LIMIT,
             timestamp_tolerance: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(20),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
         }
     }
-}
-
-/// Sub-commands.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Serve Clerk's webhooks (the default).
-    Serve,
-    /// Fill the directory from Clerk's Backend API (every user, through the
-    /// sync-service with the webhook rules), optionally tombstoning local
-    /// users Clerk no longer lists; then exit.
-    Backfill(BackfillArgs),
 }
 
 /// Settings of `clerk-sync-gateway backfill` (the sync-service address and
@@ -460,7 +496,24 @@ mod tests {
                 "--sync-service-url",
             ),
             (&["--listen", "8080"], "--listen"),
+            (&["--metrics-listen", "9464"], "GATEWAY_METRICS_LISTEN_ADDR"),
+            (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--webhook-secret", "whsec_"], "--webhook-secret"),
+            (&["--header-timeout-secs", "0"], "--header-timeout-secs"),
+            (&["--body-timeout-secs", "x"], "--body-timeout-secs"),
+            (&["--idle-timeout-secs=-5"], "--idle-timeout-secs"),
+            (
+                &["--http2-keepalive-interval-secs", "0"],
+                "--http2-keepalive-interval-secs",
+            ),
+            (
+                &["--http2-keepalive-timeout-secs", "soon"],
+                "--http2-keepalive-timeout-secs",
+            ),
+            (&["--http2-max-streams", "0"], "--http2-max-streams"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-in-flight", "many"], "--max-in-flight"),
+            (&["--max-message-bytes", "0"], "--max-message-bytes"),
             (
                 &["--sync-service-url", "ftp://host:1"],
                 "--sync-service-url",
@@ -546,6 +599,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("--clerk-secret-key"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_metrics_address_turns_metrics_off() {
+        assert_eq!(
+            parse(&["--metrics-listen", ""]).unwrap().metrics_listen,
+            None
+        );
+        let config = parse(&["--metrics-listen", "0.0.0.0:9100", "--log-format", "json"]).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]

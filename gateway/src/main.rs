@@ -1,61 +1,65 @@
-//! `clerk-sync-gateway`: parses settings, sets up logs, then either serves
-//! webhooks ([`clerk_sync_gateway::run`]) or runs a backfill
-//! ([`clerk_sync_gateway::backfill::run`]).
+//! `clerk-sync-gateway`: parses settings, sets up logs, then either binds the
+//! listeners and hands everything to [`clerk_sync_gateway::run`] (with the
+//! metrics endpoint alongside), runs an operator's `quarantine` command, or
+//! runs a `backfill` ([`clerk_sync_gateway::backfill::run`]).
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory as _, Parser};
-use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
-use clerk_sync_gateway::{
-    Config, backfill,
-    config::{BackfillArgs, Command},
-    run,
-};
+use clap::Parser;
+use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
+use clerk_sync_gateway::{Config, backfill, config::Command, metrics, quarantine, run};
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Bad settings stop here, with clap's one-line message naming the setting.
-    let config = Config::parse();
-    init_tracing();
-    match config.command.clone() {
-        None | Some(Command::Serve) => serve(config).await,
-        Some(Command::Backfill(args)) => backfill(config, args).await,
-    }
-}
+    let mut config = Config::parse();
+    init_tracing(config.log_format);
 
-async fn serve(config: Config) -> ExitCode {
-    if config.webhook_secrets.is_none() {
-        Config::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--webhook-secret (CLERK_WEBHOOK_SECRET) is required to serve webhooks",
-            )
-            .exit();
+    if let Some(Command::Backfill(args)) = &config.command {
+        return match backfill::run(&config, args, shutdown_signal()).await {
+            Ok(summary) => {
+                println!("backfill done: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    if let Some(Command::Quarantine { action }) = config.command.take() {
+        return match quarantine::cli::run(&config, action, &mut std::io::stdout()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {}", clerk_sync_gateway::error::chain(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!(%error, address = %config.listen, "cannot listen (GATEWAY_LISTEN_ADDR)");
             return ExitCode::FAILURE;
         }
     };
-    match run(listener, config, shutdown_signal()).await {
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%error, %address, "cannot listen (GATEWAY_METRICS_LISTEN_ADDR)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let server = run(listener, config, shutdown_signal());
+    match run_with_metrics(metrics_listener, metrics::render, server).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "gateway stopped");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn backfill(config: Config, args: BackfillArgs) -> ExitCode {
-    match backfill::run(&config, &args, shutdown_signal()).await {
-        Ok(summary) => {
-            println!("backfill done: {summary}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }

@@ -3,4 +3,5 @@
 
 pub(crate) mod directory;
 pub(crate) mod feed;
+pub(crate) mod quarantine;
 pub(crate) mod sync;
