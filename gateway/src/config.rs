@@ -6,11 +6,14 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 use http::Uri;
 
-use crate::{limits::Limits, quarantine::cli::QuarantineCommand, verify::WebhookSecrets};
+use crate::{
+    clerk_api::SecretKey, limits::Limits, quarantine::cli::QuarantineCommand,
+    verify::WebhookSecrets,
+};
 
 /// Settings of the gateway.
 #[derive(Debug, Clone, Parser)]
@@ -112,6 +115,10 @@ pub enum Command {
         #[command(subcommand)]
         action: QuarantineCommand,
     },
+    /// Fill the directory from Clerk's Backend API (every user, through the
+    /// sync-service with the webhook rules), optionally tombstoning local
+    /// users Clerk no longer lists; then exit.
+    Backfill(BackfillArgs),
 }
 
 /// How to reach the sync-service: the addresses, the token, TLS and the
@@ -125,7 +132,8 @@ pub struct SyncServiceSettings {
         env = "SYNC_SERVICE_URL",
         default_value = "http://127.0.0.1:50051",
         value_delimiter = ',',
-        value_parser = parse_sync_service_url
+        value_parser = parse_sync_service_url,
+        global = true
     )]
     pub urls: Vec<Uri>,
 
@@ -135,20 +143,27 @@ pub struct SyncServiceSettings {
         long = "sync-service-token", value_name = "TOKEN",
         env = "SYNC_SERVICE_TOKEN",
         hide_env_values = true,
-        value_parser = BearerTokenParser
+        value_parser = BearerTokenParser,
+        global = true
     )]
     pub token: Option<BearerToken>,
 
     /// CA certificate(s) (PEM) to trust for `https://` sync-service URLs,
     /// for a private CA; the system's roots are trusted otherwise.
-    #[arg(long = "sync-service-ca", value_name = "PEM", env = "SYNC_SERVICE_CA")]
+    #[arg(
+        long = "sync-service-ca",
+        value_name = "PEM",
+        env = "SYNC_SERVICE_CA",
+        global = true
+    )]
     pub ca: Option<PathBuf>,
 
     /// Client certificate (PEM) to present to the sync-service (mutual TLS).
     #[arg(
         long = "sync-service-client-cert",
         value_name = "PEM",
-        env = "SYNC_SERVICE_CLIENT_CERT"
+        env = "SYNC_SERVICE_CLIENT_CERT",
+        global = true
     )]
     pub client_cert: Option<PathBuf>,
 
@@ -156,7 +171,8 @@ pub struct SyncServiceSettings {
     #[arg(
         long = "sync-service-client-key",
         value_name = "PEM",
-        env = "SYNC_SERVICE_CLIENT_KEY"
+        env = "SYNC_SERVICE_CLIENT_KEY",
+        global = true
     )]
     pub client_key: Option<PathBuf>,
 
@@ -166,7 +182,8 @@ pub struct SyncServiceSettings {
         long = "upstream-timeout-ms", value_name = "MS",
         env = "SYNC_SERVICE_TIMEOUT_MS",
         default_value = "5000",
-        value_parser = parse_positive_millis
+        value_parser = parse_positive_millis,
+        global = true
     )]
     pub timeout: Duration,
 
@@ -175,7 +192,8 @@ pub struct SyncServiceSettings {
         long = "connect-timeout-ms", value_name = "MS",
         env = "SYNC_SERVICE_CONNECT_TIMEOUT_MS",
         default_value = "1000",
-        value_parser = parse_positive_millis
+        value_parser = parse_positive_millis,
+        global = true
     )]
     pub connect_timeout: Duration,
 }
@@ -246,6 +264,103 @@ impl Config {
             log_format: LogFormat::Text,
             limits: Limits::default(),
         }
+    }
+}
+
+/// Settings of `clerk-sync-gateway backfill` (the sync-service address and
+/// timeouts are the server's).
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Clerk secret key (`sk_live_…` or `sk_test_…`) of the instance to copy.
+    /// Prefer the environment variable: command lines are visible to other
+    /// users of the machine.
+    #[arg(
+        long = "clerk-secret-key", value_name = "KEY",
+        env = "CLERK_SECRET_KEY",
+        hide_env_values = true,
+        value_parser = SecretKeyParser
+    )]
+    pub clerk_secret_key: SecretKey,
+
+    /// Base URL of Clerk's Backend API.
+    #[arg(
+        long = "clerk-api-url", value_name = "URL",
+        env = "CLERK_API_URL",
+        default_value = "https://api.clerk.com",
+        value_parser = parse_clerk_api_url
+    )]
+    pub clerk_api_url: Uri,
+
+    /// Also tombstone local users that Clerk no longer lists (only after a
+    /// complete listing, and only users whose last change is older than it).
+    #[arg(long, env = "BACKFILL_RECONCILE")]
+    pub reconcile: bool,
+
+    /// Report what would change; write nothing.
+    #[arg(long, env = "BACKFILL_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Start the listing at this offset: the one an interrupted run printed.
+    /// A listing that does not start at 0 is incomplete: no reconcile.
+    #[arg(
+        long,
+        value_name = "OFFSET",
+        env = "BACKFILL_RESUME_FROM",
+        default_value_t = 0
+    )]
+    pub resume_from: u64,
+
+    /// Users per page requested from Clerk (Clerk allows at most 500).
+    #[arg(long, value_name = "N", env = "BACKFILL_PAGE_SIZE", default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub page_size: u32,
+
+    /// Retries of a failing request (Clerk 5xx or network error, sync-service
+    /// unavailable) before the run stops; waits double from 250 ms.
+    #[arg(long, value_name = "N", env = "BACKFILL_MAX_RETRIES", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_retries: u32,
+
+    /// Users applied concurrently.
+    #[arg(long, value_name = "N", env = "BACKFILL_CONCURRENCY", default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+}
+
+fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .trim()
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected https://host"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.path().is_empty() || uri.path() == "/" => Ok(uri),
+        (Some("http" | "https"), Some(_)) => Err("expected a base URL without a path".to_owned()),
+        _ => Err("expected https://host".to_owned()),
+    }
+}
+
+/// Parses `CLERK_SECRET_KEY` without echoing the value in the error.
+#[derive(Clone)]
+struct SecretKeyParser;
+
+impl clap::builder::TypedValueParser for SecretKeyParser {
+    type Value = SecretKey;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SecretKey, clap::Error> {
+        let reason = match value.to_str().map(SecretKey::parse) {
+            Some(Ok(key)) => return Ok(key),
+            Some(Err(reason)) => reason,
+            None => "not valid UTF-8".to_owned(),
+        };
+        let message =
+            format!("invalid value for --clerk-secret-key (CLERK_SECRET_KEY): {reason}\n");
+        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
     }
 }
 
@@ -417,6 +532,73 @@ mod tests {
             assert!(error.contains(setting), "{args:?}: {error}");
             assert!(!error.contains("MfKQ9r8G"), "{error}");
         }
+    }
+
+    fn backfill(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["clerk-sync-gateway", "backfill"];
+        if !args.contains(&"--clerk-secret-key") {
+            argv.extend(["--clerk-secret-key", "sk_test_Secret123"]);
+        }
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    #[test]
+    fn backfill_takes_the_servers_sync_service_settings_and_needs_no_webhook_secret() {
+        let config = Config::try_parse_from([
+            "clerk-sync-gateway",
+            "--sync-service-url",
+            "http://a:1",
+            "backfill",
+            "--clerk-secret-key",
+            "sk_test_Secret123",
+            "--upstream-timeout-ms",
+            "900",
+            "--reconcile",
+        ])
+        .unwrap();
+        assert_eq!(config.sync_service.urls, ["http://a:1"]);
+        assert_eq!(config.sync_service.timeout, Duration::from_millis(900));
+        assert!(config.webhook_secrets.is_none());
+        let Some(Command::Backfill(args)) = &config.command else {
+            panic!("{config:?}")
+        };
+        assert!(args.reconcile && !args.dry_run);
+        assert_eq!(args.clerk_api_url, "https://api.clerk.com");
+        assert_eq!((args.page_size, args.resume_from), (500, 0));
+        assert!(!format!("{config:?}").contains("Secret123"));
+    }
+
+    #[test]
+    fn bad_backfill_values_name_the_setting_without_echoing_the_key() {
+        for (args, setting) in [
+            (
+                &["--clerk-secret-key", "pk_test_Secret123"][..],
+                "--clerk-secret-key",
+            ),
+            (
+                &["--clerk-secret-key", "sk_test Secret123"],
+                "CLERK_SECRET_KEY",
+            ),
+            (&["--clerk-api-url", "api.clerk.com"], "--clerk-api-url"),
+            (
+                &["--clerk-api-url", "https://api.clerk.com/v1"],
+                "--clerk-api-url",
+            ),
+            (&["--page-size", "501"], "--page-size"),
+            (&["--page-size", "0"], "--page-size"),
+            (&["--resume-from", "minus3"], "--resume-from"),
+            (&["--max-retries", "many"], "--max-retries"),
+            (&["--concurrency", "0"], "--concurrency"),
+        ] {
+            let error = backfill(args).unwrap_err().to_string();
+            assert!(error.contains(setting), "{args:?}: {error}");
+            assert!(!error.contains("Secret123"), "{error}");
+        }
+        let error = Config::try_parse_from(["clerk-sync-gateway", "backfill"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--clerk-secret-key"), "{error}");
     }
 
     #[test]

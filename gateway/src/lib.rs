@@ -18,8 +18,14 @@
 //! - [`error`]: the one error type and its one mapping to HTTP responses.
 //! - [`metrics`]: the Prometheus registry and the functions that record.
 //! - [`config`]: flags and environment variables.
+//!
+//! And the `backfill` command, which fills the directory from Clerk itself:
+//! - [`backfill`]: list Clerk's users, apply them like webhooks, reconcile.
+//! - [`clerk_api`]: the Backend API client (paging, throttling, retries).
 
+pub mod backfill;
 pub mod clerk;
+pub mod clerk_api;
 pub mod config;
 pub mod error;
 pub mod limits;

@@ -1,12 +1,13 @@
 //! `clerk-sync-gateway`: parses settings, sets up logs, then either binds the
 //! listeners and hands everything to [`clerk_sync_gateway::run`] (with the
-//! metrics endpoint alongside), or runs an operator's `quarantine` command.
+//! metrics endpoint alongside), runs an operator's `quarantine` command, or
+//! runs a `backfill` ([`clerk_sync_gateway::backfill::run`]).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
-use clerk_sync_gateway::{Config, config::Command, metrics, quarantine, run};
+use clerk_sync_gateway::{Config, backfill, config::Command, metrics, quarantine, run};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -15,6 +16,18 @@ async fn main() -> ExitCode {
     let mut config = Config::parse();
     init_tracing(config.log_format);
 
+    if let Some(Command::Backfill(args)) = &config.command {
+        return match backfill::run(&config, args, shutdown_signal()).await {
+            Ok(summary) => {
+                println!("backfill done: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Quarantine { action }) = config.command.take() {
         return match quarantine::cli::run(&config, action, &mut std::io::stdout()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,8 @@
 //!   so old rows are pruned cheaply.
 //! - `quarantined_events`: verified deliveries that cannot be applied, with
 //!   their raw body, for operators to inspect, retry or drop.
+//! - `user_changes` and `feed_head`: the change feed's log (one entry per
+//!   user, at the position of its latest change) and its position counter.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -20,6 +22,7 @@ mod m20261127_000001_create_directory;
 mod m20261128_000001_account_state;
 mod m20261128_100001_index_ledger_processed_at;
 mod m20261128_100002_create_quarantine;
+mod m20261128_200001_create_change_feed;
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -33,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_account_state::Migration),
             Box::new(m20261128_100001_index_ledger_processed_at::Migration),
             Box::new(m20261128_100002_create_quarantine::Migration),
+            Box::new(m20261128_200001_create_change_feed::Migration),
         ]
     }
 }

@@ -60,6 +60,21 @@ pub struct Config {
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
     pub health_check_interval_ms: u64,
 
+    /// Milliseconds between checks of the change log for commits made through
+    /// other replicas (watchers on this replica wake at once on its own).
+    #[arg(long, env = "FEED_POLL_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000), global = true)]
+    pub feed_poll_interval_ms: u64,
+
+    /// Seconds a deletion stays in the change log (0: forever). A client
+    /// resuming from before a pruned deletion must restart from a snapshot.
+    #[arg(
+        long,
+        env = "FEED_DELETION_RETENTION_SECS",
+        default_value_t = 2_592_000,
+        global = true
+    )]
+    pub feed_deletion_retention_secs: u64,
+
     /// PostgreSQL statement_timeout of every connection, in milliseconds.
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub database_statement_timeout_ms: u64,
@@ -184,6 +199,12 @@ impl Config {
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
             lock_timeout: Duration::from_millis(self.database_lock_timeout_ms),
         }
+    }
+
+    /// How long deletions stay in the change log; `None`: forever.
+    pub fn feed_deletion_retention(&self) -> Option<Duration> {
+        (self.feed_deletion_retention_secs > 0)
+            .then(|| Duration::from_secs(self.feed_deletion_retention_secs))
     }
 
     /// The tokens calls are checked against; `None` to serve

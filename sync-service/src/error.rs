@@ -21,6 +21,10 @@ pub enum Error {
     /// The database cannot be reached or is overloaded: worth retrying.
     #[error("database unavailable")]
     Unavailable(#[source] DbErr),
+    /// The request cannot be served in the directory's current state (a
+    /// change feed position it no longer keeps); the message says what to do.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The service is shutting down and takes no more writes.
     #[error("sync-service is shutting down")]
     ShuttingDown,
@@ -136,6 +140,7 @@ impl From<Error> for Status {
             // Refused data is the event's fault: the gateway quarantines it.
             Error::InvalidArgument { .. } | Error::Refused(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) | Error::ShuttingDown | Error::Overloaded => Code::Unavailable,
             Error::Database(_) | Error::Corrupt(_) => Code::Internal,
         };

@@ -91,11 +91,20 @@ pub async fn serve(
         ingestor: Ingestor::start(store.clone(), config.ingest_options()),
         store_private_metadata: config.store_private_metadata,
     };
+    let feed_poll = tokio::spawn({
+        let store = store.clone();
+        let interval = Duration::from_millis(config.feed_poll_interval_ms);
+        async move { store.follow_other_writers(interval).await }
+    });
+    let feed_prune_task = config
+        .feed_deletion_retention()
+        .map(|retention| tokio::spawn(prune_deletions(store.clone(), retention)));
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let quarantine = QuarantineService {
         store: store.clone(),
     };
     let prune_task = tokio::spawn(prune_ledger(store.clone(), config.ledger_retention()));
-    let directory = DirectoryService { store };
+    let directory = DirectoryService { store, stopping };
     // Explicit message limits on every service: a quarantined body (up to the
     // gateway's body limit) must fit, and nothing larger is buffered.
     let max_message = config.max_message_bytes();
@@ -109,6 +118,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        // Change feed streams never end on their own: end them, so the
+        // server drains instead of waiting out the timeout.
+        let _ = stopping_tx.send(true);
         let _ = stop_tx.send(());
     };
     // Accepted sockets get TCP_NODELAY here: the builder's own setting does
@@ -154,8 +166,28 @@ pub async fn serve(
     };
     health_task.abort();
     prune_task.abort();
+    feed_poll.abort();
+    if let Some(task) = feed_prune_task {
+        task.abort();
+    }
     tracing::info!("sync-service stopped");
     result
+}
+
+/// Drops change-feed deletion entries older than `retention`, checking every
+/// `retention / 4` (at most hourly, at least every 100 ms).
+async fn prune_deletions(store: Store, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let before = crate::store::now_millis() - retention.as_millis() as i64;
+        match store.prune_deletions(before).await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "change feed: old deletion entries pruned"),
+            Err(error) => tracing::warn!(%error, "change feed pruning failed"),
+        }
+    }
 }
 
 /// Keeps the health status in step with the database: SERVING only while it

@@ -4,6 +4,7 @@
 //! test binary; each test starts its own gateway and fake sync-service on
 //! port 0.
 
+mod backfill_cli;
 mod fake_sync;
 mod helpers;
 mod logs;

@@ -306,6 +306,54 @@ impl Stack {
             .users
     }
 
+    /// The gateway's settings that reach this stack's sync-service (address,
+    /// and in a secured stack the write token, CA and client certificate).
+    pub(crate) fn sync_service_args(&self) -> Vec<String> {
+        let Some(certs) = &self.certs else {
+            return vec![
+                "--sync-service-url".into(),
+                format!("http://{}", self.sync_address),
+            ];
+        };
+        let path = |file: &str| certs.path(file).display().to_string();
+        vec![
+            "--sync-service-url".into(),
+            format!("https://{}", self.sync_address),
+            "--sync-service-token".into(),
+            WRITE_TOKEN.into(),
+            "--sync-service-ca".into(),
+            path("ca.pem"),
+            "--sync-service-client-cert".into(),
+            path("client.pem"),
+            "--sync-service-client-key".into(),
+            path("client-key.pem"),
+        ]
+    }
+
+    /// Every live user in the directory, by id, however many pages.
+    pub(crate) async fn all_users_paged(&self) -> std::collections::BTreeMap<String, v1::User> {
+        let mut users = std::collections::BTreeMap::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .directory
+                .clone()
+                .list_users(self.as_reader(v1::ListUsersRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            users.extend(page.users.into_iter().map(|u| (u.id.clone(), u)));
+            if page.next_page_token.is_empty() {
+                return users;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// Stops the gateway, then the sync-service, and checks both ended well.
     pub(crate) async fn stop(mut self) {
         self.gateway.take().unwrap().stop().await.unwrap();

@@ -2,6 +2,8 @@
 //! gateway and sync-service into SQLite or PostgreSQL, and are read back over
 //! gRPC; `operability` checks the metrics and logs of the same traffic.
 
+mod backfill;
+mod fake_clerk;
 mod helpers;
 mod hostile;
 mod operability;

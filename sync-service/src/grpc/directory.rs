@@ -1,15 +1,18 @@
 //! `clerk.sync.v1.UserDirectoryService`: read-only queries over the [`Store`].
 //! Private metadata (when stored at all) goes only to callers that presented
-//! a token.
+//! a token. The change feed RPCs are in [`super::feed`].
 
 use std::collections::HashSet;
 
 use clerk_sync_api::v1::{
     self, BatchGetUsersRequest, BatchGetUsersResponse, FindUserByEmailRequest,
-    FindUserByEmailResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
+    FindUserByEmailResponse, GetUserRequest, GetUserResponse, ListChangesRequest,
+    ListChangesResponse, ListUsersRequest, ListUsersResponse, WatchUsersRequest,
 };
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::feed;
 use crate::{
     auth::Caller,
     domain::{Profile, UserId},
@@ -24,6 +27,8 @@ pub(crate) const MAX_BATCH_IDS: usize = 100;
 #[derive(Clone, Debug)]
 pub(crate) struct DirectoryService {
     pub(crate) store: Store,
+    /// Turns true when the server shuts down: ends WatchUsers streams.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
@@ -93,6 +98,27 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
                 .collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    type WatchUsersStream = feed::WatchStream;
+
+    async fn watch_users(
+        &self,
+        request: Request<WatchUsersRequest>,
+    ) -> Result<Response<Self::WatchUsersStream>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let stream =
+            feed::watch_users(&self.store, &self.stopping, request.into_inner(), private).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_changes(
+        &self,
+        request: Request<ListChangesRequest>,
+    ) -> Result<Response<ListChangesResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let response = feed::list_changes(&self.store, request.into_inner(), private).await?;
+        Ok(Response::new(response))
     }
 }
 

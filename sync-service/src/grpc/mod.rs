@@ -2,5 +2,6 @@
 //! ingestor or the store, and translates the answer. Nothing more.
 
 pub(crate) mod directory;
+pub(crate) mod feed;
 pub(crate) mod quarantine;
 pub(crate) mod sync;

@@ -12,7 +12,9 @@
 //!    deleted_at`; the database evaluates the guard on the row it has locked,
 //!    so concurrent writers (other replicas included) never interleave a read
 //!    and a write;
-//! 4. the email index of every user written.
+//! 4. the email index of every user written;
+//! 5. the change feed: each user written gets the next position
+//!    ([`super::changes::record`], last, as its lock order requires).
 //!
 //! Lock order: every batch takes its ledger rows in event id order, then its
 //! `users` rows in user id order (upserts and tombstones in the same statement,
@@ -36,7 +38,10 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
-use super::entity::{processed_events, user_email_addresses, users};
+use super::{
+    changes,
+    entity::{processed_events, user_email_addresses, users},
+};
 use crate::domain::{Change, Event, Millis, Outcome, Profile, UserId};
 
 /// Applies `events` inside `txn` and returns one outcome per event, in order.
@@ -124,6 +129,9 @@ pub(super) async fn apply_events(
     let mut written: Vec<&str> = upserted.iter().map(String::as_str).collect();
     written.extend(tombstoned.iter().map(String::as_str));
     replace_email_index(txn, &written, &written_upserts).await?;
+
+    // 5. The change feed.
+    changes::record(txn, &upserted, &tombstoned, now).await?;
 
     Ok(outcomes)
 }

@@ -7,8 +7,11 @@
 //! the change, last write wins and final deletes by conditional upserts.
 //! Next to it: `quarantine` (deliveries that cannot be applied) and `prune`
 //! (the ledger's retention).
+//! The `changes` module keeps the change feed's log in the same transaction
+//! and serves it.
 
 mod apply;
+mod changes;
 pub(crate) mod entity;
 mod page;
 mod prune;
@@ -27,6 +30,7 @@ use crate::{
     domain::{AccountState, EmailAddress, Event, Millis, Outcome, Profile, UserId},
     error::Error,
 };
+pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::{user_email_addresses, users};
 pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
@@ -55,6 +59,8 @@ pub struct StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Wakes this process's change-feed watchers after a commit.
+    signal: std::sync::Arc<changes::Signal>,
 }
 
 impl Store {
@@ -108,7 +114,10 @@ impl Store {
                     .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
             });
         let db = Database::connect(connect).await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            signal: std::sync::Arc::new(changes::Signal::new(options.max_connections)),
+        })
     }
 
     /// Brings the schema up to date.
@@ -183,6 +192,9 @@ impl Store {
         let txn = self.db.begin().await?;
         let outcomes = apply::apply_events(&txn, events, now_millis()).await?;
         txn.commit().await?;
+        if outcomes.contains(&Outcome::Applied) {
+            self.signal.ring();
+        }
         Ok(outcomes)
     }
 

@@ -29,8 +29,18 @@ type Case = (
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // (arguments, environment, the setting the error must name)
-    let cases: [Case; 19] = [
+    let cases: [Case; 21] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
+        (
+            &["--feed-poll-interval-ms", "0"],
+            &[],
+            "--feed-poll-interval-ms",
+        ),
+        (
+            &[],
+            &[("FEED_DELETION_RETENTION_SECS", "a month")],
+            "--feed-deletion-retention-secs",
+        ),
         (
             &["--grpc-max-message-bytes", "10"],
             &[],

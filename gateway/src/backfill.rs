@@ -1,0 +1,656 @@
+//! `clerk-sync-gateway backfill`: fills the directory from Clerk's Backend
+//! API and, with `--reconcile`, tombstones local users Clerk no longer lists.
+//!
+//! Every listed user goes through the webhook path: mapped by [`crate::clerk`]
+//! exactly like a `user.updated` payload (an update for an unknown user
+//! creates it) and applied through `UserSyncService` by [`Upstream`], under
+//! the event id `backfill_<user id>_<updated_at>`. So a rerun is a string of
+//! duplicates, last-write-wins keeps whatever newer a webhook brought, and a
+//! running gateway and a backfill overlap safely.
+//!
+//! Listing by offset has a trap: a user deleted behind the cursor shifts every
+//! later user one place down, and a plain `offset += limit` would skip one.
+//! Each page is therefore requested a little before where the last one ended
+//! (an overlap of [`OVERLAP`] users) and must begin with a user already seen;
+//! if it does not (more deletions than the overlap), the cursor steps back a
+//! page until it does. Users already seen are not applied twice.
+//!
+//! Reconcile runs only after a complete listing (from offset 0 to the end,
+//! without gaps), and tombstones only live local users whose `updated_at` is
+//! older than the listing's start minus [`RECONCILE_MARGIN`] (clock skew): a
+//! sign-up during the listing is not a deletion.
+
+use std::{
+    collections::HashSet,
+    io::IsTerminal as _,
+    time::{Duration, Instant, SystemTime},
+};
+
+use clerk_sync_api::v1::{
+    BatchGetUsersRequest, EventMeta, ListUsersRequest, Outcome, UserDeleted,
+    user_directory_service_client::UserDirectoryServiceClient,
+};
+use futures::{StreamExt as _, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+use prost_types::Timestamp;
+use serde_json::value::RawValue;
+use tonic::{
+    Code, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    Config, Error,
+    clerk::{ClerkEvent, ClerkUser, Envelope, UserEvent},
+    clerk_api::{ClerkApi, ClerkApiError, backoff},
+    config::{BackfillArgs, SyncServiceSettings},
+    upstream::{Upstream, client_tls},
+    verify::Delivery,
+};
+
+/// Users each page request re-reads from the end of the previous page.
+pub const OVERLAP: u64 = 20;
+/// Reconcile spares users changed this shortly before the listing started.
+pub const RECONCILE_MARGIN: Duration = Duration::from_secs(300);
+/// Ids per BatchGetUsers call (the API's maximum).
+const BATCH_GET: usize = 100;
+
+/// Why a backfill stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    /// Talking to Clerk failed for good.
+    #[error("{source}; rerun with --resume-from {resume_from} to continue")]
+    Clerk {
+        /// What failed.
+        source: ClerkApiError,
+        /// Where a rerun picks up.
+        resume_from: u64,
+    },
+    /// Clerk refused the key: nothing to resume.
+    #[error(transparent)]
+    Unauthorized(ClerkApiError),
+    /// The sync-service failed for good.
+    #[error("sync-service: {source}; rerun with --resume-from {resume_from} to continue")]
+    SyncService {
+        /// What failed.
+        source: Error,
+        /// Where a rerun picks up.
+        resume_from: u64,
+    },
+    /// Reconcile could not finish (the backfill itself did).
+    #[error("reconcile stopped: {0}; rerun to finish it")]
+    Reconcile(Error),
+    /// Stopped by a signal between pages.
+    #[error("interrupted; rerun with --resume-from {resume_from} to continue")]
+    Interrupted {
+        /// Where a rerun picks up.
+        resume_from: u64,
+    },
+    /// Settings that cannot work together, or a client that cannot be built.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a run did (or, with `--dry-run`, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Whether nothing was written.
+    pub dry_run: bool,
+    /// Users Clerk listed (each once, however often re-read).
+    pub fetched: u64,
+    /// Users written (dry run: that would be written: new or newer).
+    pub applied: u64,
+    /// Users the directory already held at this version (a rerun).
+    pub unchanged: u64,
+    /// Users the directory holds a newer version of (a webhook won).
+    pub stale: u64,
+    /// Of `stale`: users deleted locally (deletes are final).
+    pub deleted_locally: u64,
+    /// Listed users refused as unusable (no id or updated_at; rejected by
+    /// the sync-service), logged by id.
+    pub rejected: u64,
+    /// Local users tombstoned by reconcile (dry run: that would be).
+    pub tombstoned: u64,
+    /// Users the sync-service quarantined. The sync-service has no quarantine
+    /// outcome yet, so this stays 0 until it reports one.
+    pub quarantined: u64,
+    /// Whether the listing ran from offset 0 to its end without a gap.
+    pub complete: bool,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (applied, tombstoned) = if self.dry_run {
+            ("would apply", "would tombstone")
+        } else {
+            ("applied", "tombstoned")
+        };
+        write!(
+            f,
+            "{}fetched {}, {applied} {}, unchanged {}, stale {} ({} deleted locally), rejected {}, \
+             {tombstoned} {}, quarantined {}",
+            if self.dry_run {
+                "dry run (nothing written): "
+            } else {
+                ""
+            },
+            self.fetched,
+            self.applied,
+            self.unchanged,
+            self.stale,
+            self.deleted_locally,
+            self.rejected,
+            self.tombstoned,
+            self.quarantined,
+        )
+    }
+}
+
+/// Runs a backfill with the gateway's sync-service settings and `args`,
+/// stopping between pages when `shutdown` completes.
+pub async fn run(
+    config: &Config,
+    args: &BackfillArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, BackfillError> {
+    if args.reconcile && args.resume_from > 0 {
+        return Err(BackfillError::Setup(
+            "--reconcile needs a complete listing; --resume-from skips its start".to_owned(),
+        ));
+    }
+    let api = ClerkApi::new(
+        &args.clerk_api_url,
+        &args.clerk_secret_key,
+        args.max_retries,
+    )
+    .map_err(|e| BackfillError::Setup(e.to_string()))?;
+    let upstream =
+        Upstream::new(&config.sync_service).map_err(|e| BackfillError::Setup(e.to_string()))?;
+    let directory = directory_client(&config.sync_service)?;
+    let mut run = Backfill {
+        api,
+        upstream,
+        directory,
+        args: args.clone(),
+        seen: HashSet::new(),
+        summary: Summary {
+            dry_run: args.dry_run,
+            ..Summary::default()
+        },
+    };
+    let started_at = now_millis();
+    let total = match run.api.count_users().await {
+        Ok(total) => Some(total),
+        Err(error @ ClerkApiError::Unauthorized(_)) => {
+            return Err(BackfillError::Unauthorized(error));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot count Clerk's users; progress shows no total");
+            None
+        }
+    };
+    let progress = Progress::new(total);
+    tokio::pin!(shutdown);
+    run.list_and_apply(&progress, &mut shutdown).await?;
+    progress.finish();
+    if args.reconcile {
+        run.reconcile(started_at - RECONCILE_MARGIN.as_millis() as i64)
+            .await?;
+    }
+    Ok(run.summary)
+}
+
+/// The state of one run.
+struct Backfill {
+    api: ClerkApi,
+    upstream: Upstream,
+    /// Reads the directory for reconcile and dry runs.
+    directory: DirectoryClient,
+    args: BackfillArgs,
+    /// Ids of every user listed so far.
+    seen: HashSet<String>,
+    summary: Summary,
+}
+
+/// A listed user, mapped for the sync-service.
+struct Mapped {
+    user_id: String,
+    updated_at: i64,
+    event_id: String,
+    event: UserEvent,
+}
+
+impl Backfill {
+    /// Pages through Clerk's users and applies the new ones.
+    async fn list_and_apply(
+        &mut self,
+        progress: &Progress,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), BackfillError> {
+        let limit = self.args.page_size;
+        // Less than half a page, so every full page moves the cursor on.
+        let overlap = OVERLAP.min(u64::from(limit) / 2);
+        // `next`: how many users precede the first one not yet listed.
+        let mut next = self.args.resume_from;
+        let mut first_page = true;
+        loop {
+            let start = if first_page {
+                next
+            } else {
+                next.saturating_sub(overlap)
+            };
+            let resume_from = start;
+            let body = tokio::select! {
+                body = self.api.list_users(start, limit) => body,
+                () = shutdown.as_mut() => return Err(BackfillError::Interrupted { resume_from }),
+            };
+            let body = body.map_err(|source| match source {
+                ClerkApiError::Unauthorized(_) => BackfillError::Unauthorized(source),
+                source => BackfillError::Clerk {
+                    source,
+                    resume_from,
+                },
+            })?;
+            let page: Vec<&RawValue> =
+                serde_json::from_slice(&body).map_err(|e| BackfillError::Clerk {
+                    source: ClerkApiError::InvalidAnswer {
+                        path: "/v1/users",
+                        reason: format!("not a JSON array of users: {e}"),
+                    },
+                    resume_from,
+                })?;
+
+            // Continuity: an overlapping page must begin with a user already
+            // seen, else deletions behind the cursor may hide one.
+            if !first_page && start > 0 && overlap > 0 {
+                let continues = page
+                    .first()
+                    .and_then(|raw| user_id(raw))
+                    .is_some_and(|id| self.seen.contains(&id));
+                if !continues {
+                    tracing::info!(
+                        offset = start,
+                        "users were deleted behind the cursor; stepping back a page"
+                    );
+                    next = next.saturating_sub(u64::from(limit));
+                    continue;
+                }
+            }
+            first_page = false;
+
+            let mut fresh = Vec::new();
+            for raw in &page {
+                let Some(id) = user_id(raw) else {
+                    self.summary.fetched += 1;
+                    self.summary.rejected += 1;
+                    tracing::warn!(offset = start, "Clerk listed a user without an id; skipped");
+                    continue;
+                };
+                if !self.seen.insert(id) {
+                    continue;
+                }
+                self.summary.fetched += 1;
+                match map_user(raw) {
+                    Ok(mapped) => fresh.push(mapped),
+                    Err(error) => {
+                        self.summary.rejected += 1;
+                        tracing::warn!(%error, "a listed user cannot be mapped; skipped");
+                    }
+                }
+            }
+            if self.args.dry_run {
+                self.classify(fresh, resume_from).await?;
+            } else {
+                self.apply(fresh, resume_from).await?;
+            }
+            next = start + page.len() as u64;
+            progress.page(self.summary.fetched, next);
+            if page.len() < limit as usize {
+                self.summary.complete = self.args.resume_from == 0;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies `users` through the sync-service, a few at a time.
+    async fn apply(&mut self, users: Vec<Mapped>, resume_from: u64) -> Result<(), BackfillError> {
+        let upstream = &self.upstream;
+        let max_retries = self.args.max_retries;
+        let mut outcomes = stream::iter(users)
+            .map(|user| async move {
+                let outcome =
+                    forward_retrying(upstream, user.event, &user.event_id, max_retries).await;
+                (user.user_id, outcome)
+            })
+            .buffer_unordered(self.args.concurrency as usize);
+        while let Some((user_id, outcome)) = outcomes.next().await {
+            match outcome {
+                Ok(Outcome::Applied) => self.summary.applied += 1,
+                Ok(Outcome::Duplicate) => self.summary.unchanged += 1,
+                Ok(Outcome::Stale) => self.summary.stale += 1,
+                Ok(Outcome::UserDeleted) => {
+                    self.summary.stale += 1;
+                    self.summary.deleted_locally += 1;
+                }
+                Ok(Outcome::Unspecified) => unreachable!("Upstream refuses unknown outcomes"),
+                Err(Error::Upstream(status)) if status.code() == Code::InvalidArgument => {
+                    self.summary.rejected += 1;
+                    tracing::warn!(
+                        user_id,
+                        reason = status.message(),
+                        "sync-service rejected a user"
+                    );
+                }
+                Err(source) => {
+                    return Err(BackfillError::SyncService {
+                        source,
+                        resume_from,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dry run: compares `users` with the directory instead of applying.
+    async fn classify(
+        &mut self,
+        users: Vec<Mapped>,
+        resume_from: u64,
+    ) -> Result<(), BackfillError> {
+        for chunk in users.chunks(BATCH_GET) {
+            let ids = chunk.iter().map(|u| u.user_id.clone()).collect();
+            let local = self
+                .directory
+                .batch_get_users(BatchGetUsersRequest { ids })
+                .await
+                .map_err(|status| BackfillError::SyncService {
+                    source: Error::Upstream(status),
+                    resume_from,
+                })?
+                .into_inner()
+                .users;
+            for user in chunk {
+                let stored = local
+                    .iter()
+                    .find(|l| l.id == user.user_id)
+                    .and_then(|l| l.updated_at.as_ref())
+                    .map(millis);
+                match stored {
+                    Some(stored) if stored == user.updated_at => self.summary.unchanged += 1,
+                    Some(stored) if stored > user.updated_at => self.summary.stale += 1,
+                    // Missing (or deleted) locally, or older.
+                    _ => self.summary.applied += 1,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tombstones the live local users the listing did not contain and whose
+    /// last change is older than `cutoff` (Unix ms). Only after a complete
+    /// listing.
+    async fn reconcile(&mut self, cutoff: i64) -> Result<(), BackfillError> {
+        if !self.summary.complete {
+            tracing::warn!("the listing is incomplete: reconcile skipped");
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .directory
+                .list_users(ListUsersRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..ListUsersRequest::default()
+                })
+                .await
+                .map_err(|status| BackfillError::Reconcile(Error::Upstream(status)))?
+                .into_inner();
+            missing.extend(
+                page.users
+                    .into_iter()
+                    .filter(|user| !self.seen.contains(&user.id))
+                    .filter(|user| user.updated_at.as_ref().map(millis).unwrap_or(0) < cutoff)
+                    .map(|user| user.id),
+            );
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        tracing::info!(
+            users = missing.len(),
+            "local users Clerk no longer lists (changed before the listing started)"
+        );
+        if self.args.dry_run {
+            self.summary.tombstoned = missing.len() as u64;
+            return Ok(());
+        }
+        let deleted_at = timestamp(cutoff + RECONCILE_MARGIN.as_millis() as i64);
+        for user_id in missing {
+            let event_id = format!("reconcile_{user_id}");
+            let event = UserEvent::Deleted(UserDeleted {
+                meta: Some(EventMeta {
+                    event_id: event_id.clone(),
+                    occurred_at: Some(deleted_at),
+                }),
+                user_id: user_id.clone(),
+            });
+            match forward_retrying(&self.upstream, event, &event_id, self.args.max_retries).await {
+                Ok(Outcome::Applied) => {
+                    self.summary.tombstoned += 1;
+                    tracing::info!(user_id, "tombstoned: Clerk no longer lists this user");
+                }
+                Ok(_) => {}
+                Err(error) => return Err(BackfillError::Reconcile(error)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forwards one event, retrying while the sync-service is unavailable.
+async fn forward_retrying(
+    upstream: &Upstream,
+    event: UserEvent,
+    event_id: &str,
+    max_retries: u32,
+) -> Result<Outcome, Error> {
+    let mut attempt = 0;
+    loop {
+        match upstream.forward(event.clone(), event_id).await {
+            Err(error) if attempt < max_retries && retryable(&error) => {
+                attempt += 1;
+                tracing::warn!(%error, event_id, attempt, "sync-service call failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn retryable(error: &Error) -> bool {
+    match error {
+        Error::UpstreamTimeout => true,
+        Error::Upstream(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// The `id` of a listed user, if it has one.
+fn user_id(raw: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_str::<Id>(raw.get())
+        .ok()?
+        .id
+        .filter(|id| !id.trim().is_empty())
+}
+
+/// Maps a listed user like the `data` of a `user.updated` webhook.
+fn map_user(raw: &RawValue) -> Result<Mapped, Error> {
+    let user: ClerkUser<'_> = serde_json::from_str(raw.get()).map_err(Error::InvalidJson)?;
+    let user_id = user
+        .id
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .ok_or(Error::MissingField("id"))?;
+    let updated_at = user.updated_at.ok_or(Error::MissingField("updated_at"))?;
+    let event_id = format!("backfill_{user_id}_{updated_at}");
+    let delivery = Delivery {
+        id: &event_id,
+        timestamp: updated_at.div_euclid(1000),
+    };
+    let event = ClerkEvent::UserUpdated(Envelope {
+        timestamp_ms: Some(updated_at),
+        data: user,
+    });
+    let event = UserEvent::from_clerk(event, &delivery)?.ok_or(Error::MissingField("id"))?;
+    Ok(Mapped {
+        user_id,
+        updated_at,
+        event_id,
+        event,
+    })
+}
+
+/// The directory client reconcile and dry runs read with.
+type DirectoryClient = UserDirectoryServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// A directory client over the same addresses, TLS, token and deadlines as
+/// [`Upstream`] (which only applies events).
+fn directory_client(settings: &SyncServiceSettings) -> Result<DirectoryClient, BackfillError> {
+    let setup = |error: Error| BackfillError::Setup(error.to_string());
+    let tls = client_tls(settings).map_err(setup)?;
+    let endpoints = settings
+        .urls
+        .iter()
+        .map(|url| {
+            let endpoint = Endpoint::from(url.clone())
+                .connect_timeout(settings.connect_timeout)
+                // Pages of 1,000 users: more than one event's deadline.
+                .timeout(settings.timeout.max(Duration::from_secs(30)));
+            match (&tls, url.scheme_str()) {
+                (Some(tls), Some("https")) => endpoint.tls_config(tls.clone()),
+                _ => Ok(endpoint),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BackfillError::Setup(format!("sync-service TLS settings: {e}")))?;
+    let channel = match endpoints.as_slice() {
+        [] => {
+            return Err(BackfillError::Setup(
+                "SYNC_SERVICE_URL: no address given".to_owned(),
+            ));
+        }
+        [endpoint] => endpoint.connect_lazy(),
+        _ => Channel::balance_list(endpoints.into_iter()),
+    };
+    let authorization = settings
+        .token
+        .as_ref()
+        .map(|token| {
+            let mut value =
+                MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                    BackfillError::Setup("SYNC_SERVICE_TOKEN cannot travel in a header".to_owned())
+                })?;
+            value.set_sensitive(true);
+            Ok::<_, BackfillError>(value)
+        })
+        .transpose()?;
+    Ok(UserDirectoryServiceClient::with_interceptor(
+        channel,
+        BearerAuth(authorization),
+    ))
+}
+
+/// Adds the sync-service token to every directory call.
+#[derive(Clone)]
+struct BearerAuth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A progress bar on a terminal; log lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total {
+                Some(total) => ProgressBar::new(total),
+                None => ProgressBar::no_length(),
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} users \
+                     ({per_sec}, ETA {eta})",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    fn page(&self, fetched: u64, offset: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(fetched),
+            None => {
+                let per_second = fetched as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(
+                    fetched,
+                    offset,
+                    users_per_second = per_second.round() as u64,
+                    "backfill progress"
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn millis(ts: &Timestamp) -> i64 {
+    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}

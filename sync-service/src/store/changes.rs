@@ -1,0 +1,367 @@
+//! The change feed's log: every committed change (an upsert or a tombstone)
+//! gets a position, and positions grow in commit order, on SQLite and on
+//! PostgreSQL with any number of replicas.
+//!
+//! How commit order is kept: a sequence would hand positions out in one order
+//! while transactions commit in another, so a reader that has seen position 7
+//! could later find a 6 committed behind it. Instead every write transaction,
+//! as its last statement before COMMIT, bumps the one-row counter
+//! `feed_head` (`UPDATE … SET position = position + n RETURNING position`) and
+//! labels its changes with the n positions it got. The counter's row lock is
+//! held until COMMIT, so a second writer's bump waits for the first writer to
+//! commit (PostgreSQL releases row locks only once the commit is visible), and
+//! reads the committed value: whoever gets larger positions commits later.
+//! SQLite has a single writer, so the same statement is trivially ordered.
+//! The cost is one statement per batch (group commit already batches events)
+//! and commits of concurrent batches are serialised for the short span from
+//! the bump to COMMIT; the counter is taken last, after every user row lock,
+//! so the lock order stays deadlock-free.
+//!
+//! Compaction is by construction: `user_changes` is keyed by user id and a new
+//! change moves the user's row to its new position, so the log holds one entry
+//! per user (the latest) and readers join `users` for the current state. A
+//! reader resuming after P gets every user whose latest change is after P, in
+//! its current state: exactly what it needs to catch up. Deletion entries are
+//! the exception that is pruned: after a retention period
+//! ([`Store::prune_deletions`]), and `feed_head.pruned_through` remembers how
+//! far, so a reader resuming from before it (it could miss a deletion) is told
+//! to restart from a snapshot instead.
+//!
+//! Reads of the counter and of the log happen in one snapshot (a REPEATABLE
+//! READ transaction on PostgreSQL, a read transaction in WAL mode on SQLite),
+//! so the position a page ends at never runs ahead of what the page saw.
+
+use std::collections::HashSet;
+
+use sea_orm::{
+    AccessMode,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
+    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait, OnConflict, Query},
+};
+use tokio::sync::watch;
+
+use super::{
+    Store,
+    entity::{feed_head, user_changes, users},
+    profile_from_row,
+};
+use crate::{
+    domain::{Millis, Profile, UserId},
+    error::Error,
+};
+
+/// The id of `feed_head`'s one row.
+const HEAD_ROW: i32 = 1;
+
+/// Rows per change-log insert: 4 parameters each, far under every backend's
+/// bind-parameter limit.
+const INSERT_CHUNK: usize = 1000;
+
+/// Records the changes of one write transaction: the users in `upserted` and
+/// `tombstoned` (disjoint sets of user ids written by it) each get the next
+/// position, in user id order. Called last in the transaction (see the module
+/// documentation for why the order matters).
+pub(super) async fn record(
+    txn: &DatabaseTransaction,
+    upserted: &HashSet<String>,
+    tombstoned: &HashSet<String>,
+    now: Millis,
+) -> Result<(), DbErr> {
+    let count = upserted.len() + tombstoned.len();
+    if count == 0 {
+        return Ok(());
+    }
+    let mut bump = Query::update();
+    bump.table(feed_head::Entity)
+        .value(
+            feed_head::Column::Position,
+            Expr::col(feed_head::Column::Position).add(count as i64),
+        )
+        .and_where(Expr::col(feed_head::Column::Id).eq(HEAD_ROW))
+        .returning_col(feed_head::Column::Position);
+    let head: i64 = txn
+        .query_one(&bump)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("feed_head row".into()))?
+        .try_get("", "position")?;
+
+    let mut written: Vec<(&str, bool)> = upserted
+        .iter()
+        .map(|id| (id.as_str(), false))
+        .chain(tombstoned.iter().map(|id| (id.as_str(), true)))
+        .collect();
+    written.sort_unstable();
+    let first = head - count as i64 + 1;
+    let rows: Vec<user_changes::ActiveModel> = written
+        .into_iter()
+        .enumerate()
+        .map(|(i, (user_id, deleted))| user_changes::ActiveModel {
+            user_id: Set(user_id.to_owned()),
+            position: Set(first + i as i64),
+            deleted: Set(deleted),
+            changed_at: Set(now),
+        })
+        .collect();
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        user_changes::Entity::insert_many(chunk.iter().cloned())
+            .on_conflict(
+                OnConflict::column(user_changes::Column::UserId)
+                    .update_columns([
+                        user_changes::Column::Position,
+                        user_changes::Column::Deleted,
+                        user_changes::Column::ChangedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A position in the change log. 0 is before the first change.
+pub type Position = i64;
+
+/// One entry of the change log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedEntry {
+    /// Where the change sits in the log.
+    pub position: Position,
+    /// The user's state after it.
+    pub change: FeedChange,
+}
+
+/// What a change log entry says about its user.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeedChange {
+    /// The user is live, in this state.
+    Upsert(Box<Profile>),
+    /// The user is deleted.
+    Deleted {
+        /// The deleted user.
+        id: UserId,
+        /// When Clerk deleted the user.
+        deleted_at: Millis,
+    },
+}
+
+/// One page of the change log.
+#[derive(Clone, Debug)]
+pub struct ChangePage {
+    /// Entries in position order.
+    pub entries: Vec<FeedEntry>,
+    /// Where the next read starts: the last entry's position while more
+    /// follow, otherwise the log's head as of this read.
+    pub next_after: Position,
+    /// Whether entries after `next_after` were already committed.
+    pub has_more: bool,
+}
+
+/// This process's side of the feed: what wakes its watchers, and the bound
+/// on their reads.
+#[derive(Debug)]
+pub(super) struct Signal {
+    /// Local commits ring it at once; the poller
+    /// ([`Store::follow_other_writers`]) rings it when another replica moved
+    /// the log's head. The value is only a counter: watchers read the log to
+    /// learn what changed.
+    wake: watch::Sender<u64>,
+    /// Log reads running at once. Every watcher reads after every commit;
+    /// this keeps them to a share of the pool, so writers always find a
+    /// connection however many clients watch.
+    reads: tokio::sync::Semaphore,
+}
+
+impl Signal {
+    /// `pool_size`: the store's connection pool; a quarter of it may read
+    /// the log at once.
+    pub(super) fn new(pool_size: u32) -> Self {
+        Self {
+            wake: watch::Sender::new(0),
+            reads: tokio::sync::Semaphore::new((pool_size as usize / 4).max(1)),
+        }
+    }
+
+    pub(super) fn ring(&self) {
+        self.wake
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+}
+
+impl Store {
+    /// A receiver that changes whenever the change log may have grown.
+    /// Subscribe before reading the log, so no commit slips between the read
+    /// and the wait.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.signal.wake.subscribe()
+    }
+
+    /// The last position handed out.
+    pub async fn feed_head(&self) -> Result<Position, Error> {
+        Ok(head_row(&self.db).await?.position)
+    }
+
+    /// Up to `limit` change log entries after position `after`, in order.
+    /// Deletion entries at or below `hide_deletions_through` are skipped (a
+    /// snapshot: the reader never had those users).
+    ///
+    /// FAILED_PRECONDITION when `after` is ahead of the log (another
+    /// database's position) or older than a pruned deletion the reader might
+    /// need.
+    pub async fn changes_after(
+        &self,
+        after: Position,
+        limit: u32,
+        hide_deletions_through: Position,
+    ) -> Result<ChangePage, Error> {
+        let _permit = self
+            .signal
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let txn = self.begin_snapshot().await?;
+        let head = head_row(&txn).await?;
+        if after > head.position {
+            return Err(Error::FailedPrecondition(format!(
+                "position {after} is ahead of this directory's change log (at {}): it was \
+                 issued by another database; restart from a snapshot",
+                head.position
+            )));
+        }
+        if after > 0 && after < head.pruned_through && head.pruned_through > hide_deletions_through
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "position {after} is older than the change log keeps: deletions up to position \
+                 {} were compacted away; restart from a snapshot",
+                head.pruned_through
+            )));
+        }
+        let mut rows = user_changes::Entity::find()
+            .filter(user_changes::Column::Position.gt(after))
+            .order_by_asc(user_changes::Column::Position)
+            .limit(u64::from(limit) + 1)
+            .find_also_related(users::Entity)
+            .all(&txn)
+            .await?;
+        txn.commit().await?;
+
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_after = match rows.last() {
+            Some((last, _)) if has_more => last.position,
+            _ => head.position,
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        for (change, user) in rows {
+            if change.deleted && change.position <= hide_deletions_through {
+                continue;
+            }
+            let user = user.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "change log entry of {} has no user",
+                    change.user_id
+                ))
+            })?;
+            entries.push(FeedEntry {
+                position: change.position,
+                change: entry_change(user)?,
+            });
+        }
+        Ok(ChangePage {
+            entries,
+            next_after,
+            has_more,
+        })
+    }
+
+    /// Drops the deletion entries committed before `before` (local Unix
+    /// milliseconds) and raises the pruning horizon past them. Returns how
+    /// many were dropped. The tombstones themselves stay in `users`.
+    pub async fn prune_deletions(&self, before: Millis) -> Result<u64, Error> {
+        let txn = self.db.begin().await?;
+        let horizon: Option<i64> = user_changes::Entity::find()
+            .select_only()
+            .column_as(user_changes::Column::Position.max(), "horizon")
+            .filter(user_changes::Column::Deleted.eq(true))
+            .filter(user_changes::Column::ChangedAt.lt(before))
+            .into_tuple::<Option<i64>>()
+            .one(&txn)
+            .await?
+            .flatten();
+        let Some(horizon) = horizon else {
+            return Ok(0);
+        };
+        let dropped = user_changes::Entity::delete_many()
+            .filter(user_changes::Column::Deleted.eq(true))
+            .filter(user_changes::Column::Position.lte(horizon))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        feed_head::Entity::update_many()
+            .col_expr(feed_head::Column::PrunedThrough, Expr::value(horizon))
+            .filter(feed_head::Column::Id.eq(HEAD_ROW))
+            .filter(feed_head::Column::PrunedThrough.lt(horizon))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(dropped)
+    }
+
+    /// Rings the watchers of this process whenever the log's head moves,
+    /// checking every `interval`: how changes committed through other
+    /// replicas reach them. Runs until the task is aborted.
+    pub async fn follow_other_writers(&self, interval: std::time::Duration) {
+        let mut last = None;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.feed_head().await {
+                Ok(head) if last != Some(head) => {
+                    last = Some(head);
+                    self.signal.ring();
+                }
+                Ok(_) => {}
+                // The health check reports the database; watchers retry.
+                Err(error) => tracing::debug!(%error, "change feed poll failed"),
+            }
+        }
+    }
+
+    /// A read-only transaction whose reads share one snapshot.
+    async fn begin_snapshot(&self) -> Result<DatabaseTransaction, DbErr> {
+        match self.db.get_database_backend() {
+            // A deferred SQLite transaction reads one WAL snapshot from its
+            // first read on; it takes no isolation level.
+            DatabaseBackend::Sqlite => self.db.begin().await,
+            _ => {
+                self.db
+                    .begin_with_config(
+                        Some(IsolationLevel::RepeatableRead),
+                        Some(AccessMode::ReadOnly),
+                    )
+                    .await
+            }
+        }
+    }
+}
+
+async fn head_row(db: &impl ConnectionTrait) -> Result<feed_head::Model, DbErr> {
+    feed_head::Entity::find_by_id(HEAD_ROW)
+        .one(db)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("feed_head row (run the migrations)".into()))
+}
+
+fn entry_change(user: users::Model) -> Result<FeedChange, Error> {
+    match user.deleted_at {
+        Some(deleted_at) => Ok(FeedChange::Deleted {
+            id: UserId::parse(user.id, "id").map_err(|_| Error::Corrupt("empty user id".into()))?,
+            deleted_at,
+        }),
+        None => Ok(FeedChange::Upsert(Box::new(profile_from_row(user)?))),
+    }
+}
