@@ -177,6 +177,8 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
     METRICS.forward_duration.observe(elapsed.as_secs_f64());
     let code = match error {
         None => return,
+        // tonic reports its own client-side deadline as CANCELLED.
+        Some(Error::Upstream(status)) if is_client_deadline(status) => Code::DeadlineExceeded,
         Some(Error::Upstream(status)) => status.code(),
         Some(Error::UpstreamTimeout) => Code::DeadlineExceeded,
         // An OK answer with an outcome this build does not know.
@@ -188,6 +190,19 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
             code: grpc_code_name(code),
         })
         .inc();
+}
+
+/// Whether `status` is the channel's own deadline (`tonic::TimeoutExpired`
+/// in its source chain) rather than an answer from the sync-service.
+fn is_client_deadline(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Counts one request refused by load shedding (503 before any work).
@@ -268,6 +283,16 @@ mod tests {
             Some(1.0)
         );
         assert!(text.contains(r#"clerk_sync_gateway_build_info{version=""#));
+    }
+
+    #[test]
+    fn the_channels_own_deadline_is_not_mistaken_for_a_cancel() {
+        let deadline = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(deadline.code(), Code::Cancelled);
+        assert!(is_client_deadline(&deadline));
+        assert!(!is_client_deadline(&tonic::Status::cancelled(
+            "client went away"
+        )));
     }
 
     #[test]

@@ -83,7 +83,10 @@ async fn both_services_count_deliveries_exactly(backend: Backend) {
         "{}",
         gateway.text
     );
-    assert_eq!(gateway.present("clerk_sync_gateway_in_flight_requests"), 0.0);
+    assert_eq!(
+        gateway.present("clerk_sync_gateway_in_flight_requests"),
+        0.0
+    );
 
     let sync = scrape(stack.sync_metrics).await;
     let apply_created = r#"service="clerk.sync.v1.UserSyncService",method="ApplyUserCreated""#;
