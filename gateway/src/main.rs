@@ -1,19 +1,29 @@
-//! `clerk-sync-gateway`: parses settings, sets up logs, binds the listeners and
-//! hands everything to [`clerk_sync_gateway::run`] (with the metrics endpoint
-//! alongside).
+//! `clerk-sync-gateway`: parses settings, sets up logs, then either binds the
+//! listeners and hands everything to [`clerk_sync_gateway::run`] (with the
+//! metrics endpoint alongside), or runs an operator's `quarantine` command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
-use clerk_sync_gateway::{Config, metrics, run};
+use clerk_sync_gateway::{Config, config::Command, metrics, quarantine, run};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Bad settings stop here, with clap's one-line message naming the setting.
-    let config = Config::parse();
+    let mut config = Config::parse();
     init_tracing(config.log_format);
+
+    if let Some(Command::Quarantine { action }) = config.command.take() {
+        return match quarantine::cli::run(&config, action, &mut std::io::stdout()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {}", clerk_sync_gateway::error::chain(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
 
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,

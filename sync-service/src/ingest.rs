@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::{
     domain::{Event, Outcome},
@@ -29,12 +29,17 @@ pub struct IngestOptions {
     pub writers: usize,
     /// Most events committed in one transaction.
     pub max_batch: usize,
+    /// Most events waiting for their outcome at once; more are shed.
+    pub max_pending: usize,
 }
 
 /// Hands events to the writer tasks. Cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct Ingestor {
     queue: mpsc::Sender<Job>,
+    /// One permit per event waiting for its outcome: bounds the memory and
+    /// the wait of a burst, and sheds past it instead of queueing for ever.
+    pending: Arc<Semaphore>,
 }
 
 impl Ingestor {
@@ -50,11 +55,17 @@ impl Ingestor {
                 options.max_batch,
             ));
         }
-        Self { queue }
+        Self {
+            queue,
+            pending: Arc::new(Semaphore::new(options.max_pending.max(1))),
+        }
     }
 
-    /// Applies one event and waits until its outcome is committed.
+    /// Applies one event and waits until its outcome is committed; refuses
+    /// at once with [`Error::Overloaded`] when `max_pending` events already
+    /// wait.
     pub async fn apply(&self, event: Event) -> Result<Outcome, Error> {
+        let _permit = self.pending.try_acquire().map_err(|_| Error::Overloaded)?;
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Job { event, reply })

@@ -10,6 +10,12 @@ pub(crate) use scrape::Scrape;
 
 pub(crate) use webhooks::{fixture, now, signed_headers};
 
+#[path = "../../../tests/support/tcp_proxy.rs"]
+#[allow(dead_code)] // `route` is for database URLs
+mod tcp_proxy;
+
+pub(crate) use tcp_proxy::TcpProxy;
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;

@@ -21,7 +21,10 @@ mod test_db;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use clerk_sync_api::v1::{self, user_directory_service_client::UserDirectoryServiceClient};
+use clerk_sync_api::v1::{
+    self, quarantine_service_client::QuarantineServiceClient,
+    user_directory_service_client::UserDirectoryServiceClient,
+};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
@@ -71,6 +74,7 @@ pub(crate) struct Stack {
     pub(crate) gateway_metrics: SocketAddr,
     /// Where the sync-service's metrics are served.
     pub(crate) sync_metrics: SocketAddr,
+    pub(crate) quarantine: QuarantineServiceClient<Channel>,
 }
 
 /// What the gateway answered.
@@ -150,7 +154,8 @@ impl Stack {
             gateway_address,
             gateway: Some(Running { stop, task }),
             http: Client::builder(TokioExecutor::new()).build_http(),
-            directory: UserDirectoryServiceClient::new(channel),
+            directory: UserDirectoryServiceClient::new(channel.clone()),
+            quarantine: QuarantineServiceClient::new(channel),
             gateway_metrics,
             sync_metrics,
         };
@@ -172,6 +177,29 @@ impl Stack {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("the stack never became ready");
+    }
+
+    /// Settings of a gateway talking to this stack's sync-service (for the
+    /// operator's `quarantine` commands).
+    pub(crate) fn gateway_config(&self) -> clerk_sync_gateway::Config {
+        clerk_sync_gateway::Config::new(
+            SECRET.parse().unwrap(),
+            vec![format!("http://{}", self.sync_address).parse().unwrap()],
+        )
+    }
+
+    /// Every quarantined delivery, oldest first.
+    pub(crate) async fn quarantined(&self) -> Vec<v1::QuarantinedEvent> {
+        self.quarantine
+            .clone()
+            .list_quarantined(v1::ListQuarantinedRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
     }
 
     /// Stops the sync-service (the gateway keeps running).

@@ -98,26 +98,23 @@ async fn the_gateway_forwards_over_mutual_tls_with_its_token() {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stack_banner_masks_the_database_password() {
-    use std::io::{BufRead, BufReader, Read};
+/// The `clerk-sync` binary on free ports with `env`, its banner, and its
+/// working directory (where the SQLite default lives).
+fn spawn_stack_binary(env: &[(&str, &str)]) -> (std::process::Child, String, tempfile::TempDir) {
+    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let db = TestDb::new(Backend::Postgres).await;
-    // Trust authentication accepts any password, so this one is harmless
-    // and easy to look for.
-    let url = db.url.replacen("postgres@", "postgres:hunter2-db-pw@", 1);
-    assert_ne!(url, db.url, "{}", db.url);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
         .current_dir(dir.path())
-        .env("DATABASE_URL", &url)
         .env("GATEWAY_LISTEN_ADDR", "127.0.0.1:0")
         .env("SYNC_SERVICE_LISTEN_ADDR", "127.0.0.1:0")
         .env("GATEWAY_METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("SYNC_SERVICE_METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "debug")
         .env_remove("CLERK_WEBHOOK_SECRET")
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -127,7 +124,13 @@ async fn the_stack_banner_masks_the_database_password() {
     while !banner.contains("Ctrl-C stops both.") {
         assert_ne!(stdout.read_line(&mut banner).unwrap(), 0, "{banner}");
     }
-    Command::new("kill")
+    (child, banner, dir)
+}
+
+/// Stops the binary with SIGTERM, checks it exits cleanly, returns its logs.
+fn stop_stack_binary(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
@@ -139,6 +142,81 @@ async fn the_stack_banner_masks_the_database_password() {
         .unwrap()
         .read_to_string(&mut logs)
         .unwrap();
+    logs
+}
+
+/// The address after `marker` in the banner.
+fn banner_address(banner: &str, marker: &str) -> String {
+    let rest = banner
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{banner}"));
+    rest.split(|c: char| c.is_whitespace() || c == '/')
+        .find(|part| !part.is_empty())
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_wires_a_token_between_its_halves_when_reads_need_one() {
+    use crate::helpers::{SECRET, now, signed_headers};
+    use clerk_sync_api::v1::{
+        GetUserRequest, user_directory_service_client::UserDirectoryServiceClient,
+    };
+
+    const READ_TOKEN: &str = "stack-read-token-0123456789";
+    let (child, banner, _dir) = spawn_stack_binary(&[
+        ("CLERK_WEBHOOK_SECRET", SECRET),
+        ("SYNC_SERVICE_READ_TOKENS", READ_TOKEN),
+    ]);
+    let gateway = banner_address(&banner, "POST http://");
+    let sync = banner_address(&banner, "grpcurl -plaintext ");
+
+    // The gateway half is let in with a token nobody configured.
+    let body = fixture("user.created.json");
+    let mut request = http::Request::post(format!("http://{gateway}/clerk"));
+    for (name, value) in signed_headers(SECRET, "msg_stack", now(), &body) {
+        request = request.header(name, value);
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let response = client
+        .request(request.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Readers need the configured token.
+    let mut directory = UserDirectoryServiceClient::connect(format!("http://{sync}"))
+        .await
+        .unwrap();
+    let anonymous = directory
+        .get_user(GetUserRequest { id: EXAMPLE.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(GetUserRequest { id: EXAMPLE.into() });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {READ_TOKEN}").parse().unwrap(),
+    );
+    let user = directory.get_user(request).await.unwrap().into_inner();
+    assert_eq!(user.user.unwrap().id, EXAMPLE);
+
+    let logs = stop_stack_binary(child);
+    assert!(!logs.contains(READ_TOKEN), "{logs}");
+    assert!(!banner.contains(READ_TOKEN), "{banner}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_banner_masks_the_database_password() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // Trust authentication accepts any password, so this one is harmless
+    // and easy to look for.
+    let url = db.url.replacen("postgres@", "postgres:hunter2-db-pw@", 1);
+    assert_ne!(url, db.url, "{}", db.url);
+    let (child, banner, _dir) = spawn_stack_binary(&[("DATABASE_URL", &url)]);
+    let logs = stop_stack_binary(child);
     assert!(
         banner.contains("postgres://postgres:***@127.0.0.1"),
         "{banner}"

@@ -29,8 +29,34 @@ type Case = (
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // (arguments, environment, the setting the error must name)
-    let cases: [Case; 13] = [
+    let cases: [Case; 19] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
+        (
+            &["--grpc-max-message-bytes", "10"],
+            &[],
+            "--grpc-max-message-bytes",
+        ),
+        (
+            &[],
+            &[("SYNC_MAX_PENDING_APPLIES", "0")],
+            "--max-pending-applies",
+        ),
+        (
+            &["--ledger-retention-days", "1"],
+            &[],
+            "--ledger-retention-days",
+        ),
+        (
+            &[],
+            &[("DATABASE_STATEMENT_TIMEOUT_MS", "soon")],
+            "--database-statement-timeout-ms",
+        ),
+        (
+            &["--database-lock-timeout-ms", "0"],
+            &[],
+            "--database-lock-timeout-ms",
+        ),
+        (&["--max-batch", "10001"], &[], "--max-batch"),
         (&["--max-batch", "0"], &[], "--max-batch"),
         (&[], &[("SYNC_WRITERS", "lots")], "--writers"),
         (&[], &[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
