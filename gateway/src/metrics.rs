@@ -104,7 +104,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let shed = Counter::default();
     registry.register(
         "shed_requests",
-        "Requests refused with 503 without being handled, because too many were in flight",
+        "Connections and webhooks refused with 503 before any work, because too many were in flight",
         shed.clone(),
     );
     registry.register(
