@@ -65,6 +65,7 @@ struct Metrics {
     upstream_errors: Family<CodeLabels, Counter>,
     in_flight: Gauge,
     shed: Counter,
+    quarantined: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -107,6 +108,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Connections and webhooks refused with 503 before any work, because too many were in flight",
         shed.clone(),
     );
+    let quarantined = Counter::default();
+    registry.register(
+        "quarantined",
+        "Verified deliveries no retry can fix, stored in the sync-service's quarantine and acknowledged",
+        quarantined.clone(),
+    );
     registry.register(
         "build",
         "The running gateway's version",
@@ -122,6 +129,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         upstream_errors,
         in_flight,
         shed,
+        quarantined,
     }
 });
 
@@ -203,6 +211,11 @@ fn is_client_deadline(status: &tonic::Status) -> bool {
         source = error.source();
     }
     false
+}
+
+/// Counts one delivery stored in the quarantine (redeliveries included).
+pub fn record_quarantined() {
+    METRICS.quarantined.inc();
 }
 
 /// Counts one request refused by load shedding (503 before any work).
