@@ -105,7 +105,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let shed = Counter::default();
     registry.register(
         "shed_requests",
-        "Requests refused with 503 without being handled, because too many were in flight",
+        "Connections and webhooks refused with 503 before any work, because too many were in flight",
         shed.clone(),
     );
     let quarantined = Counter::default();
@@ -185,15 +185,8 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
     METRICS.forward_duration.observe(elapsed.as_secs_f64());
     let code = match error {
         None => return,
-        // tonic's own per-call timeout (the same deadline, set on the
-        // channel) answers CANCELLED "Timeout expired": whichever timer
-        // fires first, it is the gateway's deadline.
-        Some(Error::Upstream(status))
-            if status.code() == Code::Cancelled
-                && status.message() == tonic::TimeoutExpired(()).to_string() =>
-        {
-            Code::DeadlineExceeded
-        }
+        // tonic reports its own client-side deadline as CANCELLED.
+        Some(Error::Upstream(status)) if is_client_deadline(status) => Code::DeadlineExceeded,
         Some(Error::Upstream(status)) => status.code(),
         Some(Error::UpstreamTimeout) => Code::DeadlineExceeded,
         // An OK answer with an outcome this build does not know.
@@ -205,6 +198,19 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
             code: grpc_code_name(code),
         })
         .inc();
+}
+
+/// Whether `status` is the channel's own deadline (`tonic::TimeoutExpired`
+/// in its source chain) rather than an answer from the sync-service.
+fn is_client_deadline(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Counts one delivery stored in the quarantine (redeliveries included).
@@ -290,6 +296,16 @@ mod tests {
             Some(1.0)
         );
         assert!(text.contains(r#"clerk_sync_gateway_build_info{version=""#));
+    }
+
+    #[test]
+    fn the_channels_own_deadline_is_not_mistaken_for_a_cancel() {
+        let deadline = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(deadline.code(), Code::Cancelled);
+        assert!(is_client_deadline(&deadline));
+        assert!(!is_client_deadline(&tonic::Status::cancelled(
+            "client went away"
+        )));
     }
 
     #[test]

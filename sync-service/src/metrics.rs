@@ -151,7 +151,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let quarantined = Family::default();
     registry.register(
         "quarantined_events",
-        "Verified events held in quarantine (absent until the quarantine reports)",
+        "Verified events held in quarantine, sampled every health-check interval",
         quarantined.clone(),
     );
     let change_feed_head = Family::default();
@@ -223,8 +223,8 @@ pub fn set_db_pool(in_use: u32, idle: u32) {
     set("idle", idle);
 }
 
-/// Sets how many events sit in quarantine. For the quarantine store to call
-/// whenever it knows the number (at start-up and after each change).
+/// Sets how many events sit in quarantine (the database watcher in
+/// `server.rs` counts them every health-check interval).
 pub fn set_quarantined(count: u64) {
     METRICS
         .quarantined

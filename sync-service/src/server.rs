@@ -192,7 +192,8 @@ async fn prune_deletions(store: Store, retention: Duration) {
 
 /// Keeps the health status in step with the database: SERVING only while it
 /// answers. The empty service name stands for the whole server. Samples the
-/// pool's connections for the metrics on the same tick.
+/// pool's connections and the quarantine's size for the metrics on the same
+/// tick (every replica reads the shared table, so all report one number).
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
     const SERVICES: [&str; 4] = [
         "",
@@ -218,6 +219,18 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
                     ServingStatus::NotServing
                 }
             };
+        if status == ServingStatus::Serving {
+            match tokio::time::timeout(
+                interval.max(Duration::from_secs(1)),
+                store.count_quarantined(),
+            )
+            .await
+            {
+                Ok(Ok(count)) => metrics::set_quarantined(count),
+                Ok(Err(error)) => tracing::warn!(%error, "cannot count quarantined events"),
+                Err(_) => tracing::warn!("counting quarantined events timed out"),
+            }
+        }
         if last != Some(status) {
             tracing::info!(?status, "health status");
             for service in SERVICES {

@@ -127,31 +127,36 @@ async fn every_answered_webhook_is_counted_by_type_status_and_failure_reason() {
     assert!(!after.text.contains("user_29w"), "{}", after.text);
 }
 
+/// Delivers a signed `user.created` on a connection of its own, in the
+/// background; the task ends with the answered status.
+fn post_in_background(app: &TestApp, msg_id: &str) -> tokio::task::JoinHandle<StatusCode> {
+    let body = fixture(USER_CREATED);
+    let headers = signed_headers(SECRET, msg_id, now(), &body);
+    let addr = app.addr;
+    tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let mut request = http::Request::post(format!("http://{addr}/clerk"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        client.request(request).await.unwrap().status()
+    })
+}
+
 #[tokio::test]
 async fn in_flight_requests_rise_while_held_and_fall_when_answered() {
     let app = TestApp::spawn().await;
     let (mut arrived, release) = app.upstream.hold_calls();
     let before = app.scrape().await;
 
-    let mut requests = Vec::new();
-    for index in 0..3 {
-        let body = fixture(USER_CREATED);
-        let headers = signed_headers(SECRET, &format!("msg_held_{index}"), now(), &body);
-        let addr = app.addr;
-        requests.push(tokio::spawn(async move {
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http();
-            let mut request = http::Request::post(format!("http://{addr}/clerk"));
-            for (name, value) in headers {
-                request = request.header(name, value);
-            }
-            let request = request
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            client.request(request).await.unwrap().status()
-        }));
-    }
+    let requests: Vec<_> = (0..3)
+        .map(|index| post_in_background(&app, &format!("msg_held_{index}")))
+        .collect();
     for _ in 0..3 {
         arrived.recv().await.expect("a held call arrived");
     }
@@ -168,6 +173,38 @@ async fn in_flight_requests_rise_while_held_and_fall_when_answered() {
     assert_eq!(after.delta(&before, IN_FLIGHT), 0.0, "{}", after.text);
     assert_eq!(after.delta(&before, FORWARDED), 3.0);
     assert_eq!(after.delta(&before, &webhooks("user.created", 200)), 3.0);
+}
+
+#[tokio::test]
+async fn webhooks_shed_past_the_in_flight_cap_are_counted() {
+    let app = TestApp::spawn_with(FakeSync::start().await, |config| {
+        config.limits.max_in_flight = 1;
+    })
+    .await;
+    let (mut arrived, release) = app.upstream.hold_calls();
+    let before = app.scrape().await;
+    let held = post_in_background(&app, "msg_held");
+    arrived
+        .recv()
+        .await
+        .expect("the first webhook is in flight");
+
+    for id in ["msg_shed_1", "msg_shed_2"] {
+        let response = app.deliver(id, fixture(USER_CREATED)).await;
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let during = app.scrape().await;
+    let shed = "clerk_sync_gateway_shed_requests_total";
+    assert_eq!(during.delta(&before, shed), 2.0, "{}", during.text);
+    // Shed before the body is read: the type is never known.
+    assert_eq!(during.delta(&before, &webhooks("unknown", 503)), 2.0);
+    assert_eq!(during.delta(&before, IN_FLIGHT), 1.0);
+
+    release.send(true).unwrap();
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    let after = app.scrape().await;
+    assert_eq!(after.delta(&before, shed), 2.0);
+    assert_eq!(after.delta(&before, &webhooks("user.created", 200)), 1.0);
 }
 
 #[tokio::test]

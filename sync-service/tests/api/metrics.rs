@@ -3,13 +3,21 @@
 //! folded into `unknown`), the database pool and the build, on both backends.
 //! Every scrape also passes `promtool check metrics` when `PROMTOOL` is set.
 
-use clerk_sync_api::v1::{self, Outcome};
+use std::time::Duration;
+
+use clerk_sync_api::v1::{
+    self, DropQuarantinedRequest, Outcome, QuarantineRequest,
+    quarantine_service_client::QuarantineServiceClient,
+};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::helpers::{Backend, TestApp, TestDb, meta, user};
+use crate::helpers::{Backend, Scrape, TestApp, TestDb, meta, ts, user};
 
-crate::on_both_backends!(events_calls_and_batches_are_counted_exactly);
+crate::on_both_backends!(
+    events_calls_and_batches_are_counted_exactly,
+    the_quarantine_size_follows_the_table,
+);
 
 const EVENTS: &str = "clerk_sync_service_events_total";
 const CALLS: &str = "clerk_sync_service_grpc_requests_total";
@@ -144,5 +152,56 @@ async fn events_calls_and_batches_are_counted_exactly(backend: Backend) {
             env!("CARGO_PKG_VERSION")
         )),
         1.0
+    );
+}
+
+const QUARANTINED: &str = "clerk_sync_service_quarantined_events";
+
+/// Scrapes until the sampled quarantine size reads `expected` (the watcher
+/// samples every 50 ms in tests), and returns that scrape.
+async fn scrape_until_quarantined(app: &TestApp, expected: f64) -> Scrape {
+    let mut scrape = app.scrape().await;
+    for _ in 0..100 {
+        if scrape.value(QUARANTINED) == expected && scrape.text.contains(QUARANTINED) {
+            return scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scrape = app.scrape().await;
+    }
+    panic!("{QUARANTINED} never read {expected}:\n{}", scrape.text);
+}
+
+async fn the_quarantine_size_follows_the_table(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db.url).await;
+    let before = scrape_until_quarantined(&app, 0.0).await;
+
+    let mut quarantine = QuarantineServiceClient::new(app.channel.clone());
+    let request = |event_id: &str| QuarantineRequest {
+        event_id: event_id.into(),
+        event_type: "user.updated".into(),
+        reason: "invalid JSON payload".into(),
+        body: b"{not json".to_vec(),
+        delivered_at: Some(ts(1_700_000_000_000)),
+    };
+    for event_id in ["msg_q1", "msg_q2", "msg_q1"] {
+        quarantine.quarantine(request(event_id)).await.unwrap();
+    }
+    // Two events (one delivered twice).
+    scrape_until_quarantined(&app, 2.0).await;
+
+    quarantine
+        .drop_quarantined(DropQuarantinedRequest {
+            event_id: "msg_q2".into(),
+        })
+        .await
+        .unwrap();
+    let after = scrape_until_quarantined(&app, 1.0).await;
+    let quarantine_calls = r#"clerk_sync_service_grpc_requests_total{service="clerk.sync.v1.QuarantineService",method="Quarantine",code="OK"}"#;
+    assert_eq!(
+        after.delta(&before, quarantine_calls),
+        3.0,
+        "{}",
+        after.text
     );
 }
