@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/clerk/sync/v1/user.proto",
     "proto/clerk/sync/v1/sync.proto",
     "proto/clerk/sync/v1/directory.proto",
+    "proto/clerk/sync/v1/quarantine.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,14 +5,20 @@
 //! - [`v1`]: generated code (`User`, `UserSyncService`, `UserDirectoryService`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`json`]: JSON ⇄ protobuf `Struct`, for Clerk metadata.
-//! - [`runtime`]: process plumbing both binaries share (shutdown signal, logs).
+//! - [`runtime`]: process plumbing every binary shares (shutdown signal, log
+//!   format, the Prometheus metrics endpoint).
 //! - [`tls`]: reading the PEM files TLS settings name.
 //! - [`redact`]: URLs with their passwords masked, for logs and banners.
+//! - [`EVENT_ID_METADATA`]: the gRPC metadata key carrying a delivery's event id.
 
 pub mod json;
 pub mod redact;
 pub mod runtime;
 pub mod tls;
+
+/// gRPC request metadata key with which the gateway sends each event's id (the
+/// svix-id) to the sync-service, so both services' logs name the delivery.
+pub const EVENT_ID_METADATA: &str = "x-event-id";
 
 /// Generated code for the `clerk.sync.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

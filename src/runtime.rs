@@ -1,6 +1,16 @@
-//! Process plumbing shared by every clerk-sync binary: one shutdown signal and
-//! one way to set up logs, so both services stop and log alike.
+//! Process plumbing shared by every clerk-sync binary: one shutdown signal,
+//! one way to set up logs (text or JSON, [`LogFormat`]) and one way to serve
+//! Prometheus metrics on their own listener ([`serve_metrics`]), so every
+//! service stops, logs and exposes metrics alike.
 
+use std::{convert::Infallible, fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Completes on the first Ctrl-C (SIGINT) or SIGTERM.
@@ -41,11 +51,228 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Sends structured logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
+/// How log lines are written: `--log-format` / `LOG_FORMAT` on every binary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event, with the fields of its spans
+    /// (`webhook{event_id=… event_type=… user_id=…}: event forwarded`).
+    #[default]
+    Text,
+    /// One JSON object per line (`tracing-subscriber`'s own formatter): the
+    /// event's fields under `fields`, its spans' fields under `span` and
+    /// `spans`, for log pipelines that index fields.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("LOG_FORMAT must be text or json".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// Sends structured logs to stderr in `format`, filtered by `RUST_LOG`
+/// (default `info`).
+pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A metrics listen address setting: `None` serves no metrics. It is
+/// `Option<SocketAddr>` under a name of its own, so that clap hands the empty
+/// value to [`parse_metrics_listen`] instead of treating the flag as optional.
+pub type MetricsListen = Option<SocketAddr>;
+
+/// Parses a metrics listen address setting: `host:port`, or the empty string
+/// for "no metrics endpoint". `setting` names the environment variable in the
+/// error.
+pub fn parse_metrics_listen(text: &str, setting: &str) -> Result<MetricsListen, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        format!("{setting} must be host:port (like 127.0.0.1:9464), or empty to serve no metrics")
+    })
+}
+
+/// The path metrics are served on.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// `Content-Type` of the Prometheus text exposition format 0.0.4, which every
+/// Prometheus server (and `promtool check metrics`) reads.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Longest a scraper may take to send its request headers.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics` on `listener`, answering with `render()` (Prometheus
+/// text format), until `shutdown` completes. This is an operator's port, kept
+/// off the public listeners: HTTP/1.1 only, nothing else is routed.
+///
+/// Like the services, it takes a bound listener from its caller: binaries
+/// bind `--metrics-listen`, tests bind port 0.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    render: fn() -> String,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "metrics listening on http://{address}{METRICS_PATH}");
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let service = service_fn(move |request| async move {
+            Ok::<_, Infallible>(metrics_response(&request, render))
+        });
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The canonical name of a gRPC status code (`OK`, `UNAVAILABLE`, …), as both
+/// services label their metrics.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Runs `server` to completion while serving metrics on `metrics` (when
+/// given), and stops the metrics endpoint once the server has returned, so a
+/// draining server can still be watched.
+pub async fn run_with_metrics<T>(
+    metrics: Option<TcpListener>,
+    render: fn() -> String,
+    server: impl Future<Output = T>,
+) -> T {
+    let Some(listener) = metrics else {
+        return server.await;
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = async move {
+        let output = server.await;
+        let _ = stop.send(());
+        output
+    };
+    let endpoint = serve_metrics(listener, render, async {
+        let _ = stopped.await;
+    });
+    tokio::join!(server, endpoint).0
+}
+
+fn metrics_response<B>(request: &Request<B>, render: fn() -> String) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.uri().path(), request.method()) {
+        (METRICS_PATH, &Method::GET | &Method::HEAD) => (StatusCode::OK, PROMETHEUS_TEXT, render()),
+        (METRICS_PATH, _) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD are allowed\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("not found; metrics are at {METRICS_PATH}\n"),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_formats_parse_and_bad_ones_name_log_format() {
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert_eq!(" JSON ".parse::<LogFormat>(), Ok(LogFormat::Json));
+        for bad in ["", "xml", "jsonl"] {
+            let error = bad.parse::<LogFormat>().unwrap_err();
+            assert!(error.contains("LOG_FORMAT"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn grpc_codes_have_their_canonical_names() {
+        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
+        assert_eq!(grpc_code_name(tonic::Code::from(14)), "UNAVAILABLE");
+        assert_eq!(grpc_code_name(tonic::Code::from(99)), "UNKNOWN");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_empty() {
+        assert_eq!(
+            parse_metrics_listen("127.0.0.1:9464", "X"),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9464))))
+        );
+        assert_eq!(parse_metrics_listen("", "X"), Ok(None));
+        assert_eq!(parse_metrics_listen("  ", "X"), Ok(None));
+        let error = parse_metrics_listen("9464", "GATEWAY_METRICS_LISTEN_ADDR").unwrap_err();
+        assert!(error.contains("GATEWAY_METRICS_LISTEN_ADDR"), "{error}");
+    }
 }

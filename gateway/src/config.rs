@@ -6,10 +6,11 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 use http::Uri;
 
-use crate::verify::WebhookSecrets;
+use crate::{limits::Limits, quarantine::cli::QuarantineCommand, verify::WebhookSecrets};
 
 /// Settings of the gateway.
 #[derive(Debug, Clone, Parser)]
@@ -19,6 +20,10 @@ use crate::verify::WebhookSecrets;
     about = "Receives Clerk webhooks (Svix-signed), verifies them and forwards user events to the clerk-sync sync-service over gRPC."
 )]
 pub struct Config {
+    /// What to do (default: serve webhooks).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for webhooks (used by the binary; `run` takes a bound
     /// listener instead).
     #[arg(
@@ -34,15 +39,16 @@ pub struct Config {
     pub sync_service: SyncServiceSettings,
 
     /// Svix signing secret(s) from the Clerk dashboard (`whsec_…`), separated by
-    /// spaces or commas (several during a rotation). Prefer the environment
-    /// variable: command lines are visible to other users of the machine.
+    /// spaces or commas (several during a rotation); required to serve. Prefer
+    /// the environment variable: command lines are visible to other users of
+    /// the machine.
     #[arg(
         long = "webhook-secret", value_name = "SECRETS",
         env = "CLERK_WEBHOOK_SECRET",
         hide_env_values = true,
         value_parser = SecretsParser
     )]
-    pub webhook_secrets: WebhookSecrets,
+    pub webhook_secrets: Option<WebhookSecrets>,
 
     /// Largest accepted webhook body, in bytes.
     #[arg(
@@ -70,6 +76,42 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub shutdown_timeout: Duration,
+
+    /// Address serving Prometheus metrics at `GET /metrics` (keep it off the
+    /// public network); empty serves none.
+    #[arg(
+        long = "metrics-listen", value_name = "ADDR",
+        env = "GATEWAY_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_parser = |text: &str| parse_metrics_listen(text, "GATEWAY_METRICS_LISTEN_ADDR")
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Connection hygiene and load limits.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Sub-commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve webhooks (the default).
+    Serve,
+    /// Inspect, retry or drop quarantined deliveries on the sync-service.
+    Quarantine {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: QuarantineCommand,
+    },
 }
 
 /// How to reach the sync-service: the addresses, the token, TLS and the
@@ -193,12 +235,16 @@ impl Config {
     /// addresses; for tests and in-process launchers, which then adjust fields.
     pub fn new(webhook_secrets: WebhookSecrets, sync_service_urls: Vec<Uri>) -> Self {
         Self {
+            command: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             sync_service: SyncServiceSettings::new(sync_service_urls),
-            webhook_secrets,
+            webhook_secrets: Some(webhook_secrets),
             body_limit: Self::DEFAULT_BODY_LIMIT,
             timestamp_tolerance: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(20),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
         }
     }
 }
@@ -335,7 +381,24 @@ mod tests {
                 "--sync-service-url",
             ),
             (&["--listen", "8080"], "--listen"),
+            (&["--metrics-listen", "9464"], "GATEWAY_METRICS_LISTEN_ADDR"),
+            (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--webhook-secret", "whsec_"], "--webhook-secret"),
+            (&["--header-timeout-secs", "0"], "--header-timeout-secs"),
+            (&["--body-timeout-secs", "x"], "--body-timeout-secs"),
+            (&["--idle-timeout-secs=-5"], "--idle-timeout-secs"),
+            (
+                &["--http2-keepalive-interval-secs", "0"],
+                "--http2-keepalive-interval-secs",
+            ),
+            (
+                &["--http2-keepalive-timeout-secs", "soon"],
+                "--http2-keepalive-timeout-secs",
+            ),
+            (&["--http2-max-streams", "0"], "--http2-max-streams"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-in-flight", "many"], "--max-in-flight"),
+            (&["--max-message-bytes", "0"], "--max-message-bytes"),
             (
                 &["--sync-service-url", "ftp://host:1"],
                 "--sync-service-url",
@@ -354,6 +417,20 @@ mod tests {
             assert!(error.contains(setting), "{args:?}: {error}");
             assert!(!error.contains("MfKQ9r8G"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_empty_metrics_address_turns_metrics_off() {
+        assert_eq!(
+            parse(&["--metrics-listen", ""]).unwrap().metrics_listen,
+            None
+        );
+        let config = parse(&["--metrics-listen", "0.0.0.0:9100", "--log-format", "json"]).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]

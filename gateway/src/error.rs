@@ -45,6 +45,28 @@ pub enum Error {
     #[error("{0} is missing")]
     MissingField(&'static str),
 
+    /// A verified event that protobuf or gRPC cannot carry (metadata nested
+    /// too deep, a message over the size limit); quarantined, never forwarded.
+    #[error("event cannot be forwarded: {0}")]
+    Unmappable(String),
+
+    /// The client did not send the whole body within the body timeout.
+    #[error("request body not received in time")]
+    BodyTimeout,
+
+    /// Too many webhooks are being processed: shed, Svix retries later.
+    #[error("too many requests in flight")]
+    Overloaded,
+
+    /// Storing a delivery in (or reading it from) the sync-service's
+    /// quarantine failed.
+    #[error("quarantine call failed")]
+    Quarantine(#[source] tonic::Status),
+
+    /// `quarantine retry` left deliveries the current release still refuses.
+    #[error("{0} deliveries are still refused and stay quarantined")]
+    StillQuarantined(usize),
+
     /// The request body could not be read (client went away, broken framing).
     #[error("cannot read the request body")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -113,26 +135,64 @@ impl Error {
             | Error::MalformedHeader { .. }
             | Error::InvalidJson(_)
             | Error::MissingField(_)
+            | Error::Unmappable(_)
             | Error::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Quarantine(status) => match status.code() {
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Cancelled
+                | Code::Unknown => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             Error::SignatureMismatch | Error::TimestampOutsideWindow => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Upstream(status) => match status.code() {
-                // Transient: Svix retries with back-off until the sync-service is back.
+                // Transient: Svix retries with back-off until the sync-service is
+                // back. A sync-service dying mid-call (connection closed, stream
+                // reset) surfaces as UNKNOWN or CANCELLED from the transport.
                 Code::Unavailable
                 | Code::DeadlineExceeded
                 | Code::ResourceExhausted
-                | Code::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
+                | Code::Cancelled
+                | Code::Unknown => StatusCode::SERVICE_UNAVAILABLE,
                 // The event itself is unusable; retrying the same bytes cannot help.
                 Code::InvalidArgument => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::UpstreamTimeout | Error::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::UnexpectedOutcome(_) | Error::Config { .. } | Error::Io(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            Error::UnexpectedOutcome(_)
+            | Error::Config { .. }
+            | Error::Io(_)
+            | Error::StillQuarantined(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether this is an error no retry of the same verified delivery can
+    /// fix, so the delivery is quarantined and acknowledged rather than
+    /// refused: a body that is not the JSON Clerk documents, a shape protobuf
+    /// or gRPC cannot carry, or an event the sync-service rejects as invalid.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            Error::InvalidJson(_) | Error::MissingField(_) | Error::Unmappable(_) => true,
+            // OUT_OF_RANGE: the sync-service could not take the message's size.
+            Error::Upstream(status) => {
+                matches!(status.code(), Code::InvalidArgument | Code::OutOfRange)
             }
+            _ => false,
+        }
+    }
+
+    /// Why a poisoned delivery was quarantined, for its record.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Upstream(status) => format!("event rejected: {}", status.message()),
+            other => other.to_string(),
         }
     }
 
@@ -145,6 +205,7 @@ impl Error {
             (Error::Upstream(status), StatusCode::BAD_REQUEST) => {
                 format!("event rejected: {}", status.message())
             }
+            (Error::Overloaded, _) => "gateway busy, retry later".to_owned(),
             (_, StatusCode::SERVICE_UNAVAILABLE) => {
                 "sync-service unavailable, retry later".to_owned()
             }
@@ -172,6 +233,12 @@ impl Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: start afresh.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Error::MethodNotAllowed { allow } = self {
             response
                 .headers_mut()
@@ -179,6 +246,12 @@ impl Error {
         }
         response
     }
+}
+
+/// `error` followed by each of its sources, `a: b: c`, for an operator's
+/// terminal (server responses never carry it).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    ErrorChain(error).to_string()
 }
 
 /// Displays an error followed by each of its sources: `a: b: c`.
@@ -217,7 +290,7 @@ mod tests {
             (Code::Cancelled, 503),
             (Code::InvalidArgument, 400),
             (Code::Internal, 500),
-            (Code::Unknown, 500),
+            (Code::Unknown, 503),
             (Code::NotFound, 500),
             (Code::FailedPrecondition, 500),
         ];
@@ -249,6 +322,10 @@ mod tests {
             (Error::NotReady(None), 503),
             (Error::Io(std::io::Error::other("boom")), 500),
             (Error::UnexpectedOutcome(0), 500),
+            (Error::BodyTimeout, 408),
+            (Error::Overloaded, 503),
+            (Error::Quarantine(tonic::Status::unavailable("down")), 503),
+            (Error::Quarantine(tonic::Status::internal("bug")), 500),
         ];
         for (error, expected) in cases {
             let name = format!("{error:?}");
@@ -280,6 +357,39 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"error": "data.updated_at is missing"})
+        );
+    }
+
+    #[test]
+    fn only_what_no_retry_can_fix_is_poison() {
+        let json_error = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        for poison in [
+            Error::InvalidJson(json_error),
+            Error::MissingField("data.id"),
+            Error::Unmappable("too deep".into()),
+            Error::Upstream(tonic::Status::invalid_argument(
+                "event.user.id must not be empty",
+            )),
+            Error::Upstream(tonic::Status::out_of_range("message too large")),
+        ] {
+            assert!(poison.is_poison(), "{poison:?}");
+        }
+        for retryable in [
+            Error::Upstream(tonic::Status::unavailable("down")),
+            Error::Upstream(tonic::Status::internal("bug")),
+            Error::UpstreamTimeout,
+            Error::SignatureMismatch,
+            Error::Overloaded,
+            Error::BodyTimeout,
+        ] {
+            assert!(!retryable.is_poison(), "{retryable:?}");
+        }
+        assert_eq!(
+            Error::Upstream(tonic::Status::invalid_argument(
+                "event.user.id must not be empty"
+            ))
+            .reason(),
+            "event rejected: event.user.id must not be empty"
         );
     }
 

@@ -7,15 +7,25 @@
 //! Module map, in the order a request meets them:
 //! - [`server`]: hyper server, routes (`POST /clerk`, `/healthz`, `/readyz`),
 //!   the webhook pipeline and graceful shutdown; [`run`] is the entry point.
+//! - [`limits`]: connection hygiene (head, body and idle deadlines, HTTP/2
+//!   limits, connection and in-flight caps with 503 shedding).
 //! - [`verify`]: Svix / Standard Webhooks v1 signature verification (pure).
+//! - [`pipeline`]: after verification: parse, map, check, forward.
 //! - [`clerk`]: Clerk event JSON → typed values → sync messages.
 //! - [`upstream`]: the long-lived gRPC channel to the sync-service.
+//! - [`quarantine`]: verified deliveries no retry can fix, kept by the
+//!   sync-service; and the operator's `quarantine` command.
 //! - [`error`]: the one error type and its one mapping to HTTP responses.
+//! - [`metrics`]: the Prometheus registry and the functions that record.
 //! - [`config`]: flags and environment variables.
 
 pub mod clerk;
 pub mod config;
 pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod pipeline;
+pub mod quarantine;
 pub mod server;
 pub mod upstream;
 pub mod verify;

@@ -1,26 +1,49 @@
-//! `clerk-sync-gateway`: parses settings, sets up logs, binds the listener and
-//! hands everything to [`clerk_sync_gateway::run`].
+//! `clerk-sync-gateway`: parses settings, sets up logs, then either binds the
+//! listeners and hands everything to [`clerk_sync_gateway::run`] (with the
+//! metrics endpoint alongside), or runs an operator's `quarantine` command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
-use clerk_sync_gateway::{Config, run};
+use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
+use clerk_sync_gateway::{Config, config::Command, metrics, quarantine, run};
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Bad settings stop here, with clap's one-line message naming the setting.
-    let config = Config::parse();
-    init_tracing();
+    let mut config = Config::parse();
+    init_tracing(config.log_format);
 
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    if let Some(Command::Quarantine { action }) = config.command.take() {
+        return match quarantine::cli::run(&config, action, &mut std::io::stdout()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {}", clerk_sync_gateway::error::chain(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!(%error, address = %config.listen, "cannot listen (GATEWAY_LISTEN_ADDR)");
             return ExitCode::FAILURE;
         }
     };
-    match run(listener, config, shutdown_signal()).await {
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%error, %address, "cannot listen (GATEWAY_METRICS_LISTEN_ADDR)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let server = run(listener, config, shutdown_signal());
+    match run_with_metrics(metrics_listener, metrics::render, server).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "gateway stopped");

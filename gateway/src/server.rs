@@ -3,10 +3,21 @@
 //!
 //! [`run`] takes an already bound listener and a shutdown future from its
 //! caller, so the binary passes the signal handler and tests pass a channel.
-//! The webhook handler is the pipeline: size limit → content type → signature →
-//! parse → forward, and every failure leaves through [`Error::into_response`].
+//! The webhook handler is the pipeline: in-flight cap → size and time limit →
+//! content type → signature → parse → forward ([`pipeline`]); a verified
+//! delivery no retry can fix is quarantined and acknowledged, and every other
+//! failure leaves through [`Error::into_response`]. Connections are watched
+//! for idle and stalled clients ([`limits`]).
+//!
+//! [`pipeline`]: crate::pipeline
+//! [`limits`]: crate::limits
 
-use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration, time::SystemTime};
+use std::{
+    convert::Infallible,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -21,9 +32,11 @@ use tracing::{Instrument, Span, field};
 
 use crate::{
     Config, Error,
-    clerk::{ClerkEvent, UserEvent},
+    limits::{Activity, Caps, Limits, Watchdog, Watched, shed},
+    metrics, pipeline,
+    quarantine::Quarantine,
     upstream::Upstream,
-    verify::Verifier,
+    verify::{Delivery, Verifier},
 };
 
 /// The path Clerk's webhook endpoint is configured with.
@@ -39,16 +52,31 @@ pub struct App {
     upstream: Upstream,
     /// Largest accepted body, in bytes.
     body_limit: usize,
+    /// Where verified deliveries that cannot be applied are kept.
+    quarantine: Quarantine,
+    /// Connection and load limits.
+    limits: Arc<Limits>,
+    /// Open connections and webhooks in flight.
+    caps: Caps,
 }
 
 impl App {
     /// Builds the verifier and the (lazily connecting) sync-service channel.
     /// Must be called inside a Tokio runtime.
     pub fn new(config: &Config) -> Result<Self, Error> {
+        let secrets = config.webhook_secrets.clone().ok_or(Error::Config {
+            setting: "CLERK_WEBHOOK_SECRET",
+            reason: "required to serve webhooks (expected whsec_<base64>)".to_owned(),
+        })?;
+        config.limits.check(config.body_limit)?;
+        let upstream = Upstream::new(&config.sync_service)?;
         Ok(Self {
-            verifier: Verifier::new(config.webhook_secrets.clone(), config.timestamp_tolerance),
-            upstream: Upstream::new(&config.sync_service)?,
+            verifier: Verifier::new(secrets, config.timestamp_tolerance),
+            upstream: upstream.clone(),
             body_limit: config.body_limit,
+            quarantine: Quarantine::new(&upstream, config.limits.max_message_bytes),
+            limits: Arc::new(config.limits.clone()),
+            caps: Caps::new(&config.limits),
         })
     }
 
@@ -58,6 +86,7 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let _in_flight = metrics::InFlight::start();
         let method = request.method();
         let result = match request.uri().path() {
             WEBHOOK_PATH if method == Method::POST => return self.webhook(request).await,
@@ -81,20 +110,41 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Set once the event is verified and parsed: until then its type is
+        // not trusted (the metrics label it `unknown`).
+        let mut event_type = None;
         // Built inside the span, so rejections are logged with the event id.
-        self.process_webhook(request)
+        let response = self
+            .process_webhook(request, &mut event_type)
             .await
-            .unwrap_or_else(Error::into_response)
+            .unwrap_or_else(Error::into_response);
+        metrics::record_webhook(event_type, response.status());
+        response
     }
 
-    async fn process_webhook<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, Error>
+    async fn process_webhook<B>(
+        &self,
+        request: Request<B>,
+        event_type: &mut Option<&'static str>,
+    ) -> Result<Response<Full<Bytes>>, Error>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Shed before reading anything: a 503 now beats a queue that grows.
+        let Some(_permit) = self.caps.webhook() else {
+            metrics::record_shed();
+            return Err(Error::Overloaded);
+        };
         let (parts, body) = request.into_parts();
-        // The body is bounded before anything else looks at the request.
-        let body = read_limited(&parts.headers, body, self.body_limit).await?;
+        // The body is bounded in size and time before anything else looks at
+        // the request.
+        let body = tokio::time::timeout(
+            self.limits.body_timeout,
+            read_limited(&parts.headers, body, self.body_limit),
+        )
+        .await
+        .map_err(|_| Error::BodyTimeout)??;
         check_content_type(&parts.headers)?;
 
         let span = Span::current();
@@ -109,21 +159,46 @@ impl App {
 
         let delivery = self
             .verifier
-            .verify(&parts.headers, &body, SystemTime::now())?;
-        let event = ClerkEvent::parse(&body)?;
-        span.record("event_type", event.event_type());
-        if let Some(user_id) = event.user_id() {
-            span.record("user_id", user_id);
-        }
-
-        match UserEvent::from_clerk(event, &delivery)? {
-            None => tracing::info!("event type not synced; acknowledged"),
-            Some(user_event) => {
-                let outcome = self.upstream.forward(user_event, delivery.id).await?;
+            .verify(&parts.headers, &body, SystemTime::now())
+            .inspect_err(metrics::record_verification_failure)?;
+        match pipeline::forward(
+            &self.upstream,
+            self.limits.max_message_bytes,
+            &body,
+            &delivery,
+            event_type,
+        )
+        .await
+        {
+            Ok(None) => tracing::info!("event type not synced; acknowledged"),
+            Ok(Some(outcome)) => {
                 tracing::info!(outcome = outcome.as_str_name(), "event forwarded");
             }
+            Err(error) if error.is_poison() => self.quarantine(&delivery, &body, error).await?,
+            Err(error) => return Err(error),
         }
         Ok(empty_json())
+    }
+
+    /// Keeps a verified delivery that no retry can fix; once the
+    /// sync-service has stored it, the delivery is acknowledged.
+    async fn quarantine(
+        &self,
+        delivery: &Delivery<'_>,
+        body: &[u8],
+        error: Error,
+    ) -> Result<(), Error> {
+        let reason = error.reason();
+        let stored = self
+            .quarantine
+            .store(delivery, body, pipeline::event_type_of(body), reason)
+            .await?;
+        tracing::warn!(
+            reason = %stored.reason,
+            seen_count = stored.seen_count,
+            "event quarantined; acknowledged"
+        );
+        Ok(())
     }
 }
 
@@ -136,10 +211,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let app = Arc::new(App::new(&config)?);
+    let limits = Arc::clone(&app.limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer lets hyper drop connections whose headers never finish arriving.
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    // Head, idle and protocol-detection deadlines are the watchdog's (hyper's
+    // own header timer would also cut idle keep-alive at the head deadline).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.http2_keepalive_interval))
+        .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .max_concurrent_streams(limits.http2_max_streams);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
 
@@ -164,19 +249,41 @@ pub async fn run(
                         continue;
                     }
                 };
+                let Some(permit) = app.caps.connection() else {
+                    // debug, not warn: a flood must not become a log flood.
+                    tracing::debug!(max = limits.max_connections, "too many connections; answering 503");
+                    metrics::record_shed();
+                    tokio::spawn(shed(stream));
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let activity = Activity::new();
                 let app = Arc::clone(&app);
+                let requests = Arc::clone(&activity);
                 let service = service_fn(move |request| {
                     let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(app.handle(request).await) }
+                    let guard = requests.request_started();
+                    async move {
+                        let response = app.handle(request).await;
+                        drop(guard);
+                        Ok::<_, Infallible>(response)
+                    }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
+                let connection = builder.serve_connection(io, service);
                 let connection = graceful.watch(connection.into_owned());
+                let watchdog = Watchdog::new(activity, Arc::clone(&limits));
                 tokio::spawn(
                     async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%error, "connection ended with an error");
+                        tokio::select! {
+                            result = connection => if let Err(error) = result {
+                                tracing::debug!(%error, "connection ended with an error");
+                            },
+                            () = watchdog.expired() => {
+                                tracing::debug!("idle or stalled connection closed");
+                            }
                         }
+                        drop(permit);
                     }
                     .in_current_span(),
                 );
@@ -231,7 +338,8 @@ where
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     let mut body = pin!(body);
     if declared.is_none_or(|length| length <= limit as u64) {
-        let mut collected = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+        // Grown as bytes arrive: a declared length reserves nothing.
+        let mut collected = BytesMut::new();
         loop {
             let Some(frame) = body.frame().await else {
                 return Ok(collected.freeze());

@@ -41,6 +41,9 @@ pub struct Upstream {
     timeout: Duration,
     /// `Bearer <token>`, marked sensitive so that it is never logged.
     authorization: Option<MetadataValue<Ascii>>,
+    /// The channel itself, for the other clients of the sync-service (the
+    /// quarantine) to share.
+    channel: Channel,
 }
 
 impl Upstream {
@@ -103,9 +106,10 @@ impl Upstream {
             .transpose()?;
         Ok(Self {
             sync: UserSyncServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            health: HealthClient::new(channel.clone()),
             timeout: settings.timeout,
             authorization,
+            channel,
         })
     }
 
@@ -160,7 +164,18 @@ impl Upstream {
         }
     }
 
-    fn request<T>(&self, message: T, event_id: &str) -> Request<T> {
+    /// The shared channel (TLS included), for another service's client.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The deadline of each call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A request carrying the deadline and the bearer token.
+    pub(crate) fn authorized<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         // Tells the server the deadline (grpc-timeout) so it can give up too.
         request.set_timeout(self.timeout);
@@ -169,6 +184,11 @@ impl Upstream {
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
+        request
+    }
+
+    fn request<T>(&self, message: T, event_id: &str) -> Request<T> {
+        let mut request = self.authorized(message);
         match MetadataValue::try_from(event_id) {
             Ok(value) => {
                 request.metadata_mut().insert(EVENT_ID_METADATA, value);

@@ -21,6 +21,9 @@ const ID: (&str, &str) = ("svix-id", "webhook-id");
 const TIMESTAMP: (&str, &str) = ("svix-timestamp", "webhook-timestamp");
 const SIGNATURE: (&str, &str) = ("svix-signature", "webhook-signature");
 
+/// Longest accepted message id (`svix-id`), in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
 /// Prefix Svix puts in front of the base64 key; optional.
 const SECRET_PREFIX: &str = "whsec_";
 
@@ -144,6 +147,14 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<Delivery<'h>, Error> {
         let id = header(headers, ID)?;
+        if id.len() > MAX_ID_LEN {
+            // Svix ids are ~30 bytes; the directory keys its ledger and its
+            // quarantine by them, up to this length.
+            return Err(Error::MalformedHeader {
+                header: ID.0,
+                reason: "longer than 256 bytes",
+            });
+        }
         let timestamp_text = header(headers, TIMESTAMP)?;
         let signatures = header(headers, SIGNATURE)?;
         let timestamp = parse_timestamp(timestamp_text)?;

@@ -9,12 +9,17 @@
 //!   lower-cased, so find-by-email hits an index whichever of the user's
 //!   addresses is asked for, and an unverified address never matches.
 //! - `processed_events`: every applied event id; its primary key makes
-//!   deduplication atomic with the write it guards.
+//!   deduplication atomic with the write it guards; indexed by `processed_at`
+//!   so old rows are pruned cheaply.
+//! - `quarantined_events`: verified deliveries that cannot be applied, with
+//!   their raw body, for operators to inspect, retry or drop.
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_directory;
 mod m20261128_000001_account_state;
+mod m20261128_100001_index_ledger_processed_at;
+mod m20261128_100002_create_quarantine;
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -26,6 +31,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_create_directory::Migration),
             Box::new(m20261128_000001_account_state::Migration),
+            Box::new(m20261128_100001_index_ledger_processed_at::Migration),
+            Box::new(m20261128_100002_create_quarantine::Migration),
         ]
     }
 }

@@ -11,6 +11,7 @@ use base64::{
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
 use clap::Parser;
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen, run_with_metrics};
 use clerk_sync_gateway::{WebhookSecrets, config::BearerToken};
 use clerk_sync_service::auth::{TokenList, TokensParser};
 use tokio::{net::TcpListener, sync::watch};
@@ -39,6 +40,37 @@ pub struct StackConfig {
     /// generated and printed, for local experiments.
     #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+
+    /// Address serving the gateway's Prometheus metrics (`GET /metrics`);
+    /// empty serves none.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "GATEWAY_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_parser = |text: &str| parse_metrics_listen(text, "GATEWAY_METRICS_LISTEN_ADDR")
+    )]
+    pub gateway_metrics_listen: MetricsListen,
+
+    /// Address serving the sync-service's Prometheus metrics (`GET /metrics`);
+    /// empty serves none.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_parser = |text: &str| parse_metrics_listen(text, "SYNC_SERVICE_METRICS_LISTEN_ADDR")
+    )]
+    pub sync_service_metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 
     /// Bearer tokens other services query the directory with. When set (or
     /// --write-tokens is), every call needs a token, and the gateway half
@@ -85,8 +117,20 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
                 config.gateway_listen
             )
         })?;
+    let sync_metrics = bind_metrics(
+        config.sync_service_metrics_listen,
+        "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+    )
+    .await?;
+    let gateway_metrics =
+        bind_metrics(config.gateway_metrics_listen, "GATEWAY_METRICS_LISTEN_ADDR").await?;
     let sync_address = sync_listener.local_addr()?;
     let gateway_address = gateway_listener.local_addr()?;
+    let metrics_addresses = [&gateway_metrics, &sync_metrics]
+        .iter()
+        .filter_map(|listener| listener.as_ref()?.local_addr().ok())
+        .map(|address| format!("http://{address}/metrics"))
+        .collect::<Vec<_>>();
 
     let mut sync_config = clerk_sync_service::Config::with_database(&config.database_url);
     sync_config.listen = sync_address;
@@ -105,15 +149,22 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
 
     let (stop_sync, sync_stopped) = watch::channel(false);
     let sync = tokio::spawn(async move {
-        clerk_sync_service::run(sync_listener, &sync_config, wait_for(sync_stopped)).await
+        let server = clerk_sync_service::run(sync_listener, &sync_config, wait_for(sync_stopped));
+        run_with_metrics(sync_metrics, clerk_sync_service::metrics::render, server).await
     });
 
     println!(
         "clerk-sync is running on {database}\n  \
          webhooks: POST http://{gateway_address}/clerk\n  \
          queries:  grpcurl -plaintext {sync_address} list\n  \
+         metrics:  {metrics}\n  \
          Ctrl-C stops both.",
         database = clerk_sync_api::redact::url(&config.database_url),
+        metrics = if metrics_addresses.is_empty() {
+            "off".to_owned()
+        } else {
+            metrics_addresses.join(" ")
+        },
     );
     let gateway = clerk_sync_gateway::run(gateway_listener, gateway_config, async {
         tokio::select! {
@@ -122,10 +173,30 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
             () = sync_failed(&sync) => {}
         }
     });
-    let gateway_result = gateway.await.map_err(anyhow::Error::from);
+    let gateway_result = run_with_metrics(
+        gateway_metrics,
+        clerk_sync_gateway::metrics::render,
+        gateway,
+    )
+    .await
+    .map_err(anyhow::Error::from);
     let _ = stop_sync.send(true);
     let sync_result = sync.await.context("sync-service task panicked")?;
     gateway_result.and(sync_result)
+}
+
+/// Binds a metrics listener when `address` is set; the error names `setting`.
+async fn bind_metrics(
+    address: Option<SocketAddr>,
+    setting: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match address {
+        None => Ok(None),
+        Some(address) => TcpListener::bind(address)
+            .await
+            .map(Some)
+            .with_context(|| format!("cannot listen on {address} ({setting})")),
+    }
 }
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {

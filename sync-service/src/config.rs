@@ -3,12 +3,17 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, builder::BoolishValueParser};
+use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
 
 use crate::{
     auth::{TokenList, Tokens, TokensParser},
     ingest::IngestOptions,
     store::StoreOptions,
 };
+
+/// Default of `--grpc-max-message-bytes`: 16 MiB, several times the gateway's
+/// default body limit (protobuf may be larger than the JSON it came from).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Default database: a SQLite file under ./data, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/clerk-sync.db?mode=rwc";
@@ -54,6 +59,29 @@ pub struct Config {
     /// Milliseconds between database checks behind the gRPC health status.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
     pub health_check_interval_ms: u64,
+
+    /// PostgreSQL statement_timeout of every connection, in milliseconds.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub database_statement_timeout_ms: u64,
+
+    /// PostgreSQL lock_timeout of every connection, in milliseconds.
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub database_lock_timeout_ms: u64,
+
+    /// Largest gRPC message received or sent, in bytes (keep it above the
+    /// gateway's body limit: quarantined bodies travel in one message).
+    #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824), global = true)]
+    pub grpc_max_message_bytes: u64,
+
+    /// Most events waiting to be applied at once; past it, applies are
+    /// refused at once with UNAVAILABLE (the gateway answers 503).
+    #[arg(long, env = "SYNC_MAX_PENDING_APPLIES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+    pub max_pending_applies: u64,
+
+    /// Days an applied event id is remembered for deduplication (Svix retries
+    /// for about 28 hours); older ledger rows are pruned in the background.
+    #[arg(long, env = "LEDGER_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=36_500), global = true)]
+    pub ledger_retention_days: u64,
 
     /// Bearer tokens that may apply events (and read): the gateway's and a
     /// backfill's. Comma- or space-separated, so that a new token can be
@@ -106,6 +134,28 @@ pub struct Config {
         global = true
     )]
     pub shutdown_timeout_secs: u64,
+
+    /// Address serving Prometheus metrics at `GET /metrics` (keep it off the
+    /// public network); empty serves none.
+    #[arg(
+        long = "metrics-listen",
+        value_name = "ADDR",
+        env = "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_parser = |text: &str| parse_metrics_listen(text, "SYNC_SERVICE_METRICS_LISTEN_ADDR"),
+        global = true
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// Log line format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
 }
 
 /// Sub-commands.
@@ -131,6 +181,8 @@ impl Config {
             database_url: self.database_url.clone(),
             max_connections: self.database_max_connections,
             acquire_timeout: Duration::from_millis(self.database_timeout_ms),
+            statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
+            lock_timeout: Duration::from_millis(self.database_lock_timeout_ms),
         }
     }
 
@@ -175,6 +227,19 @@ impl Config {
                 .writers
                 .map_or(if sqlite { 1 } else { 4 }, |n| n as usize),
             max_batch: self.max_batch as usize,
+            max_pending: self.max_pending_applies as usize,
         }
+    }
+}
+
+impl Config {
+    /// How long applied event ids are kept in the ledger.
+    pub fn ledger_retention(&self) -> Duration {
+        Duration::from_secs(self.ledger_retention_days.saturating_mul(24 * 3600))
+    }
+
+    /// The gRPC message size limit, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.grpc_max_message_bytes).unwrap_or(usize::MAX)
     }
 }

@@ -45,6 +45,11 @@ fn parse_id(value: String, field: &str) -> Result<String, Error> {
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
+    if value.chars().any(char::is_control) {
+        // PostgreSQL refuses U+0000 in text and SQLite would keep it: refused
+        // alike on both backends (the event is quarantined).
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
     if value.len() > MAX_ID_LEN {
         return Err(Error::invalid(
             field,
@@ -57,9 +62,23 @@ fn parse_id(value: String, field: &str) -> Result<String, Error> {
 /// Milliseconds since the Unix epoch: Clerk's unit, and the stored one.
 pub type Millis = i64;
 
-/// Converts a protobuf timestamp to Unix milliseconds.
-pub fn millis_from_timestamp(ts: &Timestamp) -> Millis {
-    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+/// Converts a protobuf timestamp to Unix milliseconds; `field` names it in
+/// the error when the time does not fit (seconds near `i64::MAX`) or `nanos`
+/// is outside 0..1e9.
+pub fn millis_from_timestamp(ts: &Timestamp, field: &str) -> Result<Millis, Error> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Error::invalid(field, "has nanos outside 0..1e9"));
+    }
+    ts.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(ts.nanos) / 1_000_000))
+        .ok_or_else(|| Error::invalid(field, "is out of range"))
+}
+
+fn optional_time(ts: Option<Timestamp>, field: &str) -> Result<Option<Millis>, Error> {
+    ts.as_ref()
+        .map(|ts| millis_from_timestamp(ts, field))
+        .transpose()
 }
 
 /// Converts Unix milliseconds to a protobuf timestamp.
@@ -71,9 +90,7 @@ pub fn timestamp_from_millis(ms: Millis) -> Timestamp {
 }
 
 fn required_time(ts: Option<Timestamp>, field: &str) -> Result<Millis, Error> {
-    ts.as_ref()
-        .map(millis_from_timestamp)
-        .ok_or_else(|| Error::invalid(field, "is required"))
+    optional_time(ts, field)?.ok_or_else(|| Error::invalid(field, "is required"))
 }
 
 /// Which Clerk event a change came from.
@@ -248,15 +265,21 @@ impl Profile {
             private_metadata: user
                 .private_metadata
                 .map(clerk_sync_api::json::json_from_struct),
-            created_at: user.created_at.as_ref().map(millis_from_timestamp),
+            created_at: optional_time(user.created_at, &format!("{field}.created_at"))?,
             updated_at,
-            last_sign_in_at: user.last_sign_in_at.as_ref().map(millis_from_timestamp),
-            last_active_at: user.last_active_at.as_ref().map(millis_from_timestamp),
-            legal_accepted_at: user.legal_accepted_at.as_ref().map(millis_from_timestamp),
+            last_sign_in_at: optional_time(
+                user.last_sign_in_at,
+                &format!("{field}.last_sign_in_at"),
+            )?,
+            last_active_at: optional_time(user.last_active_at, &format!("{field}.last_active_at"))?,
+            legal_accepted_at: optional_time(
+                user.legal_accepted_at,
+                &format!("{field}.legal_accepted_at"),
+            )?,
             state: AccountState {
                 banned: user.banned,
                 locked: user.locked,
-                locked_until: user.locked_until.as_ref().map(millis_from_timestamp),
+                locked_until: optional_time(user.locked_until, &format!("{field}.locked_until"))?,
                 two_factor_enabled: user.two_factor_enabled,
                 totp_enabled: second_factors.totp,
                 backup_codes_enabled: second_factors.backup_codes,
@@ -473,8 +496,35 @@ mod tests {
     #[test]
     fn millis_and_timestamps_round_trip_including_before_1970() {
         for ms in [0, 1, 999, 1_654_012_591_835, -1, -1001] {
-            assert_eq!(millis_from_timestamp(&timestamp_from_millis(ms)), ms);
+            assert_eq!(
+                millis_from_timestamp(&timestamp_from_millis(ms), "t").unwrap(),
+                ms
+            );
         }
+    }
+
+    #[test]
+    fn times_that_do_not_fit_are_invalid_not_wrapped() {
+        for (seconds, nanos) in [
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (i64::MAX / 1000 + 1, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            let err =
+                millis_from_timestamp(&Timestamp { seconds, nanos }, "changed_since").unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { .. }),
+                "{seconds} {nanos}"
+            );
+            assert!(err.to_string().starts_with("changed_since "), "{err}");
+        }
+        let max = Timestamp {
+            seconds: i64::MAX / 1000,
+            nanos: 807_000_000,
+        };
+        assert_eq!(millis_from_timestamp(&max, "t").unwrap(), i64::MAX);
     }
 
     #[test]

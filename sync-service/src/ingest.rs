@@ -4,13 +4,14 @@
 //! load this turns N commits (N fsyncs, N turns of SQLite's single writer lock)
 //! into one, without giving up per-event outcomes or atomic deduplication.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::{
     domain::{Event, Outcome},
     error::Error,
+    metrics,
     store::Store,
 };
 
@@ -28,12 +29,17 @@ pub struct IngestOptions {
     pub writers: usize,
     /// Most events committed in one transaction.
     pub max_batch: usize,
+    /// Most events waiting for their outcome at once; more are shed.
+    pub max_pending: usize,
 }
 
 /// Hands events to the writer tasks. Cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct Ingestor {
     queue: mpsc::Sender<Job>,
+    /// One permit per event waiting for its outcome: bounds the memory and
+    /// the wait of a burst, and sheds past it instead of queueing for ever.
+    pending: Arc<Semaphore>,
 }
 
 impl Ingestor {
@@ -49,11 +55,17 @@ impl Ingestor {
                 options.max_batch,
             ));
         }
-        Self { queue }
+        Self {
+            queue,
+            pending: Arc::new(Semaphore::new(options.max_pending.max(1))),
+        }
     }
 
-    /// Applies one event and waits until its outcome is committed.
+    /// Applies one event and waits until its outcome is committed; refuses
+    /// at once with [`Error::Overloaded`] when `max_pending` events already
+    /// wait.
     pub async fn apply(&self, event: Event) -> Result<Outcome, Error> {
+        let _permit = self.pending.try_acquire().map_err(|_| Error::Overloaded)?;
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Job { event, reply })
@@ -76,7 +88,9 @@ async fn write_loop(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max
         }
         let (events, replies): (Vec<Event>, Vec<_>) =
             jobs.drain(..).map(|job| (job.event, job.reply)).unzip();
+        let started = Instant::now();
         let outcomes = store.apply_batch(&events).await;
+        metrics::record_batch(&events, &outcomes, started.elapsed());
         tracing::debug!(events = events.len(), "batch committed");
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The caller may have given up (deadline); the outcome stands.

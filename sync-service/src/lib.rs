@@ -11,6 +11,8 @@
 //! - [`ingest`]: group commit of concurrent events.
 //! - [`store`]: the database, its queries and mutations (sea-orm).
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
+//! - [`metrics`]: the Prometheus registry, the functions that record, and the
+//!   tower layer that counts and times every gRPC call.
 //! - `grpc`: the service handlers, which translate and delegate.
 
 pub mod auth;
@@ -19,6 +21,7 @@ pub mod domain;
 pub mod error;
 mod grpc;
 pub mod ingest;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;

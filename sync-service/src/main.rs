@@ -4,13 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
-use clerk_sync_service::{Config, config::Command};
+use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
+use clerk_sync_service::{Config, config::Command, metrics};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    init_tracing();
+    init_tracing(config.log_format);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -37,7 +37,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
                         config.listen
                     )
                 })?;
-            clerk_sync_service::run(listener, &config, shutdown_signal()).await
+            let metrics_listener = match config.metrics_listen {
+                None => None,
+                Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
+                    || format!("cannot listen on {address} (SYNC_SERVICE_METRICS_LISTEN_ADDR)"),
+                )?),
+            };
+            let server = clerk_sync_service::run(listener, &config, shutdown_signal());
+            run_with_metrics(metrics_listener, metrics::render, server).await
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::{future::Future, time::Duration};
 
 use clerk_sync_api::v1::{
+    quarantine_service_server::QuarantineServiceServer,
     user_directory_service_server::UserDirectoryServiceServer,
     user_sync_service_server::UserSyncServiceServer,
 };
@@ -15,8 +16,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     auth::AuthLayer,
     config::Config,
-    grpc::{directory::DirectoryService, sync::SyncService},
+    grpc::{directory::DirectoryService, quarantine::QuarantineService, sync::SyncService},
     ingest::Ingestor,
+    metrics,
     store::Store,
 };
 
@@ -89,7 +91,14 @@ pub async fn serve(
         ingestor: Ingestor::start(store.clone(), config.ingest_options()),
         store_private_metadata: config.store_private_metadata,
     };
+    let quarantine = QuarantineService {
+        store: store.clone(),
+    };
+    let prune_task = tokio::spawn(prune_ledger(store.clone(), config.ledger_retention()));
     let directory = DirectoryService { store };
+    // Explicit message limits on every service: a quarantined body (up to the
+    // gateway's body limit) must fit, and nothing larger is buffered.
+    let max_message = config.max_message_bytes();
 
     tracing::info!(
         address = %listener.local_addr()?,
@@ -110,13 +119,29 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // Metrics outermost: calls the authentication layer refuses are counted
+    // too (UNAUTHENTICATED, PERMISSION_DENIED).
     let server = builder
+        .layer(metrics::GrpcMetricsLayer)
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(UserSyncServiceServer::new(sync))
-        .add_service(UserDirectoryServiceServer::new(directory))
+        .add_service(
+            UserSyncServiceServer::new(sync)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            UserDirectoryServiceServer::new(directory)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            QuarantineServiceServer::new(quarantine)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
 
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
@@ -128,22 +153,27 @@ pub async fn serve(
         }
     };
     health_task.abort();
+    prune_task.abort();
     tracing::info!("sync-service stopped");
     result
 }
 
 /// Keeps the health status in step with the database: SERVING only while it
-/// answers. The empty service name stands for the whole server.
+/// answers. The empty service name stands for the whole server. Samples the
+/// pool's connections for the metrics on the same tick.
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
-    const SERVICES: [&str; 3] = [
+    const SERVICES: [&str; 4] = [
         "",
         "clerk.sync.v1.UserSyncService",
         "clerk.sync.v1.UserDirectoryService",
+        "clerk.sync.v1.QuarantineService",
     ];
     let mut last = None;
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
+        let (in_use, idle) = store.pool_connections();
+        metrics::set_db_pool(in_use, idle);
         let status =
             match tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await {
                 Ok(Ok(())) => ServingStatus::Serving,
@@ -162,6 +192,25 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
                 health.set_service_status(service, status).await;
             }
             last = Some(status);
+        }
+    }
+}
+
+/// How often the ledger is pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Ledger rows deleted per statement.
+const PRUNE_BATCH: u64 = 1000;
+
+/// Deletes ledger rows older than `retention`, at start and then hourly.
+/// Failures are logged and retried at the next tick: pruning is housekeeping.
+async fn prune_ledger(store: Store, retention: Duration) {
+    let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        ticker.tick().await;
+        match store.prune_ledger_older_than(retention, PRUNE_BATCH).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "ledger pruned"),
+            Err(error) => tracing::warn!(%error, "ledger pruning failed"),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! An in-test `UserSyncService` on port 0 that records what the gateway sends
-//! and can be told to fail, to stall, or to stop and come back on the same port.
+//! An in-test `UserSyncService` and `QuarantineService` on port 0 that record
+//! what the gateway sends and can be told to fail, to stall, or to stop and come
+//! back on the same port.
 
 use std::{
     net::SocketAddr,
@@ -8,7 +9,11 @@ use std::{
 
 use clerk_sync_api::v1::{
     ApplyUserCreatedRequest, ApplyUserCreatedResponse, ApplyUserDeletedRequest,
-    ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse, Outcome,
+    ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse,
+    DropQuarantinedRequest, DropQuarantinedResponse, GetQuarantinedRequest, GetQuarantinedResponse,
+    ListQuarantinedRequest, ListQuarantinedResponse, Outcome, QuarantineRequest,
+    QuarantineResponse, QuarantinedEvent,
+    quarantine_service_server::{QuarantineService, QuarantineServiceServer},
     user_sync_service_server::{UserSyncService, UserSyncServiceServer},
 };
 use clerk_sync_gateway::{clerk::UserEvent, upstream::EVENT_ID_METADATA};
@@ -40,6 +45,8 @@ struct Hold {
 #[derive(Default)]
 struct Shared {
     received: Vec<Received>,
+    quarantined: Vec<QuarantineRequest>,
+    quarantine_fails_with: Option<Code>,
     fail_with: Option<(Code, String)>,
     outcome: Option<Outcome>,
     hold: Option<Hold>,
@@ -103,6 +110,60 @@ impl UserSyncService for FakeService {
     }
 }
 
+#[tonic::async_trait]
+impl QuarantineService for FakeService {
+    async fn quarantine(
+        &self,
+        request: Request<QuarantineRequest>,
+    ) -> Result<Response<QuarantineResponse>, Status> {
+        let request = request.into_inner();
+        let mut shared = lock(&self.shared);
+        if let Some(code) = shared.quarantine_fails_with {
+            return Err(Status::new(code, "quarantine refused"));
+        }
+        shared.quarantined.push(request.clone());
+        let seen_count = shared
+            .quarantined
+            .iter()
+            .filter(|stored| stored.event_id == request.event_id)
+            .count() as u64;
+        Ok(Response::new(QuarantineResponse {
+            event: Some(QuarantinedEvent {
+                event_id: request.event_id,
+                event_type: request.event_type,
+                reason: request.reason,
+                body: Vec::new(),
+                body_size: request.body.len() as u64,
+                delivered_at: request.delivered_at,
+                first_seen_at: None,
+                last_seen_at: None,
+                seen_count,
+            }),
+        }))
+    }
+
+    async fn list_quarantined(
+        &self,
+        _: Request<ListQuarantinedRequest>,
+    ) -> Result<Response<ListQuarantinedResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_quarantined(
+        &self,
+        _: Request<GetQuarantinedRequest>,
+    ) -> Result<Response<GetQuarantinedResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn drop_quarantined(
+        &self,
+        _: Request<DropQuarantinedRequest>,
+    ) -> Result<Response<DropQuarantinedResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+}
+
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -147,14 +208,17 @@ impl FakeSync {
         assert!(self.running.is_none(), "already running");
         let listener = TcpListener::bind(self.addr).await.unwrap();
         let (health, health_service) = tonic_health::server::health_reporter();
-        let service = UserSyncServiceServer::new(FakeService {
+        let fake = FakeService {
             shared: Arc::clone(&self.shared),
-        });
+        };
+        let service = UserSyncServiceServer::new(fake.clone());
+        let quarantine = QuarantineServiceServer::new(fake);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(service)
+                .add_service(quarantine)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 })
@@ -169,6 +233,16 @@ impl FakeSync {
         let running = self.running.take().expect("running");
         let _ = running.stop.send(());
         running.task.await.unwrap();
+    }
+
+    /// Every Quarantine call received, in arrival order.
+    pub(crate) fn quarantined(&self) -> Vec<QuarantineRequest> {
+        lock(&self.shared).quarantined.clone()
+    }
+
+    /// Makes Quarantine calls fail with `code` (or succeed again with `None`).
+    pub(crate) fn fail_quarantine_with(&self, code: Option<Code>) {
+        lock(&self.shared).quarantine_fails_with = code;
     }
 
     /// What the fake has applied so far, in arrival order.

@@ -1,10 +1,20 @@
 //! Starts the real gateway on port 0 in front of a [`FakeSync`], and talks to it
 //! over plain HTTP with requests signed by Svix's own library.
 
+#[path = "../../../tests/support/scrape.rs"]
+mod scrape;
 #[path = "../../../tests/support/webhooks.rs"]
 mod webhooks;
 
+pub(crate) use scrape::Scrape;
+
 pub(crate) use webhooks::{fixture, now, signed_headers};
+
+#[path = "../../../tests/support/tcp_proxy.rs"]
+#[allow(dead_code)] // `route` is for database URLs
+mod tcp_proxy;
+
+pub(crate) use tcp_proxy::TcpProxy;
 
 use std::net::SocketAddr;
 
@@ -29,6 +39,8 @@ pub(crate) struct TestApp {
     pub(crate) addr: SocketAddr,
     /// The fake sync-service it forwards to.
     pub(crate) upstream: FakeSync,
+    /// Where its metrics are served.
+    pub(crate) metrics_addr: SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), Error>>>,
@@ -77,9 +89,17 @@ impl TestApp {
         let server = tokio::spawn(clerk_sync_gateway::run(listener, config, async {
             let _ = shutdown_requested.await;
         }));
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics_listener.local_addr().unwrap();
+        tokio::spawn(clerk_sync_api::runtime::serve_metrics(
+            metrics_listener,
+            clerk_sync_gateway::metrics::render,
+            std::future::pending(),
+        ));
         Self {
             addr,
             upstream,
+            metrics_addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
             shutdown: Some(shutdown),
             server: Some(server),
@@ -124,6 +144,11 @@ impl TestApp {
         let body = body.into();
         let headers = signed_headers(SECRET, msg_id, now(), &body);
         self.post_clerk(&headers, body).await
+    }
+
+    /// Scrapes the gateway's metrics endpoint.
+    pub(crate) async fn scrape(&self) -> Scrape {
+        scrape::scrape(self.metrics_addr).await
     }
 
     /// Completes the shutdown future given to `run`.

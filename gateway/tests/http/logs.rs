@@ -78,6 +78,7 @@ fn the_sync_service_url_password_is_masked_in_the_logs() {
         .args(["--listen", "127.0.0.1:0"])
         .env("CLERK_WEBHOOK_SECRET", SECRET)
         .env("SYNC_SERVICE_URL", "http://svc:hunter2-url-pw@127.0.0.1:9")
+        .env("GATEWAY_METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "debug")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())

@@ -1,11 +1,15 @@
 //! The gateway over real HTTP: every row of the status table, each fixture
-//! forwarded with its typed fields, upstream failures and recovery, and
-//! graceful shutdown. One test binary; each test starts its own gateway and
-//! fake sync-service on port 0.
+//! forwarded with its typed fields, upstream failures and recovery, graceful
+//! shutdown, and (in `metrics`) the metrics endpoint and log settings. One
+//! test binary; each test starts its own gateway and fake sync-service on
+//! port 0.
 
 mod fake_sync;
 mod helpers;
 mod logs;
+mod metrics;
+mod properties;
+mod slow_clients;
 
 use std::time::Duration;
 
@@ -334,7 +338,7 @@ async fn wrong_secret_is_401_and_not_forwarded() {
 async fn rotated_secrets_are_both_accepted() {
     let old = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     let app = TestApp::spawn_with(FakeSync::start().await, |config| {
-        config.webhook_secrets = format!("{SECRET} {old}").parse().unwrap();
+        config.webhook_secrets = Some(format!("{SECRET} {old}").parse().unwrap());
     })
     .await;
     for (index, secret) in [SECRET, old].into_iter().enumerate() {
@@ -402,24 +406,31 @@ async fn malformed_timestamps_are_400() {
 }
 
 #[tokio::test]
-async fn invalid_json_is_400_and_not_forwarded() {
+async fn verified_invalid_json_is_quarantined_and_acknowledged() {
     let app = TestApp::spawn().await;
+    let body = "{\"type\": \"user.created\", ";
 
-    let response = app
-        .deliver("msg_not_json", "{\"type\": \"user.created\", ")
-        .await;
+    let response = app.deliver("msg_not_json", body).await;
 
-    assert_eq!(response.status, StatusCode::BAD_REQUEST);
-    assert!(
-        response.error().starts_with("invalid JSON payload"),
-        "{}",
-        response.error()
-    );
+    // Svix would retry a 4xx for 28 hours and then drop it: keep it instead.
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json(), serde_json::json!({}));
     assert!(app.upstream.received().is_empty());
+    let quarantined = app.upstream.quarantined();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].event_id, "msg_not_json");
+    assert_eq!(quarantined[0].body, body.as_bytes());
+    assert_eq!(quarantined[0].event_type, "");
+    assert!(
+        quarantined[0].reason.starts_with("invalid JSON payload"),
+        "{}",
+        quarantined[0].reason
+    );
+    assert!(quarantined[0].delivered_at.unwrap().seconds > 0);
 }
 
 #[tokio::test]
-async fn user_event_without_needed_fields_is_400_naming_the_field() {
+async fn user_event_without_needed_fields_is_quarantined_naming_the_field() {
     let app = TestApp::spawn().await;
     let cases = [
         (
@@ -435,13 +446,74 @@ async fn user_event_without_needed_fields_is_400_naming_the_field() {
             "data.id is missing",
         ),
     ];
-    for (index, (body, message)) in cases.into_iter().enumerate() {
-        let response = app.deliver(&format!("msg_incomplete_{index}"), body).await;
-
-        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(response.error(), message);
+    for (index, (body, _)) in cases.iter().enumerate() {
+        let response = app.deliver(&format!("msg_incomplete_{index}"), *body).await;
+        assert_eq!(response.status, StatusCode::OK, "{body}");
     }
     assert!(app.upstream.received().is_empty());
+    let quarantined = app.upstream.quarantined();
+    for (index, (stored, (body, reason))) in quarantined.iter().zip(cases).enumerate() {
+        assert_eq!(stored.event_id, format!("msg_incomplete_{index}"));
+        assert_eq!(stored.reason, reason);
+        assert_eq!(stored.body, body.as_bytes());
+        assert!(stored.event_type.starts_with("user."));
+    }
+}
+
+#[tokio::test]
+async fn metadata_too_deep_for_protobuf_is_quarantined_not_forwarded() {
+    let app = TestApp::spawn().await;
+    let mut metadata = serde_json::json!("leaf");
+    for _ in 0..40 {
+        metadata = serde_json::json!({ "deeper": metadata });
+    }
+    let body = serde_json::json!({
+        "type": "user.updated",
+        "data": {"id": "user_deep", "updated_at": 5, "public_metadata": metadata},
+    })
+    .to_string();
+
+    let response = app.deliver("msg_deep", body.clone()).await;
+
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(app.upstream.received().is_empty());
+    let quarantined = app.upstream.quarantined();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].event_type, "user.updated");
+    assert!(
+        quarantined[0]
+            .reason
+            .contains("public_metadata is nested 40 levels"),
+        "{}",
+        quarantined[0].reason
+    );
+}
+
+#[tokio::test]
+async fn a_poisoned_delivery_is_503_while_the_quarantine_is_unavailable() {
+    let app = TestApp::spawn().await;
+    app.upstream.fail_quarantine_with(Some(Code::Unavailable));
+
+    let response = app.deliver("msg_poison", "{not json").await;
+
+    // Not stored yet, so not acknowledged: Svix retries.
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    app.upstream.fail_quarantine_with(None);
+    let response = app.deliver("msg_poison", "{not json").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(app.upstream.quarantined().len(), 1);
+}
+
+#[tokio::test]
+async fn svix_ids_longer_than_256_bytes_are_400() {
+    let app = TestApp::spawn().await;
+
+    let response = app.deliver(&"m".repeat(257), fixture(USER_CREATED)).await;
+
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.error().contains("svix-id"), "{}", response.error());
+    assert!(app.upstream.received().is_empty());
+    assert!(app.upstream.quarantined().is_empty());
 }
 
 // ---- 404 / 405 / 413 / 415: routing and framing -----------------------------
@@ -616,9 +688,11 @@ async fn grpc_errors_map_to_retryable_or_final_statuses() {
         (Code::DeadlineExceeded, StatusCode::SERVICE_UNAVAILABLE),
         (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
-        (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+        // Quarantined, then acknowledged.
+        (Code::InvalidArgument, StatusCode::OK),
+        (Code::OutOfRange, StatusCode::OK),
         (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
-        (Code::Unknown, StatusCode::INTERNAL_SERVER_ERROR),
+        (Code::Unknown, StatusCode::SERVICE_UNAVAILABLE),
     ];
     for (code, expected) in cases {
         app.upstream.fail_with(
@@ -629,13 +703,57 @@ async fn grpc_errors_map_to_retryable_or_final_statuses() {
         let response = app.deliver("msg_grpc_error", fixture(USER_CREATED)).await;
 
         assert_eq!(response.status, expected, "{code:?}");
-        let message = response.error();
-        assert!(
-            !message.contains("hunter2") || code == Code::InvalidArgument,
-            "{message}"
-        );
+        if expected != StatusCode::OK {
+            let message = response.error();
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
     assert!(app.upstream.received().is_empty());
+    // INVALID_ARGUMENT and OUT_OF_RANGE: one record, seen twice.
+    let quarantined = app.upstream.quarantined();
+    assert_eq!(quarantined.len(), 2);
+    assert!(
+        quarantined[0].reason.starts_with("event rejected: "),
+        "{}",
+        quarantined[0].reason
+    );
+}
+
+#[tokio::test]
+async fn a_sync_service_dying_mid_call_is_503() {
+    let upstream = FakeSync::start().await;
+    let proxy = helpers::TcpProxy::start(upstream.addr).await;
+    let proxy_url: http::Uri = format!("http://{}", proxy.address).parse().unwrap();
+    let app = TestApp::spawn_with(upstream, |config| {
+        config.sync_service.urls = vec![proxy_url];
+    })
+    .await;
+    let (mut arrived, _release) = app.upstream.hold_calls();
+    let addr = app.addr;
+    let body = fixture(USER_CREATED);
+    let headers = signed_headers(SECRET, "msg_cut", now(), &body);
+    let in_flight = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let mut request = http::Request::post(format!("http://{addr}/clerk"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        client.request(request).await.unwrap().status()
+    });
+    arrived
+        .recv()
+        .await
+        .expect("the call reached the sync-service");
+
+    // The connection to the sync-service is reset while the call is open.
+    proxy.cut().await;
+
+    assert_eq!(in_flight.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]

@@ -2,8 +2,12 @@
 //! real gateway on 127.0.0.1:0, an HTTP client that signs like Svix (with the
 //! svix crate) and a gRPC directory client.
 
+#[path = "../../../tests/support/scrape.rs"]
+mod scrape;
 #[path = "../../../tests/support/webhooks.rs"]
 mod webhooks;
+
+pub(crate) use scrape::scrape;
 
 pub(crate) use webhooks::{fixture, now, signed_headers};
 
@@ -17,7 +21,10 @@ mod test_db;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use clerk_sync_api::v1::{self, user_directory_service_client::UserDirectoryServiceClient};
+use clerk_sync_api::v1::{
+    self, quarantine_service_client::QuarantineServiceClient,
+    user_directory_service_client::UserDirectoryServiceClient,
+};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
@@ -63,6 +70,11 @@ pub(crate) struct Stack {
     gateway: Option<Running<Result<(), clerk_sync_gateway::Error>>>,
     http: Client<HttpConnector, Full<Bytes>>,
     pub(crate) directory: UserDirectoryServiceClient<Channel>,
+    /// Where the gateway's metrics are served.
+    pub(crate) gateway_metrics: SocketAddr,
+    /// Where the sync-service's metrics are served.
+    pub(crate) sync_metrics: SocketAddr,
+    pub(crate) quarantine: QuarantineServiceClient<Channel>,
 }
 
 /// What the gateway answered.
@@ -129,6 +141,10 @@ impl Stack {
             endpoint = endpoint.tls_config(tls).unwrap();
         }
         let channel = endpoint.connect_lazy();
+        // Each service's registry is process-wide, so its endpoint outlives
+        // restarts of the service (as in `clerk_sync_stack::run`).
+        let gateway_metrics = spawn_metrics(clerk_sync_gateway::metrics::render).await;
+        let sync_metrics = spawn_metrics(clerk_sync_service::metrics::render).await;
         let stack = Self {
             _db: db,
             database_url,
@@ -138,7 +154,10 @@ impl Stack {
             gateway_address,
             gateway: Some(Running { stop, task }),
             http: Client::builder(TokioExecutor::new()).build_http(),
-            directory: UserDirectoryServiceClient::new(channel),
+            directory: UserDirectoryServiceClient::new(channel.clone()),
+            quarantine: QuarantineServiceClient::new(channel),
+            gateway_metrics,
+            sync_metrics,
         };
         stack.wait_until_ready().await;
         stack
@@ -158,6 +177,29 @@ impl Stack {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("the stack never became ready");
+    }
+
+    /// Settings of a gateway talking to this stack's sync-service (for the
+    /// operator's `quarantine` commands).
+    pub(crate) fn gateway_config(&self) -> clerk_sync_gateway::Config {
+        clerk_sync_gateway::Config::new(
+            SECRET.parse().unwrap(),
+            vec![format!("http://{}", self.sync_address).parse().unwrap()],
+        )
+    }
+
+    /// Every quarantined delivery, oldest first.
+    pub(crate) async fn quarantined(&self) -> Vec<v1::QuarantinedEvent> {
+        self.quarantine
+            .clone()
+            .list_quarantined(v1::ListQuarantinedRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
     }
 
     /// Stops the sync-service (the gateway keeps running).
@@ -282,6 +324,18 @@ impl Drop for Stack {
             let _ = sync.stop.send(());
         }
     }
+}
+
+/// Serves `render` on a fresh port, for the rest of the test.
+async fn spawn_metrics(render: fn() -> String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(clerk_sync_api::runtime::serve_metrics(
+        listener,
+        render,
+        std::future::pending(),
+    ));
+    address
 }
 
 fn spawn_sync(

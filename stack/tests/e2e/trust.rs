@@ -109,6 +109,8 @@ fn spawn_stack_binary(env: &[(&str, &str)]) -> (std::process::Child, String, tem
         .current_dir(dir.path())
         .env("GATEWAY_LISTEN_ADDR", "127.0.0.1:0")
         .env("SYNC_SERVICE_LISTEN_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_METRICS_LISTEN_ADDR", "127.0.0.1:0")
+        .env("SYNC_SERVICE_METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "debug")
         .env_remove("CLERK_WEBHOOK_SECRET")
         .env_remove("DATABASE_URL")

@@ -2,4 +2,5 @@
 //! ingestor or the store, and translates the answer. Nothing more.
 
 pub(crate) mod directory;
+pub(crate) mod quarantine;
 pub(crate) mod sync;

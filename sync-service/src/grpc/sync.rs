@@ -1,11 +1,21 @@
 //! `clerk.sync.v1.UserSyncService`: applies events through the group-commit
 //! [`Ingestor`].
+//!
+//! Each call runs in an `apply_event` span carrying the delivery's
+//! `event_id` (from the gateway's `x-event-id` metadata as soon as the call
+//! arrives, so even a rejected event is logged with it), `event_type` and
+//! `user_id`: the same fields as the gateway's `webhook` span, so one delivery
+//! can be followed from the HTTP request to its commit.
 
-use clerk_sync_api::v1::{
-    self, ApplyUserCreatedRequest, ApplyUserCreatedResponse, ApplyUserDeletedRequest,
-    ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse,
+use clerk_sync_api::{
+    EVENT_ID_METADATA,
+    v1::{
+        self, ApplyUserCreatedRequest, ApplyUserCreatedResponse, ApplyUserDeletedRequest,
+        ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse,
+    },
 };
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, field};
 
 use crate::{domain::Event, error::Error, ingest::Ingestor};
 
@@ -30,16 +40,41 @@ impl SyncService {
         Ok(event)
     }
 
-    #[tracing::instrument(
-        name = "apply_event",
-        skip_all,
-        fields(event_id = %event.id.as_str(), user_id = %event.user_id().as_str(), kind = event.kind.as_str(), outcome)
-    )]
-    async fn apply(&self, event: Event) -> Result<v1::Outcome, Status> {
-        let outcome = self.ingestor.apply(event).await?;
-        tracing::Span::current().record("outcome", tracing::field::debug(outcome));
-        tracing::info!("event applied");
-        Ok(outcome.into())
+    /// Parses and applies one event inside its `apply_event` span, and
+    /// returns its outcome once committed.
+    async fn apply<T>(&self, request: Request<T>) -> Result<v1::Outcome, Status>
+    where
+        Event: TryFrom<T, Error = Error>,
+    {
+        let span = tracing::info_span!(
+            "apply_event",
+            event_id = field::Empty,
+            event_type = field::Empty,
+            user_id = field::Empty,
+            outcome = field::Empty,
+        );
+        if let Some(event_id) = request
+            .metadata()
+            .get(EVENT_ID_METADATA)
+            .and_then(|value| value.to_str().ok())
+        {
+            span.record("event_id", event_id);
+        }
+        async {
+            let event = self.parse(request)?;
+            let span = tracing::Span::current();
+            // The event's own id is the deduplication key: it wins over the
+            // metadata (they are the same when the gateway sent it).
+            span.record("event_id", event.id.as_str());
+            span.record("event_type", event.kind.as_str());
+            span.record("user_id", event.user_id().as_str());
+            let outcome = self.ingestor.apply(event).await?;
+            span.record("outcome", field::debug(outcome));
+            tracing::info!("event applied");
+            Ok(outcome.into())
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -49,7 +84,7 @@ impl v1::user_sync_service_server::UserSyncService for SyncService {
         &self,
         request: Request<ApplyUserCreatedRequest>,
     ) -> Result<Response<ApplyUserCreatedResponse>, Status> {
-        let outcome = self.apply(self.parse(request)?).await?;
+        let outcome = self.apply(request).await?;
         Ok(Response::new(ApplyUserCreatedResponse {
             outcome: outcome.into(),
         }))
@@ -59,7 +94,7 @@ impl v1::user_sync_service_server::UserSyncService for SyncService {
         &self,
         request: Request<ApplyUserUpdatedRequest>,
     ) -> Result<Response<ApplyUserUpdatedResponse>, Status> {
-        let outcome = self.apply(self.parse(request)?).await?;
+        let outcome = self.apply(request).await?;
         Ok(Response::new(ApplyUserUpdatedResponse {
             outcome: outcome.into(),
         }))
@@ -69,7 +104,7 @@ impl v1::user_sync_service_server::UserSyncService for SyncService {
         &self,
         request: Request<ApplyUserDeletedRequest>,
     ) -> Result<Response<ApplyUserDeletedResponse>, Status> {
-        let outcome = self.apply(self.parse(request)?).await?;
+        let outcome = self.apply(request).await?;
         Ok(Response::new(ApplyUserDeletedResponse {
             outcome: outcome.into(),
         }))

@@ -7,21 +7,32 @@
 //! 2. one winner per user among the fresh events: a delete beats every
 //!    upsert, otherwise the newest `updated_at` (the first on ties); the others
 //!    are stale, or ignored if the user ends deleted;
-//! 3. the winners' upserts and tombstones, each one multi-row
-//!    `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <guard> RETURNING id`; the
-//!    database evaluates the guard on the row it has locked, so concurrent
-//!    writers (other replicas included) never interleave a read and a write;
+//! 3. the winners' upserts and tombstones together, in one multi-row
+//!    `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <guard> RETURNING id,
+//!    deleted_at`; the database evaluates the guard on the row it has locked,
+//!    so concurrent writers (other replicas included) never interleave a read
+//!    and a write;
 //! 4. the email index of every user written.
 //!
-//! Rows are written in (event id) and (user id) order so that concurrent
-//! batches take their locks in the same order.
+//! Lock order: every batch takes its ledger rows in event id order, then its
+//! `users` rows in user id order (upserts and tombstones in the same statement,
+//! so `{upsert U2, delete U1}` and `{upsert U1, delete U2}` cannot deadlock),
+//! then the email index of those users.
+//!
+//! A statement never carries more bind parameters than the backend allows
+//! (SQLite 32766, PostgreSQL 65535): large batches and users with thousands of
+//! addresses are written in consecutive chunks, still in the same order.
+//!
+//! Text the directory stores is free of U+0000: PostgreSQL refuses it in
+//! `text` columns and SQLite would keep it, so it is removed before writing,
+//! on both backends alike (JSON columns keep it escaped as `\u0000`).
 
 use std::collections::{BTreeMap, HashSet, btree_map::Entry};
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, QueryTrait,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
+    Iterable, QueryFilter, QuerySelect, QueryTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
@@ -62,12 +73,12 @@ pub(super) async fn apply_events(
         }
     }
 
-    // 3. Write the winners.
+    // 3. Write the winners: one statement, in user id order.
     let (upserts, deletes): (Vec<usize>, Vec<usize>) = winners
         .values()
         .partition(|&&i| matches!(events[i].change, Change::Upsert(_)));
-    let upserted = upsert_users(txn, events, &upserts).await?;
-    let tombstoned = write_tombstones(txn, events, &deletes).await?;
+    let ordered: Vec<usize> = winners.values().copied().collect();
+    let (upserted, tombstoned) = write_users(txn, events, &ordered).await?;
     let refused: Vec<&str> = upserts
         .iter()
         .map(|&i| events[i].user_id().as_str())
@@ -140,111 +151,128 @@ async fn record_events(
     }
     let mut ordered = candidates.to_vec();
     ordered.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
-    let rows = ordered.iter().map(|&i| processed_events::ActiveModel {
-        event_id: Set(events[i].id.as_str().to_owned()),
-        user_id: Set(events[i].user_id().as_str().to_owned()),
-        kind: Set(events[i].kind.as_str().to_owned()),
-        processed_at: Set(now),
-    });
-    let mut insert = processed_events::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(processed_events::Column::EventId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .into_query();
-    insert.returning_col(processed_events::Column::EventId);
-    returned_strings(txn, &insert, "event_id").await
+    let mut recorded = HashSet::new();
+    for chunk in ordered.chunks(rows_per_statement::<processed_events::Entity>(txn)) {
+        let rows = chunk.iter().map(|&i| processed_events::ActiveModel {
+            event_id: Set(events[i].id.as_str().to_owned()),
+            user_id: Set(events[i].user_id().as_str().to_owned()),
+            kind: Set(events[i].kind.as_str().to_owned()),
+            processed_at: Set(now),
+        });
+        let mut insert = processed_events::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(processed_events::Column::EventId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .into_query();
+        insert.returning_col(processed_events::Column::EventId);
+        for row in txn.query_all(&insert).await? {
+            recorded.insert(row.try_get::<String>("", "event_id")?);
+        }
+    }
+    Ok(recorded)
 }
 
-/// Upserts the profiles of `upserts` where the stored row is live and older;
-/// returns the ids written.
-async fn upsert_users(
+/// How many rows of `E` (one bind parameter per column) fit in one statement
+/// on this backend (SQLite allows 32766 parameters, PostgreSQL 65535).
+fn rows_per_statement<E: EntityTrait>(txn: &DatabaseTransaction) -> usize {
+    (bind_limit(txn) / E::Column::iter().count()).max(1)
+}
+
+/// Most bind parameters one statement may carry on this backend.
+fn bind_limit(txn: &DatabaseTransaction) -> usize {
+    match txn.get_database_backend() {
+        DatabaseBackend::Sqlite => 32_766,
+        _ => 65_535,
+    }
+}
+
+/// Writes the winners `ordered` (in user id order): upserts where the stored
+/// row is live and older, tombstones where it is live. One multi-row statement
+/// (chunked under the bind limit) for both, so every batch locks `users` rows
+/// in one order. Returns the ids upserted and the ids tombstoned.
+async fn write_users(
     txn: &DatabaseTransaction,
     events: &[Event],
-    upserts: &[usize],
-) -> Result<HashSet<String>, DbErr> {
-    let rows: Vec<users::ActiveModel> = upserts
-        .iter()
-        .filter_map(|&i| match &events[i].change {
-            Change::Upsert(profile) => Some(row_from_profile(profile)),
-            Change::Delete { .. } => None,
-        })
-        .collect();
-    // Newer by Clerk's version; or the same version, over a row an older
-    // mapping wrote (it dropped fields this one keeps).
-    let stored = |column| Expr::col((users::Entity, column));
+    ordered: &[usize],
+) -> Result<(HashSet<String>, HashSet<String>), DbErr> {
+    let (mut upserted, mut tombstoned) = (HashSet::new(), HashSet::new());
     let excluded = |column| Expr::col((Alias::new("excluded"), column));
-    let newer = stored(users::Column::UpdatedAt)
-        .lt(excluded(users::Column::UpdatedAt))
-        .or(stored(users::Column::UpdatedAt)
-            .eq(excluded(users::Column::UpdatedAt))
-            .and(stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat))));
-    write_users(txn, rows, users::Column::UpdatedAt, live().and(newer)).await
-}
-
-/// Turns the users of `deletes` into tombstones unless they already are;
-/// returns the ids written.
-async fn write_tombstones(
-    txn: &DatabaseTransaction,
-    events: &[Event],
-    deletes: &[usize],
-) -> Result<HashSet<String>, DbErr> {
-    let rows: Vec<users::ActiveModel> = deletes
-        .iter()
-        .filter_map(|&i| match &events[i].change {
+    let stored = |column| Expr::col((users::Entity, column));
+    for chunk in ordered.chunks(rows_per_statement::<users::Entity>(txn)) {
+        let rows = chunk.iter().map(|&i| match &events[i].change {
+            Change::Upsert(profile) => row_from_profile(profile),
             Change::Delete {
                 user_id,
                 deleted_at,
-            } => Some(tombstone(user_id, *deleted_at)),
-            Change::Upsert(_) => None,
-        })
-        .collect();
-    write_users(txn, rows, users::Column::DeletedAt, live()).await
-}
-
-/// The guard every write shares: deletes are final.
-fn live() -> Expr {
-    Expr::col((users::Entity, users::Column::DeletedAt)).is_null()
-}
-
-/// One multi-row upsert of `rows` that, on conflict, overwrites the profile
-/// columns and `stamp` where `guard` holds; returns the ids written.
-async fn write_users(
-    txn: &DatabaseTransaction,
-    rows: Vec<users::ActiveModel>,
-    stamp: users::Column,
-    guard: Expr,
-) -> Result<HashSet<String>, DbErr> {
-    if rows.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let mut insert = users::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(users::Column::Id)
-                .update_columns(PROFILE_COLUMNS.into_iter().chain([stamp]))
-                .action_and_where(guard)
-                .to_owned(),
+            } => tombstone(user_id, *deleted_at),
+        });
+        // Deletes are final: only a live row changes. A tombstone always
+        // applies to it; an upsert when newer by Clerk's version, or of the
+        // same version over a row an older mapping wrote (it dropped fields
+        // this one keeps).
+        let newer = stored(users::Column::UpdatedAt)
+            .lt(excluded(users::Column::UpdatedAt))
+            .or(stored(users::Column::UpdatedAt)
+                .eq(excluded(users::Column::UpdatedAt))
+                .and(
+                    stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat)),
+                ));
+        let guard = stored(users::Column::DeletedAt)
+            .is_null()
+            .and(excluded(users::Column::DeletedAt).is_not_null().or(newer));
+        // A tombstone keeps the version the user had; an upsert brings its own.
+        let version = Expr::case(
+            excluded(users::Column::DeletedAt).is_null(),
+            excluded(users::Column::UpdatedAt),
         )
-        .into_query();
-    insert.returning_col(users::Column::Id);
-    returned_strings(txn, &insert, "id").await
+        .finally(stored(users::Column::UpdatedAt));
+        let mut insert = users::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(users::Column::Id)
+                    .update_columns(
+                        PROFILE_COLUMNS
+                            .into_iter()
+                            .chain([users::Column::DeletedAt]),
+                    )
+                    .value(users::Column::UpdatedAt, version)
+                    .action_and_where(guard)
+                    .to_owned(),
+            )
+            .into_query();
+        insert.returning(
+            sea_orm::sea_query::Query::returning()
+                .columns([users::Column::Id, users::Column::DeletedAt]),
+        );
+        for row in txn.query_all(&insert).await? {
+            let id: String = row.try_get("", "id")?;
+            let deleted_at: Option<i64> = row.try_get("", "deleted_at")?;
+            if deleted_at.is_some() {
+                tombstoned.insert(id);
+            } else {
+                upserted.insert(id);
+            }
+        }
+    }
+    Ok((upserted, tombstoned))
 }
 
 /// Which of `ids` are tombstones.
 async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
+    let mut deleted = HashSet::new();
+    for chunk in ids.chunks(bind_limit(txn)) {
+        let found: Vec<String> = users::Entity::find()
+            .select_only()
+            .column(users::Column::Id)
+            .filter(users::Column::Id.is_in(chunk.iter().copied()))
+            .filter(users::Column::DeletedAt.is_not_null())
+            .into_tuple()
+            .all(txn)
+            .await?;
+        deleted.extend(found);
     }
-    let found: Vec<String> = users::Entity::find()
-        .select_only()
-        .column(users::Column::Id)
-        .filter(users::Column::Id.is_in(ids.iter().copied()))
-        .filter(users::Column::DeletedAt.is_not_null())
-        .into_tuple()
-        .all(txn)
-        .await?;
-    Ok(found.into_iter().collect())
+    Ok(deleted)
 }
 
 /// Rebuilds the email index of the `written` users from `profiles` (the
@@ -255,50 +283,42 @@ async fn replace_email_index(
     written: &[&str],
     profiles: &[&Profile],
 ) -> Result<(), DbErr> {
-    if written.is_empty() {
-        return Ok(());
+    let mut written = written.to_vec();
+    written.sort_unstable();
+    for chunk in written.chunks(bind_limit(txn)) {
+        user_email_addresses::Entity::delete_many()
+            .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
+            .exec(txn)
+            .await?;
     }
-    user_email_addresses::Entity::delete_many()
-        .filter(user_email_addresses::Column::UserId.is_in(written.iter().copied()))
-        .exec(txn)
-        .await?;
-    let mut rows: Vec<(String, &str)> = profiles
+    let mut rows: Vec<(&str, String)> = profiles
         .iter()
         .flat_map(|profile| {
             profile
                 .email_addresses
                 .iter()
                 .filter(|email| email.verified)
-                .map(|email| (email.address.to_lowercase(), profile.id.as_str()))
+                .map(|email| {
+                    (
+                        profile.id.as_str(),
+                        without_nul(&email.address).to_lowercase(),
+                    )
+                })
         })
         .collect();
     rows.sort();
     rows.dedup();
-    if rows.is_empty() {
-        return Ok(());
+    for chunk in rows.chunks(rows_per_statement::<user_email_addresses::Entity>(txn)) {
+        user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
+            user_email_addresses::ActiveModel {
+                email_lower: Set(email.clone()),
+                user_id: Set((*user_id).to_owned()),
+            }
+        }))
+        .exec_without_returning(txn)
+        .await?;
     }
-    user_email_addresses::Entity::insert_many(rows.into_iter().map(|(email, user_id)| {
-        user_email_addresses::ActiveModel {
-            email_lower: Set(email),
-            user_id: Set(user_id.to_owned()),
-        }
-    }))
-    .exec_without_returning(txn)
-    .await?;
     Ok(())
-}
-
-/// Runs `statement` and collects the string column `column` of its rows.
-async fn returned_strings(
-    txn: &DatabaseTransaction,
-    statement: &sea_orm::sea_query::InsertStatement,
-    column: &str,
-) -> Result<HashSet<String>, DbErr> {
-    txn.query_all(statement)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", column))
-        .collect()
 }
 
 /// Version of the Clerk-to-row mapping this code writes. Bumped whenever the
@@ -342,19 +362,42 @@ fn to_json(value: &impl serde::Serialize) -> String {
 
 fn row_from_profile(profile: &Profile) -> users::ActiveModel {
     let state = &profile.state;
+    // U+0000 leaves text columns (PostgreSQL refuses it) and the addresses
+    // and numbers in JSON too, so they match the plain columns and the index.
+    let email_addresses: Vec<_> = profile
+        .email_addresses
+        .iter()
+        .cloned()
+        .map(|mut email| {
+            email.address = without_nul(&email.address);
+            email
+        })
+        .collect();
+    let phone_numbers: Vec<_> = profile
+        .phone_numbers
+        .iter()
+        .cloned()
+        .map(|mut phone| {
+            phone.number = without_nul(&phone.number);
+            phone
+        })
+        .collect();
+    let display_name = Some(without_nul(&profile.display_name).trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| profile.id.as_str().to_owned());
     users::ActiveModel {
         id: Set(profile.id.as_str().to_owned()),
-        primary_email_address: Set(profile.primary_email_address.clone()),
-        email_addresses: Set(Some(to_json(&profile.email_addresses))),
-        primary_phone_number: Set(profile.primary_phone_number.clone()),
-        phone_numbers: Set(Some(to_json(&profile.phone_numbers))),
-        first_name: Set(profile.first_name.clone()),
-        last_name: Set(profile.last_name.clone()),
-        display_name: Set(Some(profile.display_name.clone())),
-        username: Set(profile.username.clone()),
-        image_url: Set(profile.image_url.clone()),
+        primary_email_address: Set(text(&profile.primary_email_address)),
+        email_addresses: Set(Some(to_json(&email_addresses))),
+        primary_phone_number: Set(text(&profile.primary_phone_number)),
+        phone_numbers: Set(Some(to_json(&phone_numbers))),
+        first_name: Set(text(&profile.first_name)),
+        last_name: Set(text(&profile.last_name)),
+        display_name: Set(Some(display_name)),
+        username: Set(text(&profile.username)),
+        image_url: Set(text(&profile.image_url)),
         has_image: Set(profile.has_image),
-        external_id: Set(profile.external_id.clone()),
+        external_id: Set(text(&profile.external_id)),
         public_metadata: Set(Some(to_json(&profile.public_metadata))),
         private_metadata: Set(profile.private_metadata.as_ref().map(to_json)),
         created_at: Set(profile.created_at),
@@ -405,5 +448,31 @@ fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
         external_accounts: Set(None),
         profile_format: Set(PROFILE_FORMAT),
         deleted_at: Set(Some(deleted_at)),
+    }
+}
+
+/// `value` without U+0000.
+fn without_nul(value: &str) -> String {
+    value.replace('\0', "")
+}
+
+/// An optional text column without U+0000; unset when nothing else is left.
+fn text(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(without_nul)
+        .filter(|value| !value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_removed_from_text_and_empty_text_is_unset() {
+        assert_eq!(text(&Some("A\0da".into())), Some("Ada".into()));
+        assert_eq!(text(&Some("\0\0".into())), None);
+        assert_eq!(text(&None), None);
+        assert_eq!(without_nul("a\0@x.io"), "a@x.io");
     }
 }

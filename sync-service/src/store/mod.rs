@@ -5,16 +5,20 @@
 //! How the sync semantics are made atomic, on both backends, is the `apply`
 //! module's story: deduplication by a ledger insert in the same transaction as
 //! the change, last write wins and final deletes by conditional upserts.
+//! Next to it: `quarantine` (deliveries that cannot be applied) and `prune`
+//! (the ledger's retention).
 
 mod apply;
 pub(crate) mod entity;
 mod page;
+mod prune;
+mod quarantine;
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, JoinType, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, JoinType,
+    QueryFilter, QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
     sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -26,6 +30,7 @@ use crate::{
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::{user_email_addresses, users};
 pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
+pub use quarantine::{NewQuarantined, Quarantined};
 
 /// Prepared statements kept per connection: every row count of every batch
 /// statement, with room to spare (sqlx's default of 100 thrashes).
@@ -40,6 +45,10 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a connection (also SQLite's busy timeout).
     pub acquire_timeout: Duration,
+    /// PostgreSQL `statement_timeout` of every connection.
+    pub statement_timeout: Duration,
+    /// PostgreSQL `lock_timeout` of every connection.
+    pub lock_timeout: Duration,
 }
 
 /// Handle to the directory database; cheap to clone (it is a pool).
@@ -63,6 +72,15 @@ impl Store {
             ));
         }
         let busy_timeout = options.acquire_timeout;
+        // A statement or lock wait past these fails (as UNAVAILABLE: retry)
+        // instead of holding a connection and its locks indefinitely.
+        let server_settings = [
+            (
+                "statement_timeout",
+                options.statement_timeout.as_millis().to_string(),
+            ),
+            ("lock_timeout", options.lock_timeout.as_millis().to_string()),
+        ];
         let mut connect = ConnectOptions::new(url.clone());
         connect
             .max_connections(options.max_connections)
@@ -72,8 +90,10 @@ impl Store {
             .sqlx_logging(false)
             // Batch statements differ in their number of rows: keep every
             // shape prepared rather than re-preparing on each batch.
-            .map_sqlx_postgres_opts(|postgres| {
-                postgres.statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
+            .map_sqlx_postgres_opts(move |postgres| {
+                postgres
+                    .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
+                    .options(server_settings.clone())
             })
             .map_sqlx_sqlite_opts(move |sqlite| {
                 // WAL lets readers run beside the one writer. FULL syncs the
@@ -116,6 +136,23 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
         Ok(())
+    }
+
+    /// The connection pool's connections: (in use, idle).
+    pub fn pool_connections(&self) -> (u32, u32) {
+        let (size, idle) = match self.db.get_database_backend() {
+            DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        (size.saturating_sub(idle), idle)
     }
 
     /// Applies events in one transaction (group commit: one commit, one fsync
@@ -320,7 +357,7 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn now_millis() -> Millis {
+pub(crate) fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)

@@ -54,7 +54,11 @@ impl ListQuery {
             }
             n => n as u32,
         };
-        let changed_since = request.changed_since.as_ref().map(millis_from_timestamp);
+        let changed_since = request
+            .changed_since
+            .as_ref()
+            .map(|ts| millis_from_timestamp(ts, "changed_since"))
+            .transpose()?;
         let banned = match v1::BannedFilter::try_from(request.banned) {
             Ok(v1::BannedFilter::Unspecified) => None,
             Ok(v1::BannedFilter::Exclude) => Some(false),

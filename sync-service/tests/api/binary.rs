@@ -10,6 +10,10 @@ fn service() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clerk-sync-service"));
     command
         .env_remove("DATABASE_URL")
+        .env_remove("LOG_FORMAT")
+        // No metrics endpoint unless a test asks: the default port may be
+        // taken, and its banner line would come before the server's.
+        .env("SYNC_SERVICE_METRICS_LISTEN_ADDR", "")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     command
@@ -25,10 +29,42 @@ type Case = (
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // (arguments, environment, the setting the error must name)
-    let cases: [Case; 11] = [
+    let cases: [Case; 19] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
+        (
+            &["--grpc-max-message-bytes", "10"],
+            &[],
+            "--grpc-max-message-bytes",
+        ),
+        (
+            &[],
+            &[("SYNC_MAX_PENDING_APPLIES", "0")],
+            "--max-pending-applies",
+        ),
+        (
+            &["--ledger-retention-days", "1"],
+            &[],
+            "--ledger-retention-days",
+        ),
+        (
+            &[],
+            &[("DATABASE_STATEMENT_TIMEOUT_MS", "soon")],
+            "--database-statement-timeout-ms",
+        ),
+        (
+            &["--database-lock-timeout-ms", "0"],
+            &[],
+            "--database-lock-timeout-ms",
+        ),
+        (&["--max-batch", "10001"], &[], "--max-batch"),
         (&["--max-batch", "0"], &[], "--max-batch"),
         (&[], &[("SYNC_WRITERS", "lots")], "--writers"),
+        (&[], &[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+        (
+            &["--metrics-listen", "9465"],
+            &[],
+            "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+        ),
         (
             &["migrate"],
             &[("DATABASE_URL", "mysql://root:hunter2@nowhere/db")],
@@ -244,4 +280,27 @@ fn read_until(stderr: &mut impl BufRead, needle: &str) -> String {
         seen.push_str(&line);
     }
     seen
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_start_up_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = service()
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "SYNC_SERVICE_METRICS_LISTEN_ADDR",
+            taken.local_addr().unwrap().to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error_lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(
+        error_lines[0].contains("SYNC_SERVICE_METRICS_LISTEN_ADDR"),
+        "{stderr}"
+    );
 }

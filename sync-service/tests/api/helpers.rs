@@ -4,6 +4,8 @@
 
 #[path = "../../../tests/support/certs.rs"]
 mod certs;
+#[path = "../../../tests/support/scrape.rs"]
+mod scrape;
 #[path = "../../../tests/support/tcp_proxy.rs"]
 mod tcp_proxy;
 #[path = "../../../tests/support/test_db.rs"]
@@ -21,6 +23,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
 
 pub(crate) use certs::TestCerts;
+pub(crate) use scrape::Scrape;
 pub(crate) use tcp_proxy::TcpProxy;
 pub(crate) use test_db::{Backend, TestDb};
 
@@ -30,6 +33,8 @@ pub(crate) struct TestApp {
     pub(crate) sync: UserSyncServiceClient<Channel>,
     pub(crate) directory: UserDirectoryServiceClient<Channel>,
     pub(crate) channel: Channel,
+    /// Where the metrics are served.
+    pub(crate) metrics_address: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -57,11 +62,18 @@ impl TestApp {
         config.database_max_connections = 5;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_address = metrics_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            clerk_sync_service::run(listener, &config, async {
+            let server = clerk_sync_service::run(listener, &config, async {
                 let _ = stopped.await;
-            })
+            });
+            clerk_sync_api::runtime::run_with_metrics(
+                Some(metrics_listener),
+                clerk_sync_service::metrics::render,
+                server,
+            )
             .await
         });
         let channel = endpoint(address).connect_lazy();
@@ -70,6 +82,7 @@ impl TestApp {
             sync: UserSyncServiceClient::new(channel.clone()),
             directory: UserDirectoryServiceClient::new(channel.clone()),
             channel,
+            metrics_address,
             stop: Some(stop),
             task: Some(task),
         };
@@ -93,6 +106,11 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("sync-service at {} never became SERVING", self.address);
+    }
+
+    /// Scrapes the metrics endpoint.
+    pub(crate) async fn scrape(&self) -> Scrape {
+        scrape::scrape(self.metrics_address).await
     }
 
     /// Stops the server and waits for it to drain.

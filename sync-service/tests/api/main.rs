@@ -1,6 +1,7 @@
 //! Integration tests of the sync-service: the real server on 127.0.0.1:0 over
 //! a fresh SQLite file or PostgreSQL database, driven by the generated clients
-//! (and, in `grpcurl`, by the real grpcurl binary through reflection).
+//! (and, in `grpcurl`, by the real grpcurl binary through reflection), with
+//! its metrics endpoint scraped in `metrics`.
 //!
 //! PostgreSQL tests use `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test.
@@ -12,7 +13,10 @@ mod binary;
 mod concurrency;
 mod grpcurl;
 mod helpers;
+mod hostile;
+mod metrics;
 mod outage;
+mod properties;
 mod queries;
 mod security;
 mod semantics;

@@ -1,0 +1,243 @@
+//! `clerk.sync.v1.QuarantineService`: stores, lists, shows and drops
+//! quarantined deliveries through the [`Store`].
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use clerk_sync_api::v1::{
+    self, DropQuarantinedRequest, DropQuarantinedResponse, GetQuarantinedRequest,
+    GetQuarantinedResponse, ListQuarantinedRequest, ListQuarantinedResponse, QuarantineRequest,
+    QuarantineResponse, QuarantinedEvent,
+};
+use prost_types::Timestamp;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{EventId, Millis, timestamp_from_millis},
+    error::Error,
+    store::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, NewQuarantined, Quarantined, Store},
+};
+
+/// Longest event type kept; Clerk's are ~20 bytes.
+const MAX_EVENT_TYPE_LEN: usize = 256;
+/// Longest reason kept.
+const MAX_REASON_LEN: usize = 4096;
+/// Version tag of the list's page token.
+const TOKEN_VERSION: &str = "q1";
+
+/// Serves `QuarantineService`.
+#[derive(Clone, Debug)]
+pub(crate) struct QuarantineService {
+    pub(crate) store: Store,
+}
+
+#[tonic::async_trait]
+impl v1::quarantine_service_server::QuarantineService for QuarantineService {
+    #[tracing::instrument(name = "quarantine", skip_all, fields(event_id = %request.get_ref().event_id.escape_debug()))]
+    async fn quarantine(
+        &self,
+        request: Request<QuarantineRequest>,
+    ) -> Result<Response<QuarantineResponse>, Status> {
+        let delivery = parse_quarantine(request.into_inner())?;
+        let stored = self.store.quarantine(delivery).await?;
+        tracing::warn!(
+            reason = %stored.reason,
+            seen_count = stored.seen_count,
+            "event quarantined"
+        );
+        Ok(Response::new(QuarantineResponse {
+            event: Some(to_proto(stored)),
+        }))
+    }
+
+    async fn list_quarantined(
+        &self,
+        request: Request<ListQuarantinedRequest>,
+    ) -> Result<Response<ListQuarantinedResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
+            n if n as u32 > MAX_PAGE_SIZE => {
+                return Err(Error::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_PAGE_SIZE}"),
+                )
+                .into());
+            }
+            n => n as u32,
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(decode_token(token)?),
+        };
+        let mut events = self
+            .store
+            .list_quarantined(u64::from(page_size) + 1, after)
+            .await?;
+        let has_more = events.len() > page_size as usize;
+        events.truncate(page_size as usize);
+        let next_page_token = match events.last() {
+            Some(last) if has_more => encode_token(last.first_seen_at, &last.event_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListQuarantinedResponse {
+            events: events.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_quarantined(
+        &self,
+        request: Request<GetQuarantinedRequest>,
+    ) -> Result<Response<GetQuarantinedResponse>, Status> {
+        let id = EventId::parse(request.into_inner().event_id, "event_id")?;
+        let stored = self.store.get_quarantined(&id).await?;
+        Ok(Response::new(GetQuarantinedResponse {
+            event: Some(to_proto(stored)),
+        }))
+    }
+
+    async fn drop_quarantined(
+        &self,
+        request: Request<DropQuarantinedRequest>,
+    ) -> Result<Response<DropQuarantinedResponse>, Status> {
+        let id = EventId::parse(request.into_inner().event_id, "event_id")?;
+        self.store.drop_quarantined(&id).await?;
+        tracing::info!(event_id = %id.as_str(), "quarantined event dropped");
+        Ok(Response::new(DropQuarantinedResponse {}))
+    }
+}
+
+/// Parses a Quarantine request. The type and reason are free text from the
+/// gateway: U+0000 and other control characters are removed (PostgreSQL
+/// refuses U+0000) and they are cut to a bounded length.
+fn parse_quarantine(request: QuarantineRequest) -> Result<NewQuarantined, Error> {
+    let event_id = EventId::parse(request.event_id, "event_id")?;
+    let reason = clean_text(&request.reason, MAX_REASON_LEN);
+    if reason.trim().is_empty() {
+        return Err(Error::invalid("reason", "must not be empty"));
+    }
+    let delivered_at = request
+        .delivered_at
+        .ok_or_else(|| Error::invalid("delivered_at", "is required"))?;
+    Ok(NewQuarantined {
+        event_id,
+        event_type: Some(clean_text(&request.event_type, MAX_EVENT_TYPE_LEN))
+            .filter(|event_type| !event_type.is_empty()),
+        reason,
+        body: request.body,
+        svix_timestamp: delivered_at.seconds,
+    })
+}
+
+/// `text` without control characters (newlines and tabs aside), cut to at
+/// most `max` bytes on a character boundary.
+fn clean_text(text: &str, max: usize) -> String {
+    let mut cleaned = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            continue;
+        }
+        if cleaned.len() + c.len_utf8() > max {
+            break;
+        }
+        cleaned.push(c);
+    }
+    cleaned
+}
+
+fn to_proto(stored: Quarantined) -> QuarantinedEvent {
+    QuarantinedEvent {
+        event_id: stored.event_id,
+        event_type: stored.event_type.unwrap_or_default(),
+        reason: stored.reason,
+        body: stored.body.unwrap_or_default(),
+        body_size: stored.body_size,
+        delivered_at: Some(Timestamp {
+            seconds: stored.svix_timestamp,
+            nanos: 0,
+        }),
+        first_seen_at: Some(timestamp_from_millis(stored.first_seen_at)),
+        last_seen_at: Some(timestamp_from_millis(stored.last_seen_at)),
+        seen_count: stored.seen_count,
+    }
+}
+
+fn encode_token(first_seen_at: Millis, event_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_VERSION}|{first_seen_at}|{event_id}"))
+}
+
+fn decode_token(token: &str) -> Result<(Millis, String), Error> {
+    let invalid = || Error::invalid("page_token", "is not a token this server issued");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let mut parts = raw.splitn(3, '|');
+    let (Some(TOKEN_VERSION), Some(first_seen_at), Some(event_id)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    let first_seen_at = first_seen_at.parse().map_err(|_| invalid())?;
+    Ok((first_seen_at, event_id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_text_loses_control_characters_and_is_bounded() {
+        assert_eq!(clean_text("user.\0updated", 256), "user.updated");
+        assert_eq!(clean_text("a\nb\tc\u{7}", 256), "a\nb\tc");
+        assert_eq!(clean_text("ééé", 5), "éé");
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let token = encode_token(42, "msg_a|b");
+        assert_eq!(decode_token(&token).unwrap(), (42, "msg_a|b".into()));
+        assert!(decode_token("garbage!").is_err());
+    }
+
+    #[test]
+    fn a_delivery_needs_an_id_a_reason_and_a_time() {
+        let request = QuarantineRequest {
+            event_id: "msg_1".into(),
+            event_type: "user.\0created".into(),
+            reason: "invalid JSON payload".into(),
+            body: b"{".to_vec(),
+            delivered_at: Some(Timestamp {
+                seconds: 5,
+                nanos: 0,
+            }),
+        };
+        let parsed = parse_quarantine(request.clone()).unwrap();
+        assert_eq!(parsed.event_type.as_deref(), Some("user.created"));
+        assert_eq!(parsed.svix_timestamp, 5);
+        for (broken, field) in [
+            (
+                QuarantineRequest {
+                    event_id: String::new(),
+                    ..request.clone()
+                },
+                "event_id",
+            ),
+            (
+                QuarantineRequest {
+                    reason: "\0".into(),
+                    ..request.clone()
+                },
+                "reason",
+            ),
+            (
+                QuarantineRequest {
+                    delivered_at: None,
+                    ..request
+                },
+                "delivered_at",
+            ),
+        ] {
+            let err = parse_quarantine(broken).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+    }
+}

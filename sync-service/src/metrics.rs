@@ -1,0 +1,476 @@
+//! The sync-service's Prometheus metrics: one process-wide registry, the few
+//! functions that record into it, and [`GrpcMetricsLayer`], the tower layer
+//! wired once in `server.rs` that counts and times every gRPC call. Only
+//! [`render`] formats exposition, for `GET /metrics` on the separate metrics
+//! listener (`--metrics-listen`, served by
+//! [`clerk_sync_api::runtime::serve_metrics`]).
+//!
+//! Every name starts with `clerk_sync_service_`. Label values come from small
+//! fixed sets (event types, outcomes, the methods this server implements, gRPC
+//! code names): never an event id, user id or a path a client made up.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::LazyLock,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use clerk_sync_api::runtime::grpc_code_name;
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, LabelSetEncoder, prometheus_text},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry,
+};
+use prost::Message as _;
+use tonic::Code;
+
+use crate::{
+    domain::{Event, Outcome},
+    error::Error,
+};
+
+/// Events by type and what applying them did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    /// `user.created`, `user.updated` or `user.deleted`.
+    event_type: &'static str,
+    /// `applied`, `duplicate`, `stale`, `user_deleted`, or `error` (not
+    /// committed; the caller got an error status and Svix retries).
+    outcome: &'static str,
+}
+
+/// A gRPC method this server implements (or `unknown`/`unknown`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    /// Fully qualified service, e.g. `clerk.sync.v1.UserDirectoryService`.
+    service: &'static str,
+    /// Method name, e.g. `GetUser`.
+    method: &'static str,
+}
+
+/// A finished gRPC call: its method and status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: &'static str,
+    method: &'static str,
+    /// Canonical code name, e.g. `NOT_FOUND`.
+    code: &'static str,
+}
+
+/// Database pool connections by state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    /// `in_use` or `idle`.
+    state: &'static str,
+}
+
+/// The build, as an info metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The label set of a gauge with no labels that is absent from the exposition
+/// until first set: a value nobody has measured yet is not reported as 0.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Unlabelled;
+
+impl EncodeLabelSet for Unlabelled {
+    fn encode(&self, _encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
+
+struct Metrics {
+    registry: Registry,
+    events: Family<EventLabels, Counter>,
+    batch_events: Histogram,
+    commit_duration: Histogram,
+    grpc_calls: Family<CallLabels, Counter>,
+    grpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    db_pool: Family<PoolLabels, Gauge>,
+    quarantined: Family<Unlabelled, Gauge>,
+    change_feed_head: Family<Unlabelled, Gauge>,
+}
+
+/// Latency buckets, 0.25 ms to ~8 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("clerk_sync_service");
+    let events = Family::default();
+    registry.register(
+        "events",
+        "Events handed to the store, by event type and outcome (error: not committed)",
+        events.clone(),
+    );
+    // 1 to 1024: SYNC_MAX_BATCH defaults to 256.
+    let batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+    registry.register(
+        "commit_batch_events",
+        "Events committed together in one group-commit transaction",
+        batch_events.clone(),
+    );
+    let commit_duration = latency_histogram();
+    registry.register(
+        "commit_duration_seconds",
+        "Time to apply and commit one batch of events",
+        commit_duration.clone(),
+    );
+    let grpc_calls = Family::default();
+    registry.register(
+        "grpc_requests",
+        "gRPC calls finished, by service, method and status code",
+        grpc_calls.clone(),
+    );
+    let grpc_duration = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+        latency_histogram,
+    );
+    registry.register(
+        "grpc_request_duration_seconds",
+        "Time from a gRPC call's arrival to its last byte (its status), by service and method",
+        grpc_duration.clone(),
+    );
+    let db_pool = Family::default();
+    registry.register(
+        "db_pool_connections",
+        "Database pool connections, by state (in_use, idle), sampled every health-check interval",
+        db_pool.clone(),
+    );
+    let quarantined = Family::default();
+    registry.register(
+        "quarantined_events",
+        "Verified events held in quarantine (absent until the quarantine reports)",
+        quarantined.clone(),
+    );
+    let change_feed_head = Family::default();
+    registry.register(
+        "change_feed_head",
+        "Position of the newest committed change in the change feed (absent until the feed reports)",
+        change_feed_head.clone(),
+    );
+    registry.register(
+        "build",
+        "The running sync-service's version",
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    Metrics {
+        registry,
+        events,
+        batch_events,
+        commit_duration,
+        grpc_calls,
+        grpc_duration,
+        db_pool,
+        quarantined,
+        change_feed_head,
+    }
+});
+
+/// The registry in the Prometheus text format (0.0.4), for `GET /metrics`.
+pub fn render() -> String {
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, &METRICS.registry)
+        .expect("encoding into a String cannot fail");
+    text
+}
+
+/// Records one group-commit batch: its size, how long applying and
+/// committing it took, and each event's outcome.
+pub fn record_batch(events: &[Event], outcomes: &[Result<Outcome, Error>], elapsed: Duration) {
+    METRICS.batch_events.observe(events.len() as f64);
+    METRICS.commit_duration.observe(elapsed.as_secs_f64());
+    for (event, outcome) in events.iter().zip(outcomes) {
+        let outcome = match outcome {
+            Ok(Outcome::Applied) => "applied",
+            Ok(Outcome::Duplicate) => "duplicate",
+            Ok(Outcome::Stale) => "stale",
+            Ok(Outcome::UserDeleted) => "user_deleted",
+            Err(_) => "error",
+        };
+        METRICS
+            .events
+            .get_or_create(&EventLabels {
+                event_type: event.kind.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// Sets the database pool gauges.
+pub fn set_db_pool(in_use: u32, idle: u32) {
+    let set = |state, value: u32| {
+        METRICS
+            .db_pool
+            .get_or_create(&PoolLabels { state })
+            .set(i64::from(value));
+    };
+    set("in_use", in_use);
+    set("idle", idle);
+}
+
+/// Sets how many events sit in quarantine. For the quarantine store to call
+/// whenever it knows the number (at start-up and after each change).
+pub fn set_quarantined(count: u64) {
+    METRICS
+        .quarantined
+        .get_or_create(&Unlabelled)
+        .set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
+/// Sets the change feed's head: the position of the newest committed change.
+/// For the change feed to call after each commit it observes.
+pub fn set_change_feed_head(position: i64) {
+    METRICS
+        .change_feed_head
+        .get_or_create(&Unlabelled)
+        .set(position);
+}
+
+/// Every method this server can route to, by request path
+/// (`/package.Service/Method`) → (service, method), read from the descriptor
+/// sets it serves. Anything else a client sends is labelled `unknown`, so
+/// made-up paths cannot add series.
+static KNOWN_METHODS: LazyLock<HashMap<String, (String, String)>> = LazyLock::new(|| {
+    let mut known = HashMap::new();
+    for encoded in [
+        clerk_sync_api::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        let set = prost_types::FileDescriptorSet::decode(encoded)
+            .expect("descriptor sets compiled into the binary decode");
+        for file in set.file {
+            for service in &file.service {
+                let service_name = match file.package() {
+                    "" => service.name().to_owned(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                for method in &service.method {
+                    known.insert(
+                        format!("/{service_name}/{}", method.name()),
+                        (service_name.clone(), method.name().to_owned()),
+                    );
+                }
+            }
+        }
+    }
+    known
+});
+
+/// The labels of the method at `path` (borrowed from [`KNOWN_METHODS`], so
+/// recording a call allocates nothing).
+fn method_labels(path: &str) -> MethodLabels {
+    match KNOWN_METHODS.get(path) {
+        Some((service, method)) => MethodLabels { service, method },
+        None => UNKNOWN_METHOD,
+    }
+}
+
+const UNKNOWN_METHOD: MethodLabels = MethodLabels {
+    service: "unknown",
+    method: "unknown",
+};
+
+/// Tower layer counting and timing every gRPC call by method and status code.
+/// Wired once, around the whole router, in `server.rs`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] wraps around the router.
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+    ResponseBody: Body + Unpin,
+{
+    type Response = http::Response<MeteredBody<ResponseBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let call = Call {
+            method: method_labels(request.uri().path()),
+            started: Instant::now(),
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // An error status without a message body ("trailers-only") comes
+            // in the headers: the call is over. Otherwise it comes in the
+            // trailers, at the end of the body.
+            let call = match code_in(response.headers()) {
+                Some(code) => {
+                    call.finish(code);
+                    None
+                }
+                None => Some(call),
+            };
+            Ok(response.map(|inner| MeteredBody { inner, call }))
+        })
+    }
+}
+
+/// One gRPC call being timed.
+#[derive(Debug)]
+struct Call {
+    method: MethodLabels,
+    started: Instant,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        METRICS
+            .grpc_duration
+            .get_or_create(&self.method)
+            .observe(self.started.elapsed().as_secs_f64());
+        METRICS
+            .grpc_calls
+            .get_or_create(&CallLabels {
+                service: self.method.service,
+                method: self.method.method,
+                code: grpc_code_name(code),
+            })
+            .inc();
+    }
+}
+
+/// The `grpc-status` in `headers` (or trailers), if any.
+fn code_in(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(value.parse::<i32>().map_or(Code::Unknown, Code::from))
+}
+
+/// A response body that records its call when the status arrives in the
+/// trailers, or as `CANCELLED` when the body is dropped before that (the
+/// client went away).
+#[derive(Debug)]
+pub struct MeteredBody<B> {
+    inner: B,
+    /// The call, until recorded.
+    call: Option<Call>,
+}
+
+impl<B: Body + Unpin> Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| code_in(trailers).unwrap_or(Code::Unknown)),
+            Poll::Ready(Some(Err(_))) => Some(Code::Internal),
+            // A body that ends without trailers never said OK.
+            Poll::Ready(None) => Some(Code::Unknown),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(call) = this.call.take()
+        {
+            call.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.finish(Code::Cancelled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_method_is_known_by_its_path() {
+        let get_user = method_labels("/clerk.sync.v1.UserDirectoryService/GetUser");
+        assert_eq!(get_user.service, "clerk.sync.v1.UserDirectoryService");
+        assert_eq!(get_user.method, "GetUser");
+        for path in [
+            "/clerk.sync.v1.UserSyncService/ApplyUserCreated",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(KNOWN_METHODS.contains_key(path), "{path}");
+        }
+        assert_eq!(
+            method_labels("/clerk.sync.v1.UserDirectoryService/Nope"),
+            UNKNOWN_METHOD
+        );
+    }
+
+    #[test]
+    fn unset_gauges_are_absent_and_set_ones_appear() {
+        let text = render();
+        assert!(
+            !text.contains("clerk_sync_service_change_feed_head "),
+            "{text}"
+        );
+        set_change_feed_head(42);
+        set_quarantined(3);
+        let text = render();
+        assert!(
+            text.contains("\nclerk_sync_service_change_feed_head 42\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nclerk_sync_service_quarantined_events 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clerk_sync_service_build_info{version=\""),
+            "{text}"
+        );
+    }
+}
