@@ -37,7 +37,9 @@ pub async fn serve_hyper(listener: TcpListener) -> anyhow::Result<()> {
                     .expect("a valid response"),
             )
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = connection.await;
         });

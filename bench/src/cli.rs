@@ -274,7 +274,10 @@ mod tests {
         let Command::Ingest(args) = cli.command else {
             panic!("not ingest")
         };
-        assert_eq!((args.users, args.updates, args.load.connections), (4000, 4, 32));
+        assert_eq!(
+            (args.users, args.updates, args.load.connections),
+            (4000, 4, 32)
+        );
     }
 
     #[test]
@@ -287,10 +290,13 @@ mod tests {
         assert!(with(&["--users", "0"]).contains("--users"));
         assert!(with(&["--connections", "x"]).contains("--connections"));
         assert!(with(&["--delete-rate", "1.5"]).contains("--delete-rate: expected a fraction"));
-        assert!(with(&["--duplicate-rate", "-1"]).contains("--duplicate-rate"));
+        assert!(with(&["--duplicate-rate=-1"]).contains("--duplicate-rate"));
         assert!(with(&["--server-pids", "0"]).contains("--server-pids"));
         assert!(with(&["--run-id", "a_b"]).contains("--run-id"));
-        assert!(with(&["--sync-service-url", "https://h:1"]).contains("--sync-service-url: https:// is not supported"));
+        assert!(
+            with(&["--sync-service-url", "https://h:1"])
+                .contains("--sync-service-url: https:// is not supported")
+        );
         let secret = refused(&[
             "ingest",
             "--gateway-url",
@@ -298,12 +304,27 @@ mod tests {
             "--webhook-secret",
             "whsec_%%%",
         ]);
-        assert!(secret.contains("--webhook-secret (CLERK_WEBHOOK_SECRET)"), "{secret}");
+        assert!(
+            secret.contains("--webhook-secret (CLERK_WEBHOOK_SECRET)"),
+            "{secret}"
+        );
         assert!(!secret.contains("%%%"), "{secret}");
-        let token = refused(&["query", "--sync-service-url", "http://h:1", "--token", "a b"]);
+        let token = refused(&[
+            "query",
+            "--sync-service-url",
+            "http://h:1",
+            "--token",
+            "a b",
+        ]);
         assert!(token.contains("--token (SYNC_SERVICE_TOKEN)"), "{token}");
         assert!(!token.contains("a b"), "{token}");
-        let method = refused(&["query", "--sync-service-url", "http://h:1", "--method", "nope"]);
+        let method = refused(&[
+            "query",
+            "--sync-service-url",
+            "http://h:1",
+            "--method",
+            "nope",
+        ]);
         assert!(method.contains("--method"), "{method}");
     }
 }

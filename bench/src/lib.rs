@@ -44,7 +44,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => {
             let report = phases::query(&args).await?;
             if report.failures > 0 {
-                eprintln!("error: {} of {} calls failed", report.failures, report.count());
+                eprintln!(
+                    "error: {} of {} calls failed",
+                    report.failures,
+                    report.count()
+                );
             }
             report.failures == 0
         }

@@ -84,7 +84,11 @@ async fn connect(address: std::net::SocketAddr) -> anyhow::Result<SendRequest<Fu
 /// Posts every lane's requests over its own keep-alive connection; a
 /// connection that breaks is reopened for the lane's next request. Success
 /// is a 200.
-pub async fn post_lanes<I>(target: &WebhookTarget, lanes: Vec<I>, progress: Progress) -> anyhow::Result<Report>
+pub async fn post_lanes<I>(
+    target: &WebhookTarget,
+    lanes: Vec<I>,
+    progress: Progress,
+) -> anyhow::Result<Report>
 where
     I: Iterator<Item = HttpRequest> + Send + 'static,
 {

@@ -169,9 +169,9 @@ pub fn signed_lanes(
 pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
     let target = WebhookTarget::resolve(&args.gateway_url).await?;
     let directory = match &args.sync_service_url {
-        Some(url) => Some(
-            GrpcTarget::new(url.clone(), args.token.as_deref()).map_err(anyhow::Error::msg)?,
-        ),
+        Some(url) => {
+            Some(GrpcTarget::new(url.clone(), args.token.as_deref()).map_err(anyhow::Error::msg)?)
+        }
         None => None,
     };
     let watch = Watch::new(args.load.server_pids.clone())?;
@@ -253,7 +253,10 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
 /// Prints a verification's outcome (at most 10 mismatches).
 pub fn print_verdict(verdict: &Verdict) {
     if verdict.passed() {
-        println!("verify: all {} users in their expected end state", verdict.checked);
+        println!(
+            "verify: all {} users in their expected end state",
+            verdict.checked
+        );
     } else {
         println!(
             "verify: FAILED, {} mismatches among {} users:",
@@ -314,7 +317,11 @@ struct Known {
     emails: Vec<String>,
 }
 
-async fn known_users(args: &QueryArgs, target: &GrpcTarget, channel: Channel) -> anyhow::Result<Known> {
+async fn known_users(
+    args: &QueryArgs,
+    target: &GrpcTarget,
+    channel: Channel,
+) -> anyhow::Result<Known> {
     if let (Some(run), Some(users)) = (&args.run_id, args.users) {
         let users = users as usize;
         return Ok(Known {
@@ -372,8 +379,8 @@ fn keep_going(load: &LoadArgs, count: u64) -> impl Fn(u64) -> bool + Clone + Sen
 
 /// `query`: drives one directory method (or the health check); the report.
 pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
-    let target =
-        GrpcTarget::new(args.sync_service_url.clone(), args.token.as_deref()).map_err(anyhow::Error::msg)?;
+    let target = GrpcTarget::new(args.sync_service_url.clone(), args.token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let watch = Watch::new(args.load.server_pids.clone())?;
     let lanes = args.load.connections as usize;
     let mut channels = Vec::with_capacity(lanes);
@@ -401,7 +408,10 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
         .iter()
         .map(|c| UserDirectoryServiceClient::new(c.clone()).max_decoding_message_size(64 << 20))
         .collect();
-    let health: Vec<_> = channels.iter().map(|c| HealthClient::new(c.clone())).collect();
+    let health: Vec<_> = channels
+        .iter()
+        .map(|c| HealthClient::new(c.clone()))
+        .collect();
     let method = args.method;
     let batch = args.batch_size as usize;
     let call = {
@@ -422,7 +432,9 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
                         .map(drop),
                     Method::BatchGetUsers => {
                         let mut random = crate::plan::XorShift::new(random);
-                        let ids = (0..batch).map(|_| pick(random.next_u64()).clone()).collect();
+                        let ids = (0..batch)
+                            .map(|_| pick(random.next_u64()).clone())
+                            .collect();
                         directory
                             .batch_get_users(target.request(BatchGetUsersRequest { ids }))
                             .await
@@ -494,7 +506,11 @@ pub async fn baselines(args: &BaselineArgs) -> anyhow::Result<(Report, Report)> 
     let url: http::Uri = format!("http://{}/clerk", hyper.address).parse()?;
     let target = WebhookTarget::resolve(&url).await?;
     let watch = Watch::new(vec![hyper.pid()])?;
-    println!("baseline hyper 200 {{}} (pid {}) at {}, {lanes} connections", hyper.pid(), hyper.address);
+    println!(
+        "baseline hyper 200 {{}} (pid {}) at {}, {lanes} connections",
+        hyper.pid(),
+        hyper.address
+    );
     let progress = Progress::default();
     let http = if let Some(seconds) = args.load.duration {
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -575,4 +591,3 @@ pub async fn baselines(args: &BaselineArgs) -> anyhow::Result<(Report, Report)> 
     print_result("baseline kind=tonic", &grpc);
     Ok((http, grpc))
 }
-

@@ -101,10 +101,9 @@ impl Default for EventFactory {
 impl EventFactory {
     /// A factory over the repository's `user.created` fixture.
     pub fn new() -> Self {
-        let fixture = serde_json::from_str(include_str!(
-            "../../tests/fixtures/clerk/user.created.json"
-        ))
-        .expect("the fixture is JSON");
+        let fixture =
+            serde_json::from_str(include_str!("../../tests/fixtures/clerk/user.created.json"))
+                .expect("the fixture is JSON");
         Self { fixture }
     }
 
@@ -283,7 +282,10 @@ mod tests {
         assert_eq!(plan.expected[3].id, "user_bench_t1_000003");
         assert_eq!(plan.expected[3].email, "bench.t1.3@example.org");
         let first = parse(&plan.deliveries[3]);
-        assert_eq!(first["data"]["email_addresses"][0]["email_address"], "bench.t1.3@example.org");
+        assert_eq!(
+            first["data"]["email_addresses"][0]["email_address"],
+            "bench.t1.3@example.org"
+        );
         assert_eq!(first["data"]["first_name"], "v0");
     }
 

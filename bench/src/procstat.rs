@@ -26,8 +26,9 @@ impl ProcSample {
     /// Reads process `pid`; an error names the pid and the file.
     pub fn read(pid: u32) -> anyhow::Result<Self> {
         let status_path = format!("/proc/{pid}/status");
-        let status = std::fs::read_to_string(&status_path)
-            .map_err(|e| anyhow::anyhow!("cannot read {status_path} (is process {pid} running?): {e}"))?;
+        let status = std::fs::read_to_string(&status_path).map_err(|e| {
+            anyhow::anyhow!("cannot read {status_path} (is process {pid} running?): {e}")
+        })?;
         let stat_path = format!("/proc/{pid}/stat");
         let stat = std::fs::read_to_string(&stat_path)
             .map_err(|e| anyhow::anyhow!("cannot read {stat_path}: {e}"))?;

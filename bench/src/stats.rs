@@ -15,7 +15,13 @@ pub struct Lane {
 
 impl Lane {
     /// Records one request's latency and outcome.
-    pub fn record(&mut self, latency: Duration, outcome: &str, success: bool, detail: impl FnOnce() -> String) {
+    pub fn record(
+        &mut self,
+        latency: Duration,
+        outcome: &str,
+        success: bool,
+        detail: impl FnOnce() -> String,
+    ) {
         self.latencies.push(latency.as_micros() as u64);
         *self.outcomes.entry(outcome.to_owned()).or_default() += 1;
         if !success && self.first_failure.is_none() {
@@ -141,16 +147,26 @@ mod tests {
     fn merge_counts_every_outcome_that_is_not_success_as_a_failure() {
         let mut a = Lane::default();
         a.record(Duration::from_micros(3000), "200", true, String::new);
-        a.record(Duration::from_micros(1000), "503", false, || "503 busy".into());
+        a.record(Duration::from_micros(1000), "503", false, || {
+            "503 busy".into()
+        });
         let mut b = Lane::default();
         b.record(Duration::from_micros(2000), "200", true, String::new);
-        b.record(Duration::from_micros(4000), "connection error", false, || "reset".into());
+        b.record(
+            Duration::from_micros(4000),
+            "connection error",
+            false,
+            || "reset".into(),
+        );
         let report = Report::merge(Duration::from_secs(2), vec![a, b], "200");
         assert_eq!(report.latencies, vec![1000, 2000, 3000, 4000]);
         assert_eq!(report.failures, 2);
         assert_eq!(report.first_failure.as_deref(), Some("503 busy"));
         assert_eq!(report.rate(), 2.0);
         assert_eq!(report.percentile_ms(50.0), 2.0);
-        assert_eq!(report.outcomes_line(), "200: 2, 503: 1, connection error: 1");
+        assert_eq!(
+            report.outcomes_line(),
+            "200: 2, 503: 1, connection error: 1"
+        );
     }
 }

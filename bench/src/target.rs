@@ -104,7 +104,9 @@ impl GrpcTarget {
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(value) = &self.authorization {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         request
     }
@@ -118,7 +120,10 @@ mod tests {
     fn urls_are_checked_by_flag() {
         assert!(parse_http_url("--x", "http://127.0.0.1:8080").is_ok());
         let https = parse_http_url("--gateway-url", "https://example.org").unwrap_err();
-        assert!(https.starts_with("--gateway-url: https:// is not supported"), "{https}");
+        assert!(
+            https.starts_with("--gateway-url: https:// is not supported"),
+            "{https}"
+        );
         let other = parse_http_url("--sync-service-url", "ftp://h").unwrap_err();
         assert!(other.starts_with("--sync-service-url:"), "{other}");
         assert!(parse_http_url("--x", "not a url").is_err());
@@ -132,6 +137,9 @@ mod tests {
         assert_eq!(target.path, "/clerk");
         assert_eq!(target.authority, "127.0.0.1:9");
         let url = parse_http_url("--x", "http://127.0.0.1:9/hooks/clerk").unwrap();
-        assert_eq!(WebhookTarget::resolve(&url).await.unwrap().path, "/hooks/clerk");
+        assert_eq!(
+            WebhookTarget::resolve(&url).await.unwrap().path,
+            "/hooks/clerk"
+        );
     }
 }

@@ -84,23 +84,21 @@ pub async fn verify(target: &GrpcTarget, expected: &[ExpectedUser]) -> anyhow::R
                     "{}: deleted, but BatchGetUsers neither returned it nor listed it missing",
                     user.id
                 )),
-                (End::Live { .. }, None) => {
-                    Some(format!("{}: expected live, BatchGetUsers says missing", user.id))
-                }
+                (End::Live { .. }, None) => Some(format!(
+                    "{}: expected live, BatchGetUsers says missing",
+                    user.id
+                )),
                 (_, Some(found)) => check_live(user, found, "BatchGetUsers"),
             };
             verdict.mismatches.extend(mismatch);
         }
     }
-    let sample = expected
-        .iter()
-        .filter(|u| u.end == End::Deleted)
-        .chain(
-            expected
-                .iter()
-                .filter(|u| u.end != End::Deleted)
-                .take(GET_USER_SAMPLE),
-        );
+    let sample = expected.iter().filter(|u| u.end == End::Deleted).chain(
+        expected
+            .iter()
+            .filter(|u| u.end != End::Deleted)
+            .take(GET_USER_SAMPLE),
+    );
     for user in sample {
         let answer = client
             .get_user(target.request(GetUserRequest {

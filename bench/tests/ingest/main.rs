@@ -64,28 +64,62 @@ async fn ingest_then_verify_catches_a_wrong_end_state(backend: helpers::Backend)
         ],
     );
     let outcome = phases::ingest(&args).await.unwrap();
-    assert_eq!(outcome.report.failures, 0, "{:?}", outcome.report.first_failure);
+    assert_eq!(
+        outcome.report.failures, 0,
+        "{:?}",
+        outcome.report.first_failure
+    );
     let verdict = outcome.verdict.as_ref().expect("verified");
     assert!(outcome.passed(), "{:?}", verdict.mismatches);
     assert_eq!(verdict.checked, 40);
 
-    let target = GrpcTarget::new(format!("http://{}", stack.sync).parse().unwrap(), Some(READ_TOKEN)).unwrap();
+    let target = GrpcTarget::new(
+        format!("http://{}", stack.sync).parse().unwrap(),
+        Some(READ_TOKEN),
+    )
+    .unwrap();
     // One more update per user than was ever sent.
     let mut spec = args.plan_spec("it1");
     spec.updates += 1;
     let plan = Plan::new(&spec, &EventFactory::new());
-    let live = plan.expected.iter().filter(|u| u.end != End::Deleted).count();
+    let live = plan
+        .expected
+        .iter()
+        .filter(|u| u.end != End::Deleted)
+        .count();
     assert!(live > 0 && live < 40, "{live}");
     let verdict = verify(&target, &plan.expected).await.unwrap();
-    assert_eq!(verdict.mismatches.len(), live, "{:?}", verdict.mismatches);
-    assert!(verdict.mismatches[0].contains("expected first_name \"v4\""), "{}", verdict.mismatches[0]);
+    let batch = |verdict: &clerk_sync_bench::verify::Verdict| {
+        verdict
+            .mismatches
+            .iter()
+            .filter(|line| line.contains("BatchGetUsers"))
+            .count()
+    };
+    // Every live user through BatchGetUsers, and the first 20 again through GetUser.
+    assert_eq!(batch(&verdict), live, "{:?}", &verdict.mismatches[..3]);
+    assert_eq!(verdict.mismatches.len(), live + live.min(20));
+    assert!(
+        verdict.mismatches[0].contains("expected first_name \"v4\"")
+            && verdict.mismatches[0].contains("returned Some(\"v3\")"),
+        "{}",
+        verdict.mismatches[0]
+    );
 
     // The same plan, but nobody deleted: deleted users must be reported.
     let mut spec = args.plan_spec("it1");
     spec.delete_rate = 0.0;
     let plan = Plan::new(&spec, &EventFactory::new());
     let verdict = verify(&target, &plan.expected).await.unwrap();
-    assert_eq!(verdict.mismatches.len(), 40 - live, "{:?}", verdict.mismatches);
+    assert_eq!(batch(&verdict), 40 - live, "{:?}", verdict.mismatches);
+    assert!(
+        verdict
+            .mismatches
+            .iter()
+            .all(|line| line.contains("says missing") || line.contains("says NOT_FOUND")),
+        "{:?}",
+        verdict.mismatches
+    );
     assert!(!verdict.passed());
     stack.stop().await;
 }
@@ -93,11 +127,17 @@ async fn ingest_then_verify_catches_a_wrong_end_state(backend: helpers::Backend)
 /// Webhooks signed with another secret are refused (401) and the run fails.
 async fn a_wrong_secret_fails_the_run(backend: helpers::Backend) {
     let stack = Stack::start(backend).await;
-    let mut args = ingest_args(&stack, &["--users", "5", "--updates", "0"]);
+    let mut args = ingest_args(&stack, &[]);
+    (args.users, args.updates) = (5, 0);
     args.webhook_secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse().unwrap();
     let outcome = phases::ingest(&args).await.unwrap();
     assert_eq!(outcome.report.failures, 5);
-    assert_eq!(outcome.report.outcomes.get("401"), Some(&5), "{:?}", outcome.report.outcomes);
+    assert_eq!(
+        outcome.report.outcomes.get("401"),
+        Some(&5),
+        "{:?}",
+        outcome.report.outcomes
+    );
     assert!(!outcome.passed());
     stack.stop().await;
 }
@@ -115,13 +155,20 @@ fn baselines_run_as_child_processes() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for kind in ["hyper", "tonic"] {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("RESULT baseline kind={kind} ")))
             .unwrap_or_else(|| panic!("no {kind} result in {stdout}"));
-        assert!(line.contains("count=400") && line.contains("failed=0"), "{line}");
+        assert!(
+            line.contains("count=400") && line.contains("failed=0"),
+            "{line}"
+        );
     }
     assert!(stdout.contains("RESULT rss pid="), "{stdout}");
 }
@@ -131,15 +178,35 @@ fn baselines_run_as_child_processes() {
 fn bad_flags_stop_with_one_line_naming_them() {
     let cases: [(&[&str], &str); 3] = [
         (
-            &["ingest", "--gateway-url", "https://127.0.0.1:1", "--webhook-secret", SECRET],
+            &[
+                "ingest",
+                "--gateway-url",
+                "https://127.0.0.1:1",
+                "--webhook-secret",
+                SECRET,
+            ],
             "--gateway-url: https:// is not supported",
         ),
         (
-            &["ingest", "--gateway-url", "http://127.0.0.1:1", "--webhook-secret", SECRET, "--users", "0"],
+            &[
+                "ingest",
+                "--gateway-url",
+                "http://127.0.0.1:1",
+                "--webhook-secret",
+                SECRET,
+                "--users",
+                "0",
+            ],
             "--users",
         ),
         (
-            &["query", "--sync-service-url", "http://127.0.0.1:1", "--connections", "0"],
+            &[
+                "query",
+                "--sync-service-url",
+                "http://127.0.0.1:1",
+                "--connections",
+                "0",
+            ],
             "--connections",
         ),
     ];
@@ -153,7 +220,10 @@ fn bad_flags_stop_with_one_line_naming_them() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         let first = stderr.lines().next().unwrap_or_default();
-        assert!(first.starts_with("error: ") && first.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            first.starts_with("error: ") && first.contains(expected),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
