@@ -20,6 +20,7 @@
 #   BENCH_OUT          target/bench/results.md
 #   PG_HOST / PG_PORT / PG_USER   127.0.0.1 / 5432 / postgres
 #   CARGO_TARGET_DIR   where cargo puts the release binaries (default target)
+#   BENCH_NO_BUILD     1: use the release binaries already built
 # Everything listens on 127.0.0.1 only; every step is bounded by `timeout`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +42,10 @@ for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS"; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: expected a number, got '$n'" >&2; exit 2; }
 done
 
-echo "== building release binaries" >&2
-timeout 3600 cargo build --release --locked -p clerk-sync-service -p clerk-sync-gateway -p clerk-sync-bench >&2
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+  echo "== building release binaries" >&2
+  timeout 3600 cargo build --release --locked -p clerk-sync-service -p clerk-sync-gateway -p clerk-sync-bench >&2
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
