@@ -65,6 +65,7 @@ struct Metrics {
     upstream_errors: Family<CodeLabels, Counter>,
     in_flight: Gauge,
     shed: Counter,
+    quarantined: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -107,6 +108,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Requests refused with 503 without being handled, because too many were in flight",
         shed.clone(),
     );
+    let quarantined = Counter::default();
+    registry.register(
+        "quarantined",
+        "Verified deliveries no retry can fix, stored in the sync-service's quarantine and acknowledged",
+        quarantined.clone(),
+    );
     registry.register(
         "build",
         "The running gateway's version",
@@ -122,6 +129,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         upstream_errors,
         in_flight,
         shed,
+        quarantined,
     }
 });
 
@@ -177,6 +185,15 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
     METRICS.forward_duration.observe(elapsed.as_secs_f64());
     let code = match error {
         None => return,
+        // tonic's own per-call timeout (the same deadline, set on the
+        // channel) answers CANCELLED "Timeout expired": whichever timer
+        // fires first, it is the gateway's deadline.
+        Some(Error::Upstream(status))
+            if status.code() == Code::Cancelled
+                && status.message() == tonic::TimeoutExpired(()).to_string() =>
+        {
+            Code::DeadlineExceeded
+        }
         Some(Error::Upstream(status)) => status.code(),
         Some(Error::UpstreamTimeout) => Code::DeadlineExceeded,
         // An OK answer with an outcome this build does not know.
@@ -188,6 +205,11 @@ pub fn record_forward(elapsed: Duration, error: Option<&Error>) {
             code: grpc_code_name(code),
         })
         .inc();
+}
+
+/// Counts one delivery stored in the quarantine (redeliveries included).
+pub fn record_quarantined() {
+    METRICS.quarantined.inc();
 }
 
 /// Counts one request refused by load shedding (503 before any work).

@@ -193,6 +193,7 @@ impl App {
             .quarantine
             .store(delivery, body, pipeline::event_type_of(body), reason)
             .await?;
+        metrics::record_quarantined();
         tracing::warn!(
             reason = %stored.reason,
             seen_count = stored.seen_count,

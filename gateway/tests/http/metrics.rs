@@ -25,6 +25,7 @@ const FAILURES: &str = "clerk_sync_gateway_verification_failures_total";
 const UPSTREAM_ERRORS: &str = "clerk_sync_gateway_upstream_errors_total";
 const FORWARDED: &str = "clerk_sync_gateway_forward_duration_seconds_count";
 const IN_FLIGHT: &str = "clerk_sync_gateway_in_flight_requests";
+const QUARANTINED: &str = "clerk_sync_gateway_quarantined_total";
 
 fn webhooks(event_type: &str, status: u16) -> String {
     format!(r#"{WEBHOOKS}{{event_type="{event_type}",status="{status}"}}"#)
@@ -61,10 +62,11 @@ async fn every_answered_webhook_is_counted_by_type_status_and_failure_reason() {
         let status = app.post_clerk(&headers, body).await.status;
         assert!(status.is_client_error(), "{status}");
     }
-    // Verified but not JSON: its type is never trusted.
+    // Verified but not JSON: quarantined and acknowledged; its type is never
+    // trusted.
     assert_eq!(
         app.deliver("msg_m7", "{\"type\": ").await.status,
-        StatusCode::BAD_REQUEST
+        StatusCode::OK
     );
     // The sync-service fails: 503, and the gRPC code is counted.
     app.upstream.fail_with(Some(Code::Unavailable), "down");
@@ -82,7 +84,9 @@ async fn every_answered_webhook_is_counted_by_type_status_and_failure_reason() {
         (webhooks("user.deleted", 200), 1.0),
         (webhooks("other", 200), 1.0),
         (webhooks("unknown", 401), 2.0),
-        (webhooks("unknown", 400), 2.0),
+        (webhooks("unknown", 400), 1.0),
+        (webhooks("unknown", 200), 1.0),
+        (QUARANTINED.to_owned(), 1.0),
         (webhooks("user.created", 503), 1.0),
         (format!(r#"{FAILURES}{{reason="signature_mismatch"}}"#), 1.0),
         (format!(r#"{FAILURES}{{reason="missing_header"}}"#), 1.0),

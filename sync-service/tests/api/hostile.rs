@@ -499,3 +499,91 @@ async fn crossed_upserts_and_deletes_never_deadlock_on_postgres() {
         .unwrap();
     assert_eq!(deadlocks, 0, "PostgreSQL detected deadlocks");
 }
+
+/// The quarantine holds raw personal data and can redrive events: with tokens
+/// configured it needs a write token; a reader and a stranger are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quarantine_needs_the_write_role() {
+    use clerk_sync_service::{Config, auth::TokenList};
+
+    use crate::helpers::authorized;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = Config::with_database(&db.url);
+    config.write_tokens = TokenList::parse("write-token-quarantine-01").unwrap();
+    config.read_tokens = TokenList::parse("read-token-quarantine-02").unwrap();
+    let app = TestApp::spawn_with(config).await;
+    let mut quarantine = QuarantineServiceClient::new(app.channel.clone());
+    let list = |token| {
+        authorized(
+            v1::ListQuarantinedRequest {
+                page_size: 10,
+                page_token: String::new(),
+            },
+            token,
+        )
+    };
+
+    for (token, code) in [
+        (None, Code::Unauthenticated),
+        (Some("read-token-quarantine-02"), Code::PermissionDenied),
+    ] {
+        let status = quarantine.list_quarantined(list(token)).await.unwrap_err();
+        assert_eq!(status.code(), code, "{token:?}");
+    }
+    let listed = quarantine
+        .list_quarantined(list(Some("write-token-quarantine-01")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.events.is_empty());
+}
+
+/// Past `--max-pending-applies`, applies are refused at once (UNAVAILABLE,
+/// so the gateway answers 503) instead of queueing: here the one allowed
+/// apply waits for a write lock another connection holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_past_the_pending_limit_are_shed_at_once() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = clerk_sync_service::Config::with_database(&db.url);
+    config.max_pending_applies = 1;
+    let app = TestApp::spawn_with(config).await;
+    let sql = crate::helpers::connect_sql(&db.url).await;
+    let lock = sql.begin().await.unwrap();
+    lock.execute_unprepared(
+        "INSERT INTO processed_events (event_id, user_id, kind, processed_at) \
+         VALUES ('msg_lock', 'user_lock', 'user.created', 0)",
+    )
+    .await
+    .unwrap();
+
+    let mut calls: FuturesUnordered<_> = (0..5)
+        .map(|i| {
+            let mut sync = app.sync.clone();
+            async move {
+                sync.apply_user_created(v1::ApplyUserCreatedRequest {
+                    event: Some(v1::UserCreated {
+                        meta: Some(meta(&format!("msg_shed_{i}"), 0)),
+                        user: Some(user(&format!("user_shed_{i}"), 10)),
+                    }),
+                })
+                .await
+            }
+        })
+        .collect();
+    // Four are refused while the fifth waits on the lock.
+    for _ in 0..4 {
+        let status = tokio::time::timeout(std::time::Duration::from_secs(3), calls.next())
+            .await
+            .expect("shed at once")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "too many events in flight; retry later");
+    }
+    lock.rollback().await.unwrap();
+    let applied = calls.next().await.unwrap().unwrap().into_inner();
+    assert_eq!(applied.outcome(), Outcome::Applied);
+}

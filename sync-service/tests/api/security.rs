@@ -247,10 +247,12 @@ async fn tls_serves_trusting_clients_and_refuses_plaintext_cleanly() {
         .unwrap()
         .timeout(std::time::Duration::from_secs(2));
     let refused = get_over(plaintext).await.unwrap_err();
+    // How the failure surfaces depends on who notices first (the connection,
+    // the call's own timer); never with an answer.
     assert!(
         matches!(
             refused.code(),
-            Code::Unavailable | Code::Unknown | Code::Internal
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
         ),
         "{refused:?}"
     );
