@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Regenerates the benchmark table of BENCHMARKS.md on this machine.
+#
+# Builds the release binaries, then for each backend (SQLite in a temporary
+# directory; PostgreSQL in a fresh database on 127.0.0.1:5432, user postgres)
+# starts the real clerk-sync-service and clerk-sync-gateway as separate
+# processes on free loopback ports, with a write token (gateway -> service)
+# and a read token (bench -> directory), and runs clerk-sync-bench against
+# them: baselines, ingest (with end-state verification) at each connection
+# count, every query method, and a storm with memory at start, middle, end.
+# Prints the markdown table and writes it to $BENCH_OUT.
+#
+# Settings (environment):
+#   BENCH_BACKENDS     "sqlite postgres"
+#   BENCH_USERS        4000   users per ingest run (each 1 create + BENCH_UPDATES updates)
+#   BENCH_UPDATES      4
+#   BENCH_CONNECTIONS  "32 256"
+#   BENCH_CALLS        20000  calls per query method
+#   BENCH_STORM_SECS   60     0 skips the storm
+#   BENCH_OUT          target/bench/results.md
+#   PG_HOST / PG_PORT / PG_USER   127.0.0.1 / 5432 / postgres
+#   CARGO_TARGET_DIR   where cargo puts the release binaries (default target)
+#   BENCH_NO_BUILD     1: use the release binaries already built
+# Everything listens on 127.0.0.1 only; every step is bounded by `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BACKENDS=${BENCH_BACKENDS:-sqlite postgres}
+USERS=${BENCH_USERS:-4000}
+UPDATES=${BENCH_UPDATES:-4}
+CONNECTIONS=${BENCH_CONNECTIONS:-32 256}
+CALLS=${BENCH_CALLS:-20000}
+STORM_SECS=${BENCH_STORM_SECS:-60}
+OUT=${BENCH_OUT:-target/bench/results.md}
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+PG_USER=${PG_USER:-postgres}
+BIN=${CARGO_TARGET_DIR:-target}/release
+STEP_TIMEOUT=$((STORM_SECS + 300))
+
+for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS"; do
+  [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: expected a number, got '$n'" >&2; exit 2; }
+done
+
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+  echo "== building release binaries" >&2
+  timeout 3600 cargo build --release --locked -p clerk-sync-service -p clerk-sync-gateway -p clerk-sync-bench >&2
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+PG_DATABASES=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for db in "${PG_DATABASES[@]}"; do
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+random_token() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'; }
+# A loopback port nothing listens on.
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+# field NAME LINE: the value of NAME=… in a RESULT line.
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+result() { grep -m1 "^RESULT $1" "$2" || { echo "bench/run.sh: no '$1' result in $2" >&2; cat "$2" >&2; exit 1; }; }
+cpu() { sed -n "s/^RESULT cpu pid=$1 us_per_request=\(.*\)/\1/p" "$2" | head -1; }
+rss_mib() { # rss_mib PID WHEN FILE: peak RSS in MiB
+  local kib
+  kib=$(sed -n "s/^RESULT rss pid=$1 when=$2 peak_kib=\([0-9]*\).*/\1/p" "$3" | head -1)
+  [[ -n $kib ]] && awk -v k="$kib" 'BEGIN { printf "%.0f", k / 1024 }' || echo "?"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "?" }'; }
+bench() { # bench LOGNAME ARGS…: runs clerk-sync-bench, keeps its output
+  local name=$1 log=$WORK/$1.log
+  shift
+  echo "== clerk-sync-bench $*" >&2
+  if ! timeout "$STEP_TIMEOUT" env SYNC_SERVICE_TOKEN="$READ_TOKEN" "$BIN/clerk-sync-bench" "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bench/run.sh: step $name failed" >&2
+    exit 1
+  fi
+  cat "$log" >&2
+}
+
+SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
+WRITE_TOKEN=$(random_token)
+READ_TOKEN=$(random_token)
+ROWS=()
+row() { ROWS+=("| $(IFS='|'; echo "$*" | sed 's/|/ | /g') |"); }
+
+LOAD_BEFORE=$(uptime)
+START=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+# Baselines: the machine's ceiling for an HTTP/1.1 request and a tonic call.
+declare -A HYPER TONIC
+for c in $CONNECTIONS; do
+  bench "baselines-$c" baselines --connections "$c" --requests "$((USERS * (UPDATES + 1)))"
+  line=$(result "baseline kind=hyper" "$WORK/baselines-$c.log")
+  HYPER[$c]=$(field rate "$line")
+  row "-" "baseline: hyper \`200 {}\`" "$c" "${HYPER[$c]}" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" "100%" "" ""
+  line=$(result "baseline kind=tonic" "$WORK/baselines-$c.log")
+  TONIC[$c]=$(field rate "$line")
+  row "-" "baseline: tonic health Check" "$c" "${TONIC[$c]}" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" "100%" "" ""
+done
+FIRST_C=${CONNECTIONS%% *}
+
+for backend in $BACKENDS; do
+  case $backend in
+    sqlite)
+      mkdir -p "$WORK/sqlite"
+      DATABASE_URL="sqlite://$WORK/sqlite/clerk-sync.db?mode=rwc" ;;
+    postgres)
+      db="clerk_sync_bench_$$_$RANDOM"
+      psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -qc "CREATE DATABASE $db" postgres
+      PG_DATABASES+=("$db")
+      DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$db" ;;
+    *) echo "bench/run.sh: BENCH_BACKENDS: unknown backend '$backend'" >&2; exit 2 ;;
+  esac
+  SYNC_PORT=$(free_port)
+  GATEWAY_PORT=$(free_port)
+  echo "== $backend: sync-service on 127.0.0.1:$SYNC_PORT, gateway on 127.0.0.1:$GATEWAY_PORT" >&2
+  DATABASE_URL=$DATABASE_URL SYNC_SERVICE_LISTEN_ADDR="127.0.0.1:$SYNC_PORT" \
+    SYNC_SERVICE_WRITE_TOKENS=$WRITE_TOKEN SYNC_SERVICE_READ_TOKENS=$READ_TOKEN RUST_LOG=warn \
+    "$BIN/clerk-sync-service" 2>"$WORK/$backend-sync.log" &
+  SYNC_PID=$!
+  PIDS+=("$SYNC_PID")
+  GATEWAY_LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" CLERK_WEBHOOK_SECRET=$SECRET \
+    SYNC_SERVICE_URL="http://127.0.0.1:$SYNC_PORT" SYNC_SERVICE_TOKEN=$WRITE_TOKEN RUST_LOG=warn \
+    "$BIN/clerk-sync-gateway" 2>"$WORK/$backend-gateway.log" &
+  GATEWAY_PID=$!
+  PIDS+=("$GATEWAY_PID")
+  for _ in $(seq 300); do
+    curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null || {
+    cat "$WORK/$backend-sync.log" "$WORK/$backend-gateway.log" >&2
+    echo "bench/run.sh: the $backend stack never became ready" >&2
+    exit 1
+  }
+  GW="http://127.0.0.1:$GATEWAY_PORT/clerk"
+  SYNC="http://127.0.0.1:$SYNC_PORT"
+  PIDS_ARG="$GATEWAY_PID,$SYNC_PID"
+  export CLERK_WEBHOOK_SECRET=$SECRET
+
+  # Warm-up on users of their own: connections, caches, prepared statements.
+  bench "$backend-warmup" ingest --gateway-url "$GW" --users 400 --updates "$UPDATES" --connections "$FIRST_C"
+
+  for c in $CONNECTIONS; do
+    bench "$backend-ingest-$c" ingest --gateway-url "$GW" --users "$USERS" --updates "$UPDATES" \
+      --connections "$c" --sync-service-url "$SYNC" --server-pids "$PIDS_ARG"
+    log=$WORK/$backend-ingest-$c.log
+    line=$(result "ingest " "$log")
+    verify=$(result "verify " "$log")
+    row "$backend" "ingest ($(field count "$line") events, verified: $(field mismatches "$verify") mismatches)" "$c" \
+      "$(field rate "$line")" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
+      "$(ratio "$(field rate "$line")" "${HYPER[$c]}") of hyper" \
+      "gateway $(cpu "$GATEWAY_PID" "$log"), sync $(cpu "$SYNC_PID" "$log")" \
+      "gateway $(rss_mib "$GATEWAY_PID" end "$log"), sync $(rss_mib "$SYNC_PID" end "$log")"
+  done
+
+  for method in health get-user batch-get-users find-user-by-email list-users; do
+    bench "$backend-query-$method" query --sync-service-url "$SYNC" --method "$method" \
+      --calls "$CALLS" --connections "$FIRST_C" --sample 4000 --server-pids "$SYNC_PID"
+    log=$WORK/$backend-query-$method.log
+    line=$(result "query " "$log")
+    rate=$(field rate "$line")
+    [[ $method == health ]] && HEALTH=$rate
+    case $method in
+      batch-get-users) what="BatchGetUsers (100 ids)" ;;
+      list-users) what="ListUsers (first page of 100)" ;;
+      *) what=$method ;;
+    esac
+    row "$backend" "query: $what" "$FIRST_C" "$rate" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
+      "$(ratio "$rate" "$HEALTH") of health, $(ratio "$rate" "${TONIC[$FIRST_C]}") of tonic" \
+      "sync $(cpu "$SYNC_PID" "$log")" "sync $(rss_mib "$SYNC_PID" end "$log")"
+  done
+
+  if [[ $STORM_SECS -gt 0 ]]; then
+    bench "$backend-storm" ingest --gateway-url "$GW" --updates "$UPDATES" --duration "$STORM_SECS" \
+      --connections "$FIRST_C" --server-pids "$PIDS_ARG"
+    log=$WORK/$backend-storm.log
+    line=$(result "ingest " "$log")
+    rss() { echo "$(rss_mib "$1" start "$log") / $(rss_mib "$1" middle "$log") / $(rss_mib "$1" end "$log")"; }
+    row "$backend" "storm ${STORM_SECS} s ($(field count "$line") events; peak RSS start / middle / end)" "$FIRST_C" \
+      "$(field rate "$line")" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
+      "$(ratio "$(field rate "$line")" "${HYPER[$FIRST_C]}") of hyper" \
+      "gateway $(cpu "$GATEWAY_PID" "$log"), sync $(cpu "$SYNC_PID" "$log")" \
+      "gateway $(rss "$GATEWAY_PID"), sync $(rss "$SYNC_PID")"
+  fi
+
+  kill -TERM "$GATEWAY_PID" "$SYNC_PID"
+  wait "$GATEWAY_PID" "$SYNC_PID" || true
+  PIDS=()
+done
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "Run of \`bench/run.sh\` at $START on $(nproc) cores ($(uname -m)), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
+  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS."
+  echo "Machine load before: \`$LOAD_BEFORE\`; after: \`$(uptime)\`."
+  echo
+  echo "| backend | run | connections | per second | p50 ms | p90 ms | p99 ms | max ms | ratio | CPU µs per request | peak RSS MiB |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+} >"$OUT"
+cat "$OUT"

@@ -1,0 +1,330 @@
+//! Command line: subcommands and their settings. Every bad value stops the
+//! tool with one line naming the flag (secrets and tokens are never echoed).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::Uri;
+
+use crate::{signing::SigningSecret, target::parse_http_url};
+
+/// Load generator for a running clerk-sync deployment.
+#[derive(Debug, Parser)]
+#[command(name = "clerk-sync-bench", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Post signed Clerk webhooks to a gateway, then (with
+    /// --sync-service-url) verify the end state through the directory.
+    Ingest(Box<IngestArgs>),
+    /// Drive the sync-service's UserDirectoryService (or its health check).
+    Query(QueryArgs),
+    /// Start a bare hyper `200 {}` server and a no-op tonic server as child
+    /// processes and measure them with the same load: the machine's ceiling.
+    Baselines(BaselineArgs),
+    /// Serve `200 {}` over HTTP/1.1 on 127.0.0.1:0; prints the address.
+    #[command(hide = true)]
+    ServeHyperBaseline,
+    /// Serve grpc.health.v1 on 127.0.0.1:0; prints the address.
+    #[command(hide = true)]
+    ServeTonicBaseline,
+}
+
+/// Load settings shared by every subcommand that makes load.
+#[derive(Clone, Debug, Args)]
+pub struct LoadArgs {
+    /// Keep-alive connections, one request in flight on each.
+    #[arg(long, value_name = "C", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connections: u32,
+
+    /// Run for this many seconds instead of a fixed count (ingest: a storm
+    /// of fresh users until the time is up).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: Option<u64>,
+
+    /// Server process ids to report peak RSS and CPU µs per request of
+    /// (comma-separated; Linux /proc), at start, middle and end.
+    #[arg(long, value_name = "PIDS", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub server_pids: Vec<u32>,
+}
+
+/// `ingest` settings.
+#[derive(Clone, Debug, Args)]
+pub struct IngestArgs {
+    /// The gateway's webhook URL (plain http; the path defaults to /clerk).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--gateway-url", s))]
+    pub gateway_url: Uri,
+
+    /// The endpoint's signing secret (whsec_…). Prefer the environment variable.
+    #[arg(long, value_name = "SECRET", env = "CLERK_WEBHOOK_SECRET", hide_env_values = true, value_parser = SecretParser)]
+    pub webhook_secret: SigningSecret,
+
+    /// Users; each gets one user.created and --updates user.updated.
+    #[arg(long, value_name = "N", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub users: u32,
+
+    /// user.updated events per user, each with a later updated_at.
+    #[arg(long, value_name = "U", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub updates: u32,
+
+    /// Fraction of users that end with a user.deleted (0 to 1).
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = |s: &str| parse_rate("--delete-rate", s))]
+    pub delete_rate: f64,
+
+    /// Fraction of deliveries sent twice with the same svix-id (0 to 1).
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = |s: &str| parse_rate("--duplicate-rate", s))]
+    pub duplicate_rate: f64,
+
+    /// Send the events in random order (updates may arrive before creates).
+    #[arg(long)]
+    pub shuffle: bool,
+
+    /// Seed of the random choices (deleted users, duplicates, order).
+    #[arg(long, value_name = "SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Run id in user ids (`user_bench_<RUN>_<n>`); default: from the clock,
+    /// so every run has fresh users. Letters and digits only.
+    #[arg(long, value_name = "RUN", value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+
+    /// The sync-service to verify the end state on (plain http).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Option<Uri>,
+
+    /// Read token for the directory (sent as `authorization: Bearer …`).
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    pub token: Option<String>,
+
+    /// Load settings.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Directory calls `query` can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// UserDirectoryService/GetUser on a random known id.
+    GetUser,
+    /// UserDirectoryService/BatchGetUsers on --batch-size random known ids.
+    BatchGetUsers,
+    /// UserDirectoryService/FindUserByEmail on a random known address.
+    FindUserByEmail,
+    /// UserDirectoryService/ListUsers: the first page of --batch-size users.
+    ListUsers,
+    /// grpc.health.v1.Health/Check: the same server's near no-op call.
+    Health,
+}
+
+/// `query` settings.
+#[derive(Clone, Debug, Args)]
+pub struct QueryArgs {
+    /// The sync-service (plain http).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Uri,
+
+    /// Read token (sent as `authorization: Bearer …`).
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    pub token: Option<String>,
+
+    /// The call to make.
+    #[arg(long, value_enum, default_value_t = Method::GetUser)]
+    pub method: Method,
+
+    /// Calls to make (ignored with --duration).
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub calls: u64,
+
+    /// Ids per BatchGetUsers call; page size of ListUsers.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_size: u32,
+
+    /// Query the users of this ingest run (`user_bench_<RUN>_<n>`, n <
+    /// --users) instead of sampling ids with ListUsers.
+    #[arg(long, value_name = "RUN", value_parser = parse_run_id, requires = "users")]
+    pub run_id: Option<String>,
+
+    /// Users of --run-id.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub users: Option<u32>,
+
+    /// Without --run-id: how many users to sample with ListUsers.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sample: u32,
+
+    /// Load settings.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// `baselines` settings.
+#[derive(Clone, Debug, Args)]
+pub struct BaselineArgs {
+    /// Requests per baseline (ignored with --duration).
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+
+    /// Load settings.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+fn parse_rate(flag: &str, text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{flag}: expected a fraction from 0 to 1")),
+    }
+}
+
+fn parse_run_id(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 24 && text.chars().all(|c| c.is_ascii_alphanumeric()) {
+        Ok(text.to_owned())
+    } else {
+        Err("--run-id: expected 1 to 24 letters or digits".to_owned())
+    }
+}
+
+/// Parses the webhook secret without echoing it in the error.
+#[derive(Clone)]
+struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = SigningSecret;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SigningSecret, clap::Error> {
+        let reason = match value.to_str().map(str::parse::<SigningSecret>) {
+            Some(Ok(secret)) => return Ok(secret),
+            Some(Err(reason)) => reason,
+            None => "not valid UTF-8".to_owned(),
+        };
+        Err(refusal(
+            command,
+            &format!("--webhook-secret (CLERK_WEBHOOK_SECRET): {reason}"),
+        ))
+    }
+}
+
+/// Parses a bearer token without echoing it in the error.
+#[derive(Clone)]
+struct TokenParser;
+
+impl clap::builder::TypedValueParser for TokenParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let reason = match value.to_str().map(str::trim) {
+            Some("") => "empty",
+            Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Ok(token.to_owned());
+            }
+            _ => "expected printable ASCII without spaces",
+        };
+        Err(refusal(
+            command,
+            &format!("--token (SYNC_SERVICE_TOKEN): {reason}"),
+        ))
+    }
+}
+
+fn refusal(command: &clap::Command, reason: &str) -> clap::Error {
+    clap::Error::raw(
+        clap::error::ErrorKind::ValueValidation,
+        format!("invalid value for {reason}\n"),
+    )
+    .with_cmd(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn refused(args: &[&str]) -> String {
+        let mut argv = vec!["clerk-sync-bench"];
+        argv.extend(args);
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    const INGEST: [&str; 5] = [
+        "ingest",
+        "--gateway-url",
+        "http://127.0.0.1:1",
+        "--webhook-secret",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ];
+
+    #[test]
+    fn a_good_ingest_line_parses() {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(INGEST)).unwrap();
+        let Command::Ingest(args) = cli.command else {
+            panic!("not ingest")
+        };
+        assert_eq!(
+            (args.users, args.updates, args.load.connections),
+            (4000, 4, 32)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let with = |extra: &[&'static str]| {
+            let mut args = INGEST.to_vec();
+            args.extend(extra);
+            refused(&args)
+        };
+        assert!(with(&["--users", "0"]).contains("--users"));
+        assert!(with(&["--connections", "x"]).contains("--connections"));
+        assert!(with(&["--delete-rate", "1.5"]).contains("--delete-rate: expected a fraction"));
+        assert!(with(&["--duplicate-rate=-1"]).contains("--duplicate-rate"));
+        assert!(with(&["--server-pids", "0"]).contains("--server-pids"));
+        assert!(with(&["--run-id", "a_b"]).contains("--run-id"));
+        assert!(
+            with(&["--sync-service-url", "https://h:1"])
+                .contains("--sync-service-url: https:// is not supported")
+        );
+        let secret = refused(&[
+            "ingest",
+            "--gateway-url",
+            "http://h:1",
+            "--webhook-secret",
+            "whsec_%%%",
+        ]);
+        assert!(
+            secret.contains("--webhook-secret (CLERK_WEBHOOK_SECRET)"),
+            "{secret}"
+        );
+        assert!(!secret.contains("%%%"), "{secret}");
+        let token = refused(&[
+            "query",
+            "--sync-service-url",
+            "http://h:1",
+            "--token",
+            "a b",
+        ]);
+        assert!(token.contains("--token (SYNC_SERVICE_TOKEN)"), "{token}");
+        assert!(!token.contains("a b"), "{token}");
+        let method = refused(&[
+            "query",
+            "--sync-service-url",
+            "http://h:1",
+            "--method",
+            "nope",
+        ]);
+        assert!(method.contains("--method"), "{method}");
+    }
+}
