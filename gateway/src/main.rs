@@ -41,7 +41,10 @@ async fn main() -> ExitCode {
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(%error, address = %config.listen, "cannot listen (GATEWAY_LISTEN_ADDR)");
+            eprintln!(
+                "error: cannot listen on {} (GATEWAY_LISTEN_ADDR): {error}",
+                config.listen
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -50,7 +53,9 @@ async fn main() -> ExitCode {
         Some(address) => match TcpListener::bind(address).await {
             Ok(listener) => Some(listener),
             Err(error) => {
-                tracing::error!(%error, %address, "cannot listen (GATEWAY_METRICS_LISTEN_ADDR)");
+                eprintln!(
+                    "error: cannot listen on {address} (GATEWAY_METRICS_LISTEN_ADDR): {error}"
+                );
                 return ExitCode::FAILURE;
             }
         },
@@ -59,7 +64,8 @@ async fn main() -> ExitCode {
     match run_with_metrics(metrics_listener, metrics::render, server).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "gateway stopped");
+            // One line, as for every other start-up failure.
+            eprintln!("error: {}", clerk_sync_gateway::error::chain(&error));
             ExitCode::FAILURE
         }
     }
