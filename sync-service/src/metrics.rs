@@ -157,7 +157,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let change_feed_head = Family::default();
     registry.register(
         "change_feed_head",
-        "Position of the newest committed change in the change feed (absent until the feed reports)",
+        "Position of the newest committed change in the change feed, sampled every health-check interval",
         change_feed_head.clone(),
     );
     registry.register(
@@ -232,8 +232,8 @@ pub fn set_quarantined(count: u64) {
         .set(i64::try_from(count).unwrap_or(i64::MAX));
 }
 
-/// Sets the change feed's head: the position of the newest committed change.
-/// For the change feed to call after each commit it observes.
+/// Sets the change feed's head: the position of the newest committed change
+/// (the database watcher in `server.rs` reads it every health-check interval).
 pub fn set_change_feed_head(position: i64) {
     METRICS
         .change_feed_head

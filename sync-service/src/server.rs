@@ -192,8 +192,9 @@ async fn prune_deletions(store: Store, retention: Duration) {
 
 /// Keeps the health status in step with the database: SERVING only while it
 /// answers. The empty service name stands for the whole server. Samples the
-/// pool's connections and the quarantine's size for the metrics on the same
-/// tick (every replica reads the shared table, so all report one number).
+/// pool's connections, the quarantine's size and the change feed's head for
+/// the metrics on the same tick (every replica reads the shared tables, so
+/// all report one number).
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
     const SERVICES: [&str; 4] = [
         "",
@@ -220,16 +221,7 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
                 }
             };
         if status == ServingStatus::Serving {
-            match tokio::time::timeout(
-                interval.max(Duration::from_secs(1)),
-                store.count_quarantined(),
-            )
-            .await
-            {
-                Ok(Ok(count)) => metrics::set_quarantined(count),
-                Ok(Err(error)) => tracing::warn!(%error, "cannot count quarantined events"),
-                Err(_) => tracing::warn!("counting quarantined events timed out"),
-            }
+            sample_shared_state(&store, interval.max(Duration::from_secs(1))).await;
         }
         if last != Some(status) {
             tracing::info!(?status, "health status");
@@ -238,6 +230,21 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
             }
             last = Some(status);
         }
+    }
+}
+
+/// Samples what every replica reads alike from the shared database, for the
+/// metrics: the quarantine's size and the change feed's head.
+async fn sample_shared_state(store: &Store, limit: Duration) {
+    match tokio::time::timeout(limit, store.count_quarantined()).await {
+        Ok(Ok(count)) => metrics::set_quarantined(count),
+        Ok(Err(error)) => tracing::warn!(%error, "cannot count quarantined events"),
+        Err(_) => tracing::warn!("counting quarantined events timed out"),
+    }
+    match tokio::time::timeout(limit, store.feed_head()).await {
+        Ok(Ok(position)) => metrics::set_change_feed_head(position),
+        Ok(Err(error)) => tracing::warn!(%error, "cannot read the change feed's head"),
+        Err(_) => tracing::warn!("reading the change feed's head timed out"),
     }
 }
 

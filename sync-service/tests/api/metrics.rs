@@ -17,6 +17,7 @@ use crate::helpers::{Backend, Scrape, TestApp, TestDb, meta, ts, user};
 crate::on_both_backends!(
     events_calls_and_batches_are_counted_exactly,
     the_quarantine_size_follows_the_table,
+    the_change_feed_head_follows_commits,
 );
 
 const EVENTS: &str = "clerk_sync_service_events_total";
@@ -157,18 +158,40 @@ async fn events_calls_and_batches_are_counted_exactly(backend: Backend) {
 
 const QUARANTINED: &str = "clerk_sync_service_quarantined_events";
 
-/// Scrapes until the sampled quarantine size reads `expected` (the watcher
-/// samples every 50 ms in tests), and returns that scrape.
+/// Scrapes until the sampled quarantine size reads `expected`, and returns
+/// that scrape.
 async fn scrape_until_quarantined(app: &TestApp, expected: f64) -> Scrape {
+    scrape_until(app, QUARANTINED, expected).await
+}
+
+/// Scrapes until the gauge `series` (sampled by the database watcher, every
+/// 50 ms in tests) reads `expected`, and returns that scrape.
+async fn scrape_until(app: &TestApp, series: &str, expected: f64) -> Scrape {
     let mut scrape = app.scrape().await;
     for _ in 0..100 {
-        if scrape.value(QUARANTINED) == expected && scrape.text.contains(QUARANTINED) {
+        if scrape.value(series) == expected && scrape.text.contains(series) {
             return scrape;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         scrape = app.scrape().await;
     }
-    panic!("{QUARANTINED} never read {expected}:\n{}", scrape.text);
+    panic!("{series} never read {expected}:\n{}", scrape.text);
+}
+
+async fn the_change_feed_head_follows_commits(backend: Backend) {
+    const HEAD: &str = "clerk_sync_service_change_feed_head";
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db.url).await;
+    scrape_until(&app, HEAD, 0.0).await;
+    for id in ["user_1", "user_2", "user_3"] {
+        app.created(&format!("msg_{id}"), user(id, 100)).await;
+    }
+    // One position per committed change.
+    scrape_until(&app, HEAD, 3.0).await;
+    app.deleted("msg_del", "user_2", 200).await;
+    // A stale event commits no change and moves nothing.
+    app.updated("msg_stale", user("user_1", 50)).await;
+    scrape_until(&app, HEAD, 4.0).await;
 }
 
 async fn the_quarantine_size_follows_the_table(backend: Backend) {
