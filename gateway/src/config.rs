@@ -49,7 +49,10 @@ pub struct Config {
         long = "webhook-secret", value_name = "SECRETS",
         env = "CLERK_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_parser = SecretsParser
+        value_parser = SecretParser {
+            setting: "--webhook-secret (CLERK_WEBHOOK_SECRET)",
+            parse: parse_webhook_secrets,
+        }
     )]
     pub webhook_secrets: Option<WebhookSecrets>,
 
@@ -143,7 +146,10 @@ pub struct SyncServiceSettings {
         long = "sync-service-token", value_name = "TOKEN",
         env = "SYNC_SERVICE_TOKEN",
         hide_env_values = true,
-        value_parser = BearerTokenParser,
+        value_parser = SecretParser {
+            setting: "--sync-service-token (SYNC_SERVICE_TOKEN)",
+            parse: BearerToken::parse,
+        },
         global = true
     )]
     pub token: Option<BearerToken>,
@@ -278,7 +284,10 @@ pub struct BackfillArgs {
         long = "clerk-secret-key", value_name = "KEY",
         env = "CLERK_SECRET_KEY",
         hide_env_values = true,
-        value_parser = SecretKeyParser
+        value_parser = SecretParser {
+            setting: "--clerk-secret-key (CLERK_SECRET_KEY)",
+            parse: SecretKey::parse,
+        }
     )]
     pub clerk_secret_key: SecretKey,
 
@@ -340,30 +349,6 @@ fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
     }
 }
 
-/// Parses `CLERK_SECRET_KEY` without echoing the value in the error.
-#[derive(Clone)]
-struct SecretKeyParser;
-
-impl clap::builder::TypedValueParser for SecretKeyParser {
-    type Value = SecretKey;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<SecretKey, clap::Error> {
-        let reason = match value.to_str().map(SecretKey::parse) {
-            Some(Ok(key)) => return Ok(key),
-            Some(Err(reason)) => reason,
-            None => "not valid UTF-8".to_owned(),
-        };
-        let message =
-            format!("invalid value for --clerk-secret-key (CLERK_SECRET_KEY): {reason}\n");
-        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
-    }
-}
-
 fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .trim()
@@ -375,54 +360,40 @@ fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
     }
 }
 
-/// Parses `SYNC_SERVICE_TOKEN` without echoing it in the error.
+/// Parses a secret setting for clap without echoing the value in the error,
+/// as clap's own "invalid value '…'" message would: the message names the
+/// setting and says what is wrong, never what was given.
 #[derive(Clone)]
-struct BearerTokenParser;
+struct SecretParser<T> {
+    /// The flag and variable, as the message names them.
+    setting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
 
-impl clap::builder::TypedValueParser for BearerTokenParser {
-    type Value = BearerToken;
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         command: &clap::Command,
         _arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<BearerToken, clap::Error> {
-        let reason = match value.to_str().map(BearerToken::parse) {
-            Some(Ok(token)) => return Ok(token),
+    ) -> Result<T, clap::Error> {
+        let reason = match value.to_str().map(self.parse) {
+            Some(Ok(parsed)) => return Ok(parsed),
             Some(Err(reason)) => reason,
             None => "not valid UTF-8".to_owned(),
         };
-        let message =
-            format!("invalid value for --sync-service-token (SYNC_SERVICE_TOKEN): {reason}\n");
+        let message = format!("invalid value for {}: {reason}\n", self.setting);
         Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
     }
 }
 
-/// Parses `CLERK_WEBHOOK_SECRET` without echoing the value in the error, as
-/// clap's own "invalid value '…'" message would.
-#[derive(Clone)]
-struct SecretsParser;
-
-impl clap::builder::TypedValueParser for SecretsParser {
-    type Value = WebhookSecrets;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<WebhookSecrets, clap::Error> {
-        let reason = match value.to_str().map(WebhookSecrets::parse) {
-            Some(Ok(secrets)) => return Ok(secrets),
-            Some(Err(crate::Error::Config { reason, .. })) => reason,
-            Some(Err(other)) => other.to_string(),
-            None => "not valid UTF-8".to_owned(),
-        };
-        let message =
-            format!("invalid value for --webhook-secret (CLERK_WEBHOOK_SECRET): {reason}\n");
-        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
-    }
+fn parse_webhook_secrets(text: &str) -> Result<WebhookSecrets, String> {
+    WebhookSecrets::parse(text).map_err(|error| match error {
+        crate::Error::Config { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {

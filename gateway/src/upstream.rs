@@ -27,7 +27,7 @@ use crate::{Error, clerk::UserEvent, config::SyncServiceSettings};
 
 /// Request metadata key carrying the event id (the svix-id) to the sync-service,
 /// so its logs correlate with the gateway's.
-pub const EVENT_ID_METADATA: &str = "x-event-id";
+pub use clerk_sync_api::EVENT_ID_METADATA;
 
 /// Clients of the sync-service sharing one channel.
 #[derive(Debug, Clone)]
