@@ -15,6 +15,9 @@
 //!   their raw body, for operators to inspect, retry or drop.
 //! - `user_changes` and `feed_head`: the change feed's log (one entry per
 //!   user, at the position of its latest change) and its position counter.
+//!
+//! On PostgreSQL the function `clerk_sync_apply_batch` applies a batch of
+//! events in one round trip (`apply_batch.sql`).
 
 pub use sea_orm_migration::prelude::*;
 
@@ -23,6 +26,7 @@ mod m20261128_000001_account_state;
 mod m20261128_100001_index_ledger_processed_at;
 mod m20261128_100002_create_quarantine;
 mod m20261128_200001_create_change_feed;
+mod m20261129_000001_apply_batch_function;
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -37,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_100001_index_ledger_processed_at::Migration),
             Box::new(m20261128_100002_create_quarantine::Migration),
             Box::new(m20261128_200001_create_change_feed::Migration),
+            Box::new(m20261129_000001_apply_batch_function::Migration),
         ]
     }
 }

@@ -1,6 +1,6 @@
 //! The write path. A batch of events is applied with a fixed handful of
-//! set-based statements in one transaction, whatever the batch size, so that
-//! group commit saves statements as well as commits:
+//! set-based steps in one transaction, whatever the batch size, so that group
+//! commit saves statements as well as commits:
 //!
 //! 1. the ledger: `INSERT … ON CONFLICT DO NOTHING RETURNING event_id`; event
 //!    ids it does not return were applied before (duplicates);
@@ -12,29 +12,46 @@
 //!    deleted_at`; the database evaluates the guard on the row it has locked,
 //!    so concurrent writers (other replicas included) never interleave a read
 //!    and a write;
-//! 4. the email index of every user written;
-//! 5. the change feed: each user written gets the next position
+//! 4. which refused upserts met a tombstone (only when some were refused);
+//! 5. the email index of every user written;
+//! 6. the change feed: each user written gets the next position
 //!    ([`super::changes::record`], last, as its lock order requires).
 //!
 //! Lock order: every batch takes its ledger rows in event id order, then its
 //! `users` rows in user id order (upserts and tombstones in the same statement,
 //! so `{upsert U2, delete U1}` and `{upsert U1, delete U2}` cannot deadlock),
-//! then the email index of those users.
+//! then the email index of those users, then the feed's counter.
 //!
-//! A statement never carries more bind parameters than the backend allows
-//! (SQLite 32766, PostgreSQL 65535): large batches and users with thousands of
-//! addresses are written in consecutive chunks, still in the same order.
+//! **SQLite** runs in-process: the steps are statements sent one by one in a
+//! transaction (each costs a hand-off to the connection's thread, not a round
+//! trip). A statement never carries more bind parameters than SQLite allows
+//! (32766): large batches and users with thousands of addresses are written in
+//! consecutive chunks, still in the same order.
+//!
+//! **PostgreSQL** would pay a network round trip per statement (seven a
+//! batch), so the same steps run inside the server: the batch goes as three
+//! JSON documents to the function `clerk_sync_apply_batch` (migration
+//! `apply_batch.sql`), called as one statement outside any explicit
+//! transaction, so BEGIN, the steps and COMMIT cost one round trip. The SQL
+//! text never changes with the batch (one prepared statement) and no bind
+//! limit applies. Both backends get the same preference order of candidates
+//! from [`Batch`] and return the same [`Written`], from which the outcomes are
+//! derived by one function.
 //!
 //! Text the directory stores is free of U+0000: PostgreSQL refuses it in
 //! `text` columns and SQLite would keep it, so it is removed before writing,
 //! on both backends alike (JSON columns keep it escaped as `\u0000`).
 
-use std::collections::{BTreeMap, HashSet, btree_map::Entry};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashSet},
+};
 
 use sea_orm::{
+    ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
-    Iterable, QueryFilter, QuerySelect, QueryTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, Iterable, QueryFilter, QuerySelect, QueryTrait, Statement, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
@@ -44,105 +61,248 @@ use super::{
 };
 use crate::domain::{Change, Event, Millis, Outcome, Profile, UserId};
 
-/// Applies `events` inside `txn` and returns one outcome per event, in order.
-pub(super) async fn apply_events(
-    txn: &DatabaseTransaction,
+/// Applies `events` atomically and returns one outcome per event, in order.
+pub(super) async fn apply_batch(
+    db: &DatabaseConnection,
     events: &[Event],
     now: Millis,
 ) -> Result<Vec<Outcome>, DbErr> {
-    let mut outcomes = vec![Outcome::Duplicate; events.len()];
-
-    // 1. Only the first copy of an event id in the batch may be fresh.
-    let mut seen = HashSet::new();
-    let candidates: Vec<usize> = (0..events.len())
-        .filter(|&i| seen.insert(events[i].id.as_str()))
-        .collect();
-    let recorded = record_events(txn, events, &candidates, now).await?;
-    let fresh: Vec<usize> = candidates
-        .into_iter()
-        .filter(|&i| recorded.contains(events[i].id.as_str()))
-        .collect();
-
-    // 2. One winner per user, in user id order.
-    let mut winners: BTreeMap<&UserId, usize> = BTreeMap::new();
-    for &i in &fresh {
-        match winners.entry(events[i].user_id()) {
-            Entry::Vacant(entry) => {
-                entry.insert(i);
-            }
-            Entry::Occupied(mut entry) => {
-                if supersedes(&events[i], &events[*entry.get()]) {
-                    entry.insert(i);
-                }
-            }
+    let batch = Batch::new(events);
+    let written = match db.get_database_backend() {
+        DbBackend::Postgres => apply_on_postgres(db, &batch, now).await?,
+        _ => {
+            let txn = db.begin().await?;
+            let written = apply_step_by_step(&txn, &batch, now).await?;
+            txn.commit().await?;
+            written
         }
-    }
-
-    // 3. Write the winners: one statement, in user id order.
-    let (upserts, deletes): (Vec<usize>, Vec<usize>) = winners
-        .values()
-        .partition(|&&i| matches!(events[i].change, Change::Upsert(_)));
-    let ordered: Vec<usize> = winners.values().copied().collect();
-    let (upserted, tombstoned) = write_users(txn, events, &ordered).await?;
-    let refused: Vec<&str> = upserts
-        .iter()
-        .map(|&i| events[i].user_id().as_str())
-        .filter(|id| !upserted.contains(*id))
-        .collect();
-    let already_deleted = deleted_among(txn, &refused).await?;
-
-    for &i in &upserts {
-        let id = events[i].user_id().as_str();
-        outcomes[i] = if upserted.contains(id) {
-            Outcome::Applied
-        } else if already_deleted.contains(id) {
-            Outcome::UserDeleted
-        } else {
-            Outcome::Stale
-        };
-    }
-    for &i in &deletes {
-        outcomes[i] = if tombstoned.contains(events[i].user_id().as_str()) {
-            Outcome::Applied
-        } else {
-            Outcome::UserDeleted
-        };
-    }
-    for &i in &fresh {
-        let winner = winners[events[i].user_id()];
-        if winner != i {
-            outcomes[i] = match (&events[winner].change, outcomes[winner]) {
-                (Change::Delete { .. }, _) | (_, Outcome::UserDeleted) => Outcome::UserDeleted,
-                _ => Outcome::Stale,
-            };
-        }
-    }
-
-    // 4. The email index follows every written user.
-    let written_upserts: Vec<&Profile> = upserts
-        .iter()
-        .filter_map(|&i| match &events[i].change {
-            Change::Upsert(profile) if upserted.contains(profile.id.as_str()) => Some(&**profile),
-            _ => None,
-        })
-        .collect();
-    let mut written: Vec<&str> = upserted.iter().map(String::as_str).collect();
-    written.extend(tombstoned.iter().map(String::as_str));
-    replace_email_index(txn, &written, &written_upserts).await?;
-
-    // 5. The change feed.
-    changes::record(txn, &upserted, &tombstoned, now).await?;
-
-    Ok(outcomes)
+    };
+    Ok(batch.outcomes(&written))
 }
 
-/// Whether `challenger` should replace `holder` as the event that decides a
-/// user's state in this batch.
-fn supersedes(challenger: &Event, holder: &Event) -> bool {
-    match (&challenger.change, &holder.change) {
-        (Change::Delete { .. }, Change::Upsert(_)) => true,
-        (Change::Upsert(new), Change::Upsert(old)) => new.updated_at > old.updated_at,
-        _ => false,
+/// A batch of events and the order in which they may decide their users.
+struct Batch<'a> {
+    events: &'a [Event],
+    /// The first copy of each event id (only it may be fresh), by user id,
+    /// then in preference: deletes first (in batch order), then upserts newest
+    /// first (in batch order on ties). A user's winner is its first fresh
+    /// candidate.
+    candidates: Vec<usize>,
+}
+
+/// What the database did with a batch.
+#[derive(Debug, Default)]
+struct Written {
+    /// Event ids the ledger did not hold yet.
+    fresh: HashSet<String>,
+    /// Users whose row the batch upserted.
+    upserted: HashSet<String>,
+    /// Users the batch deleted.
+    tombstoned: HashSet<String>,
+    /// Users whose winning upsert was refused because they are deleted.
+    deleted: HashSet<String>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(events: &'a [Event]) -> Self {
+        let mut seen = HashSet::new();
+        let mut candidates: Vec<usize> = (0..events.len())
+            .filter(|&i| seen.insert(events[i].id.as_str()))
+            .collect();
+        candidates.sort_by_key(|&i| {
+            let rank = match &events[i].change {
+                Change::Delete { .. } => None,
+                Change::Upsert(profile) => Some(Reverse(profile.updated_at)),
+            };
+            (events[i].user_id(), rank, i)
+        });
+        Self { events, candidates }
+    }
+
+    /// Each user's winner among the `fresh` events, in user id order.
+    fn winners(&self, fresh: &HashSet<String>) -> BTreeMap<&'a UserId, usize> {
+        let mut winners = BTreeMap::new();
+        for &i in &self.candidates {
+            let event = &self.events[i];
+            if fresh.contains(event.id.as_str()) {
+                winners.entry(event.user_id()).or_insert(i);
+            }
+        }
+        winners
+    }
+
+    fn outcomes(&self, written: &Written) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Duplicate; self.events.len()];
+        let winners = self.winners(&written.fresh);
+        for &i in winners.values() {
+            let id = self.events[i].user_id().as_str();
+            outcomes[i] = match self.events[i].change {
+                Change::Upsert(_) if written.upserted.contains(id) => Outcome::Applied,
+                Change::Upsert(_) if written.deleted.contains(id) => Outcome::UserDeleted,
+                Change::Upsert(_) => Outcome::Stale,
+                Change::Delete { .. } if written.tombstoned.contains(id) => Outcome::Applied,
+                Change::Delete { .. } => Outcome::UserDeleted,
+            };
+        }
+        for &i in &self.candidates {
+            let event = &self.events[i];
+            let Some(&winner) = winners.get(event.user_id()) else {
+                continue;
+            };
+            if winner != i && written.fresh.contains(event.id.as_str()) {
+                outcomes[i] = match (&self.events[winner].change, outcomes[winner]) {
+                    (Change::Delete { .. }, _) | (_, Outcome::UserDeleted) => Outcome::UserDeleted,
+                    _ => Outcome::Stale,
+                };
+            }
+        }
+        outcomes
+    }
+
+    /// The email index rows of every candidate upsert: its verified
+    /// addresses, lower-cased, sorted, without repeats.
+    fn index_rows<'p>(profiles: impl Iterator<Item = &'p Profile>) -> Vec<(&'p str, String)> {
+        let mut rows: Vec<(&str, String)> = profiles
+            .flat_map(|profile| {
+                profile
+                    .email_addresses
+                    .iter()
+                    .filter(|email| email.verified)
+                    .map(|email| {
+                        (
+                            profile.id.as_str(),
+                            without_nul(&email.address).to_lowercase(),
+                        )
+                    })
+            })
+            .collect();
+        rows.sort();
+        rows.dedup();
+        rows
+    }
+}
+
+/// The steps as statements in `txn` (SQLite).
+async fn apply_step_by_step(
+    txn: &DatabaseTransaction,
+    batch: &Batch<'_>,
+    now: Millis,
+) -> Result<Written, DbErr> {
+    let events = batch.events;
+    let mut written = Written {
+        fresh: record_events(txn, events, &batch.candidates, now).await?,
+        ..Written::default()
+    };
+    let winners: Vec<usize> = batch.winners(&written.fresh).into_values().collect();
+    (written.upserted, written.tombstoned) = write_users(txn, events, &winners).await?;
+    let refused: Vec<&str> = winners
+        .iter()
+        .filter(|&&i| matches!(events[i].change, Change::Upsert(_)))
+        .map(|&i| events[i].user_id().as_str())
+        .filter(|id| !written.upserted.contains(*id))
+        .collect();
+    written.deleted = deleted_among(txn, &refused).await?;
+
+    let profiles = winners.iter().filter_map(|&i| match &events[i].change {
+        Change::Upsert(profile) if written.upserted.contains(profile.id.as_str()) => {
+            Some(&**profile)
+        }
+        _ => None,
+    });
+    let mut users: Vec<&str> = written.upserted.iter().map(String::as_str).collect();
+    users.extend(written.tombstoned.iter().map(String::as_str));
+    replace_email_index(txn, &users, &Batch::index_rows(profiles)).await?;
+
+    changes::record(txn, &written.upserted, &written.tombstoned, now).await?;
+    Ok(written)
+}
+
+/// The steps in one call of `clerk_sync_apply_batch` (PostgreSQL).
+async fn apply_on_postgres(
+    db: &DatabaseConnection,
+    batch: &Batch<'_>,
+    now: Millis,
+) -> Result<Written, DbErr> {
+    #[derive(serde::Serialize)]
+    struct Candidate<'e> {
+        event_id: &'e str,
+        #[serde(flatten)]
+        row: users::Model,
+    }
+    let events = batch.events;
+    let ledger: Vec<_> = batch
+        .candidates
+        .iter()
+        .map(|&i| ledger_row(&events[i], now))
+        .collect();
+    let candidates: Vec<_> = batch
+        .candidates
+        .iter()
+        .map(|&i| Candidate {
+            event_id: events[i].id.as_str(),
+            row: user_row(&events[i].change),
+        })
+        .collect();
+    let profiles = batch
+        .candidates
+        .iter()
+        .filter_map(|&i| match &events[i].change {
+            Change::Upsert(profile) => Some(&**profile),
+            Change::Delete { .. } => None,
+        });
+    let emails: Vec<_> = Batch::index_rows(profiles)
+        .into_iter()
+        .map(|(user_id, email_lower)| user_email_addresses::Model {
+            email_lower,
+            user_id: user_id.to_owned(),
+        })
+        .collect();
+    let call = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT outcome, key FROM clerk_sync_apply_batch($1::json, $2::json, $3::json, $4)",
+        [
+            to_json(&ledger).into(),
+            to_json(&candidates).into(),
+            to_json(&emails).into(),
+            now.into(),
+        ],
+    );
+    let mut written = Written::default();
+    for row in db.query_all_raw(call).await? {
+        let key: String = row.try_get("", "key")?;
+        let set = match row.try_get::<String>("", "outcome")?.as_str() {
+            "fresh" => &mut written.fresh,
+            "upserted" => &mut written.upserted,
+            "tombstoned" => &mut written.tombstoned,
+            "deleted" => &mut written.deleted,
+            other => {
+                return Err(DbErr::Custom(format!(
+                    "clerk_sync_apply_batch returned an unknown outcome {other:?}"
+                )));
+            }
+        };
+        set.insert(key);
+    }
+    Ok(written)
+}
+
+fn ledger_row(event: &Event, now: Millis) -> processed_events::Model {
+    processed_events::Model {
+        event_id: event.id.as_str().to_owned(),
+        user_id: event.user_id().as_str().to_owned(),
+        kind: event.kind.as_str().to_owned(),
+        processed_at: now,
+    }
+}
+
+/// The `users` row an event writes: the profile, or a tombstone.
+fn user_row(change: &Change) -> users::Model {
+    match change {
+        Change::Upsert(profile) => row_from_profile(profile),
+        Change::Delete {
+            user_id,
+            deleted_at,
+        } => tombstone(user_id, *deleted_at),
     }
 }
 
@@ -160,13 +320,10 @@ async fn record_events(
     let mut ordered = candidates.to_vec();
     ordered.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
     let mut recorded = HashSet::new();
-    for chunk in ordered.chunks(rows_per_statement::<processed_events::Entity>(txn)) {
-        let rows = chunk.iter().map(|&i| processed_events::ActiveModel {
-            event_id: Set(events[i].id.as_str().to_owned()),
-            user_id: Set(events[i].user_id().as_str().to_owned()),
-            kind: Set(events[i].kind.as_str().to_owned()),
-            processed_at: Set(now),
-        });
+    for chunk in ordered.chunks(rows_per_statement::<processed_events::Entity>()) {
+        let rows = chunk
+            .iter()
+            .map(|&i| processed_events::ActiveModel::from(ledger_row(&events[i], now)).reset_all());
         let mut insert = processed_events::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::column(processed_events::Column::EventId)
@@ -182,18 +339,12 @@ async fn record_events(
     Ok(recorded)
 }
 
-/// How many rows of `E` (one bind parameter per column) fit in one statement
-/// on this backend (SQLite allows 32766 parameters, PostgreSQL 65535).
-fn rows_per_statement<E: EntityTrait>(txn: &DatabaseTransaction) -> usize {
-    (bind_limit(txn) / E::Column::iter().count()).max(1)
-}
+/// Most bind parameters one SQLite statement may carry.
+const SQLITE_BIND_LIMIT: usize = 32_766;
 
-/// Most bind parameters one statement may carry on this backend.
-fn bind_limit(txn: &DatabaseTransaction) -> usize {
-    match txn.get_database_backend() {
-        DatabaseBackend::Sqlite => 32_766,
-        _ => 65_535,
-    }
+/// How many rows of `E` (one bind parameter per column) fit in one statement.
+fn rows_per_statement<E: EntityTrait>() -> usize {
+    (SQLITE_BIND_LIMIT / E::Column::iter().count()).max(1)
 }
 
 /// Writes the winners `ordered` (in user id order): upserts where the stored
@@ -208,14 +359,10 @@ async fn write_users(
     let (mut upserted, mut tombstoned) = (HashSet::new(), HashSet::new());
     let excluded = |column| Expr::col((Alias::new("excluded"), column));
     let stored = |column| Expr::col((users::Entity, column));
-    for chunk in ordered.chunks(rows_per_statement::<users::Entity>(txn)) {
-        let rows = chunk.iter().map(|&i| match &events[i].change {
-            Change::Upsert(profile) => row_from_profile(profile),
-            Change::Delete {
-                user_id,
-                deleted_at,
-            } => tombstone(user_id, *deleted_at),
-        });
+    for chunk in ordered.chunks(rows_per_statement::<users::Entity>()) {
+        let rows = chunk
+            .iter()
+            .map(|&i| users::ActiveModel::from(user_row(&events[i].change)).reset_all());
         // Deletes are final: only a live row changes. A tombstone always
         // applies to it; an upsert when newer by Clerk's version, or of the
         // same version over a row an older mapping wrote (it dropped fields
@@ -269,7 +416,7 @@ async fn write_users(
 /// Which of `ids` are tombstones.
 async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
     let mut deleted = HashSet::new();
-    for chunk in ids.chunks(bind_limit(txn)) {
+    for chunk in ids.chunks(SQLITE_BIND_LIMIT) {
         let found: Vec<String> = users::Entity::find()
             .select_only()
             .column(users::Column::Id)
@@ -283,40 +430,22 @@ async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSe
     Ok(deleted)
 }
 
-/// Rebuilds the email index of the `written` users from `profiles` (the
-/// upserted ones; tombstones keep no address). Only verified addresses are
-/// indexed: an address a user merely typed in identifies nobody.
+/// Rebuilds the email index of the `written` users from `rows` (the
+/// verified addresses of those upserted; tombstones keep no address).
 async fn replace_email_index(
     txn: &DatabaseTransaction,
     written: &[&str],
-    profiles: &[&Profile],
+    rows: &[(&str, String)],
 ) -> Result<(), DbErr> {
     let mut written = written.to_vec();
     written.sort_unstable();
-    for chunk in written.chunks(bind_limit(txn)) {
+    for chunk in written.chunks(SQLITE_BIND_LIMIT) {
         user_email_addresses::Entity::delete_many()
             .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
             .exec(txn)
             .await?;
     }
-    let mut rows: Vec<(&str, String)> = profiles
-        .iter()
-        .flat_map(|profile| {
-            profile
-                .email_addresses
-                .iter()
-                .filter(|email| email.verified)
-                .map(|email| {
-                    (
-                        profile.id.as_str(),
-                        without_nul(&email.address).to_lowercase(),
-                    )
-                })
-        })
-        .collect();
-    rows.sort();
-    rows.dedup();
-    for chunk in rows.chunks(rows_per_statement::<user_email_addresses::Entity>(txn)) {
+    for chunk in rows.chunks(rows_per_statement::<user_email_addresses::Entity>()) {
         user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
             user_email_addresses::ActiveModel {
                 email_lower: Set(email.clone()),
@@ -368,7 +497,7 @@ fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).expect("plain data serialises")
 }
 
-fn row_from_profile(profile: &Profile) -> users::ActiveModel {
+fn row_from_profile(profile: &Profile) -> users::Model {
     let state = &profile.state;
     // U+0000 leaves text columns (PostgreSQL refuses it) and the addresses
     // and numbers in JSON too, so they match the plain columns and the index.
@@ -393,69 +522,69 @@ fn row_from_profile(profile: &Profile) -> users::ActiveModel {
     let display_name = Some(without_nul(&profile.display_name).trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| profile.id.as_str().to_owned());
-    users::ActiveModel {
-        id: Set(profile.id.as_str().to_owned()),
-        primary_email_address: Set(text(&profile.primary_email_address)),
-        email_addresses: Set(Some(to_json(&email_addresses))),
-        primary_phone_number: Set(text(&profile.primary_phone_number)),
-        phone_numbers: Set(Some(to_json(&phone_numbers))),
-        first_name: Set(text(&profile.first_name)),
-        last_name: Set(text(&profile.last_name)),
-        display_name: Set(Some(display_name)),
-        username: Set(text(&profile.username)),
-        image_url: Set(text(&profile.image_url)),
-        has_image: Set(profile.has_image),
-        external_id: Set(text(&profile.external_id)),
-        public_metadata: Set(Some(to_json(&profile.public_metadata))),
-        private_metadata: Set(profile.private_metadata.as_ref().map(to_json)),
-        created_at: Set(profile.created_at),
-        updated_at: Set(profile.updated_at),
-        last_sign_in_at: Set(profile.last_sign_in_at),
-        last_active_at: Set(profile.last_active_at),
-        legal_accepted_at: Set(profile.legal_accepted_at),
-        banned: Set(state.banned),
-        locked: Set(state.locked),
-        locked_until: Set(state.locked_until),
-        two_factor_enabled: Set(state.two_factor_enabled),
-        totp_enabled: Set(state.totp_enabled),
-        backup_code_enabled: Set(state.backup_codes_enabled),
-        external_accounts: Set(Some(to_json(&profile.external_accounts))),
-        profile_format: Set(PROFILE_FORMAT),
-        deleted_at: Set(None),
+    users::Model {
+        id: profile.id.as_str().to_owned(),
+        primary_email_address: text(&profile.primary_email_address),
+        email_addresses: Some(to_json(&email_addresses)),
+        primary_phone_number: text(&profile.primary_phone_number),
+        phone_numbers: Some(to_json(&phone_numbers)),
+        first_name: text(&profile.first_name),
+        last_name: text(&profile.last_name),
+        display_name: Some(display_name),
+        username: text(&profile.username),
+        image_url: text(&profile.image_url),
+        has_image: profile.has_image,
+        external_id: text(&profile.external_id),
+        public_metadata: Some(to_json(&profile.public_metadata)),
+        private_metadata: profile.private_metadata.as_ref().map(to_json),
+        created_at: profile.created_at,
+        updated_at: profile.updated_at,
+        last_sign_in_at: profile.last_sign_in_at,
+        last_active_at: profile.last_active_at,
+        legal_accepted_at: profile.legal_accepted_at,
+        banned: state.banned,
+        locked: state.locked,
+        locked_until: state.locked_until,
+        two_factor_enabled: state.two_factor_enabled,
+        totp_enabled: state.totp_enabled,
+        backup_code_enabled: state.backup_codes_enabled,
+        external_accounts: Some(to_json(&profile.external_accounts)),
+        profile_format: PROFILE_FORMAT,
+        deleted_at: None,
     }
 }
 
-fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::ActiveModel {
-    users::ActiveModel {
-        id: Set(user_id.as_str().to_owned()),
-        primary_email_address: Set(None),
-        email_addresses: Set(None),
-        primary_phone_number: Set(None),
-        phone_numbers: Set(None),
-        first_name: Set(None),
-        last_name: Set(None),
-        display_name: Set(None),
-        username: Set(None),
-        image_url: Set(None),
-        has_image: Set(false),
-        external_id: Set(None),
-        public_metadata: Set(None),
-        private_metadata: Set(None),
-        created_at: Set(None),
+fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::Model {
+    users::Model {
+        id: user_id.as_str().to_owned(),
+        primary_email_address: None,
+        email_addresses: None,
+        primary_phone_number: None,
+        phone_numbers: None,
+        first_name: None,
+        last_name: None,
+        display_name: None,
+        username: None,
+        image_url: None,
+        has_image: false,
+        external_id: None,
+        public_metadata: None,
+        private_metadata: None,
+        created_at: None,
         // A user first seen as deleted has no version: the deletion time stands in.
-        updated_at: Set(deleted_at),
-        last_sign_in_at: Set(None),
-        last_active_at: Set(None),
-        legal_accepted_at: Set(None),
-        banned: Set(false),
-        locked: Set(false),
-        locked_until: Set(None),
-        two_factor_enabled: Set(false),
-        totp_enabled: Set(false),
-        backup_code_enabled: Set(false),
-        external_accounts: Set(None),
-        profile_format: Set(PROFILE_FORMAT),
-        deleted_at: Set(Some(deleted_at)),
+        updated_at: deleted_at,
+        last_sign_in_at: None,
+        last_active_at: None,
+        legal_accepted_at: None,
+        banned: false,
+        locked: false,
+        locked_until: None,
+        two_factor_enabled: false,
+        totp_enabled: false,
+        backup_code_enabled: false,
+        external_accounts: None,
+        profile_format: PROFILE_FORMAT,
+        deleted_at: Some(deleted_at),
     }
 }
 

@@ -21,7 +21,7 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, JoinType,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, RelationTrait,
     sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -189,9 +189,7 @@ impl Store {
     }
 
     async fn apply_in_transaction(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
-        let txn = self.db.begin().await?;
-        let outcomes = apply::apply_events(&txn, events, now_millis()).await?;
-        txn.commit().await?;
+        let outcomes = apply::apply_batch(&self.db, events, now_millis()).await?;
         if outcomes.contains(&Outcome::Applied) {
             self.signal.ring();
         }
