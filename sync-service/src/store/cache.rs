@@ -33,7 +33,9 @@
 //! Invalidation happens before [`Store::apply_batch`] returns (so before the
 //! caller learns the outcome) and before the change feed's watchers are rung:
 //! once a deletion's apply returned, no read on this replica returns the
-//! user.
+//! user. (An apply whose future is dropped while its COMMIT is in flight
+//! releases its stripes without knowing whether it committed; the change feed
+//! below then bounds how long a fill that raced it can last.)
 //!
 //! An address's owner can change without the cached owner being written: a
 //! newer user verifies it (that user's write invalidates the address: every
@@ -50,8 +52,10 @@
 //! the log past the last position it processed on every poll tick and
 //! invalidates each changed user (and the verified addresses of its current
 //! profile) under the same protocol. A replica therefore serves another's
-//! commit at most one poll interval plus one log read late. The time-to-live
-//! is a backstop, not the mechanism.
+//! commit at most one poll interval plus one log read late. It reads back its
+//! own commits too: their positions are known only inside the write path, and
+//! telling them apart by the head before and after a commit is unsafe with
+//! other writers. The time-to-live is a backstop, not the mechanism.
 
 use std::{
     hash::{BuildHasher, RandomState},

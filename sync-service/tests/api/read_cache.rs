@@ -178,7 +178,7 @@ async fn with_the_cache_off_the_answers_are_the_same(backend: Backend) {
     }
 }
 
-/// Readers hammer one user by id and by address while a writer applies
+/// Readers hammer one user by id, in batches and by address while a writer applies
 /// version after version and finally deletes it. No read returns a version
 /// older than one whose apply had returned before the read began, and once
 /// the deletion returned, every read finds nothing.
@@ -201,10 +201,14 @@ async fn readers_never_see_a_version_older_than_a_returned_apply(backend: Backen
                 loop {
                     let last_round = done.load(Ordering::SeqCst);
                     let floor = returned.load(Ordering::SeqCst);
-                    let read = if (reads + reader) % 2 == 0 {
-                        app.get("user_hot").await
-                    } else {
-                        find(&app, "user_hot@example.com").await
+                    let read = match (reads + reader) % 3 {
+                        0 => app.get("user_hot").await,
+                        1 => find(&app, "user_hot@example.com").await,
+                        _ => batch_get(&app, &["user_hot"])
+                            .await
+                            .users
+                            .pop()
+                            .ok_or_else(|| tonic::Status::not_found("missing")),
                     };
                     match read {
                         Ok(user) => assert!(
