@@ -2,8 +2,8 @@
 //! with a warm cache, every apply that returned is seen by the next read on
 //! the same replica (deletions, updates, addresses changing owner), under
 //! concurrent readers too; another replica's commits are seen within the
-//! feed's poll interval; and with the cache turned off the answers are the
-//! same.
+//! feed's poll interval (and a replica that cannot follow the log drops its
+//! cache); and with the cache turned off the answers are the same.
 
 use std::{
     sync::{
@@ -14,10 +14,13 @@ use std::{
 };
 
 use clerk_sync_api::v1::{self, BatchGetUsersRequest, FindUserByEmailRequest};
-use clerk_sync_service::Config;
+use clerk_sync_service::{
+    Config, Store,
+    domain::{Event, UserId},
+};
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, TestDb, email, user};
+use crate::helpers::{Backend, TestApp, TestDb, email, meta, user};
 
 crate::on_both_backends!(
     a_deleted_user_is_not_found_at_once,
@@ -320,4 +323,75 @@ async fn another_replicas_commits_reach_a_warm_cache_within_the_poll_interval() 
     assert!(reader.scrape().await.delta(&before, HITS) > 0.0);
     reading.stop().await;
     writer.stop().await;
+}
+
+/// Misses of the user cache so far, in this test's process.
+fn misses() -> f64 {
+    let text = clerk_sync_service::metrics::render();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"clerk_sync_service_user_cache_requests_total{key="id",result="miss"} "#,
+            )
+        })
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+/// A replica that cannot follow the log (another replica pruned the deletion
+/// it had not read yet) drops its whole cache rather than serve stale users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_place_in_the_log_was_pruned_drops_its_whole_cache() {
+    const POLL: Duration = Duration::from_secs(2);
+    let db = TestDb::new(Backend::Postgres).await;
+    let options = Config::with_database(&db.url).store_options();
+    let reading = Store::connect(&options).await.unwrap();
+    reading.migrate().await.unwrap();
+    let writing = Store::connect(&options).await.unwrap();
+    let upsert = |event_id: &str, id: &str| {
+        Event::try_from(v1::ApplyUserCreatedRequest {
+            event: Some(v1::UserCreated {
+                meta: Some(meta(event_id, 0)),
+                user: Some(user(id, 100)),
+            }),
+        })
+        .unwrap()
+    };
+    writing
+        .apply_batch(&[upsert("msg_1", "user_1"), upsert("msg_2", "user_2")])
+        .await;
+    // The follower's first tick comes at once; the next one after POLL.
+    let follower = tokio::spawn({
+        let reading = reading.clone();
+        async move { reading.follow_changes_into_cache(POLL).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let [one, two] = ["user_1", "user_2"].map(|id| UserId::parse(id.into(), "id").unwrap());
+    for id in [&one, &two, &one, &two] {
+        reading.get_user(id).await.unwrap();
+    }
+
+    let deletion = Event::try_from(v1::ApplyUserDeletedRequest {
+        event: Some(v1::UserDeleted {
+            meta: Some(meta("msg_3", 5_000)),
+            user_id: "user_1".into(),
+        }),
+    })
+    .unwrap();
+    writing.apply_batch(&[deletion]).await.remove(0).unwrap();
+    let far_future = i64::MAX / 2;
+    assert_eq!(writing.prune_deletions(far_future).await.unwrap(), 1);
+    // Until the next tick, the other replica's deletion is not known here.
+    assert!(reading.get_user(&one).await.is_ok());
+
+    let start = Instant::now();
+    while reading.get_user(&one).await.is_ok() {
+        let limit = POLL + Duration::from_millis(1_500);
+        assert!(start.elapsed() < limit, "the deletion was never seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every entry went, not only the deleted user's.
+    let before = misses();
+    reading.get_user(&two).await.unwrap();
+    assert_eq!(misses(), before + 1.0);
+    follower.abort();
 }
