@@ -116,6 +116,7 @@ pub(super) struct ReadCache {
     users: Cache<UserId, Arc<Profile>>,
     /// The owner of each verified address, by [`email_key`].
     emails: Cache<String, UserId>,
+    /// The fill guards, [`STRIPES`] of them.
     stripes: Box<[Mutex<Stripe>]>,
     /// Picks a key's stripe.
     hasher: RandomState,
@@ -196,35 +197,32 @@ impl ReadCache {
     /// Marks every key `events` may write: call before the transaction
     /// begins; the guard invalidates them when dropped.
     pub(super) fn begin_write(&self, events: &[Event]) -> WriteGuard<'_> {
-        let mut guard = WriteGuard {
-            cache: self,
-            users: Vec::with_capacity(events.len()),
-            emails: Vec::new(),
-            stripes: Vec::with_capacity(events.len()),
-        };
-        for event in events {
-            guard.users.push(event.user_id().clone());
-            if let Change::Upsert(profile) = &event.change {
-                guard.emails.extend(
-                    profile
-                        .email_addresses
-                        .iter()
-                        .filter(|email| email.verified)
-                        .map(|email| email_key(&email.address)),
-                );
-            }
-        }
-        let keys = (guard.users.iter().map(Key::User))
-            .chain(guard.emails.iter().map(|key| Key::Email(key)));
-        guard.stripes = keys.map(|key| self.stripe_of(key)).collect();
-        guard.stripes.sort_unstable();
-        guard.stripes.dedup();
-        for &stripe in &guard.stripes {
+        let users: Vec<UserId> = events.iter().map(|e| e.user_id().clone()).collect();
+        let emails: Vec<String> = events
+            .iter()
+            .filter_map(|event| match &event.change {
+                Change::Upsert(profile) => Some(&profile.email_addresses),
+                Change::Delete { .. } => None,
+            })
+            .flatten()
+            .filter(|email| email.verified)
+            .map(|email| email_key(&email.address))
+            .collect();
+        let keys = (users.iter().map(Key::User)).chain(emails.iter().map(|key| Key::Email(key)));
+        let mut stripes: Vec<usize> = keys.map(|key| self.stripe_of(key)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        for &stripe in &stripes {
             let mut stripe = self.lock(stripe);
             stripe.writing += 1;
             stripe.generation += 1;
         }
-        guard
+        WriteGuard {
+            cache: self,
+            users,
+            emails,
+            stripes,
+        }
     }
 
     /// Invalidates what a change made elsewhere may have made stale: the
