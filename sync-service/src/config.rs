@@ -56,6 +56,16 @@ pub struct Config {
     #[arg(long, env = "SYNC_WRITERS", value_parser = clap::value_parser!(u64).range(1..=64), global = true)]
     pub writers: Option<u64>,
 
+    /// Most users kept in the in-memory read cache of GetUser, BatchGetUsers
+    /// and FindUserByEmail (0 turns it off).
+    #[arg(
+        long,
+        env = "SYNC_SERVICE_USER_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub user_cache_capacity: u64,
+
     /// Milliseconds between database checks behind the gRPC health status.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
     pub health_check_interval_ms: u64,
@@ -198,6 +208,7 @@ impl Config {
             acquire_timeout: Duration::from_millis(self.database_timeout_ms),
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
             lock_timeout: Duration::from_millis(self.database_lock_timeout_ms),
+            user_cache_capacity: self.user_cache_capacity,
         }
     }
 

@@ -73,6 +73,16 @@ struct PoolLabels {
     state: &'static str,
 }
 
+/// A read cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    /// What was looked up: `id` (GetUser, BatchGetUsers) or `email`
+    /// (FindUserByEmail).
+    key: &'static str,
+    /// `hit` or `miss`.
+    result: &'static str,
+}
+
 /// The build, as an info metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -100,6 +110,7 @@ struct Metrics {
     db_pool: Family<PoolLabels, Gauge>,
     quarantined: Family<Unlabelled, Gauge>,
     change_feed_head: Family<Unlabelled, Gauge>,
+    user_cache: Family<CacheLabels, Counter>,
 }
 
 /// Latency buckets, 0.25 ms to ~8 s.
@@ -160,6 +171,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Position of the newest committed change in the change feed, sampled every health-check interval",
         change_feed_head.clone(),
     );
+    let user_cache = Family::default();
+    registry.register(
+        "user_cache_requests",
+        "Read cache lookups, by key (id, email) and result (hit, miss)",
+        user_cache.clone(),
+    );
     registry.register(
         "build",
         "The running sync-service's version",
@@ -177,6 +194,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         db_pool,
         quarantined,
         change_feed_head,
+        user_cache,
     }
 });
 
@@ -239,6 +257,17 @@ pub fn set_change_feed_head(position: i64) {
         .change_feed_head
         .get_or_create(&Unlabelled)
         .set(position);
+}
+
+/// Counts one read cache lookup by `key` (`id` or `email`).
+pub fn record_user_cache(key: &'static str, hit: bool) {
+    METRICS
+        .user_cache
+        .get_or_create(&CacheLabels {
+            key,
+            result: if hit { "hit" } else { "miss" },
+        })
+        .inc();
 }
 
 /// Every method this server can route to, by request path

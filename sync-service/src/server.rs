@@ -96,6 +96,12 @@ pub async fn serve(
         let interval = Duration::from_millis(config.feed_poll_interval_ms);
         async move { store.follow_other_writers(interval).await }
     });
+    // The read cache learns other replicas' commits from the same log.
+    let cache_follower = tokio::spawn({
+        let store = store.clone();
+        let interval = Duration::from_millis(config.feed_poll_interval_ms);
+        async move { store.follow_changes_into_cache(interval).await }
+    });
     let feed_prune_task = config
         .feed_deletion_retention()
         .map(|retention| tokio::spawn(prune_deletions(store.clone(), retention)));
@@ -167,6 +173,7 @@ pub async fn serve(
     health_task.abort();
     prune_task.abort();
     feed_poll.abort();
+    cache_follower.abort();
     if let Some(task) = feed_prune_task {
         task.abort();
     }

@@ -8,16 +8,17 @@
 //! Next to it: `quarantine` (deliveries that cannot be applied) and `prune`
 //! (the ledger's retention).
 //! The `changes` module keeps the change feed's log in the same transaction
-//! and serves it.
+//! and serves it; `cache` keeps hot users in memory, coherent with both.
 
 mod apply;
+mod cache;
 mod changes;
 pub(crate) mod entity;
 mod page;
 mod prune;
 mod quarantine;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, JoinType,
@@ -29,7 +30,9 @@ use sea_orm::{
 use crate::{
     domain::{AccountState, EmailAddress, Event, Millis, Outcome, Profile, UserId},
     error::Error,
+    metrics,
 };
+use cache::{ReadCache, has_verified};
 pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::{user_email_addresses, users};
@@ -53,6 +56,8 @@ pub struct StoreOptions {
     pub statement_timeout: Duration,
     /// PostgreSQL `lock_timeout` of every connection.
     pub lock_timeout: Duration,
+    /// Most users the read cache holds; 0 turns it off.
+    pub user_cache_capacity: u64,
 }
 
 /// Handle to the directory database; cheap to clone (it is a pool).
@@ -60,7 +65,9 @@ pub struct StoreOptions {
 pub struct Store {
     db: DatabaseConnection,
     /// Wakes this process's change-feed watchers after a commit.
-    signal: std::sync::Arc<changes::Signal>,
+    signal: Arc<changes::Signal>,
+    /// Hot users in memory; `None` when turned off.
+    cache: Option<Arc<ReadCache>>,
 }
 
 impl Store {
@@ -116,7 +123,9 @@ impl Store {
         let db = Database::connect(connect).await?;
         Ok(Self {
             db,
-            signal: std::sync::Arc::new(changes::Signal::new(options.max_connections)),
+            signal: Arc::new(changes::Signal::new(options.max_connections)),
+            cache: (options.user_cache_capacity > 0)
+                .then(|| Arc::new(ReadCache::new(options.user_cache_capacity))),
         })
     }
 
@@ -189,7 +198,12 @@ impl Store {
     }
 
     async fn apply_in_transaction(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
+        // Marked before the transaction, invalidated after it, whatever
+        // happens to it: see the `cache` module.
+        let writing = self.cache.as_deref().map(|cache| cache.begin_write(events));
         let outcomes = apply::apply_batch(&self.db, events, now_millis()).await?;
+        // Before the outcome is returned and the watchers wake.
+        drop(writing);
         if outcomes.contains(&Outcome::Applied) {
             self.signal.ring();
         }
@@ -198,19 +212,71 @@ impl Store {
 
     /// The live user with this id.
     pub async fn get_user(&self, id: &UserId) -> Result<Profile, Error> {
+        self.cached_user(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
+    }
+
+    /// The live user with this id, from the cache or else the database.
+    async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+        let Some(cache) = self.cache.as_deref() else {
+            return self.load_user(id).await;
+        };
+        if let Some(user) = cache.user(id) {
+            metrics::record_user_cache("id", true);
+            return Ok(Some(Profile::clone(&user)));
+        }
+        metrics::record_user_cache("id", false);
+        let ticket = cache.user_ticket(id);
+        let user = self.load_user(id).await?;
+        if let Some(user) = &user {
+            cache.fill_user(ticket, user);
+        }
+        Ok(user)
+    }
+
+    async fn load_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
         users::Entity::find_by_id(id.as_str())
             .filter(users::Column::DeletedAt.is_null())
             .one(&self.db)
             .await?
             .map(profile_from_row)
-            .transpose()?
-            .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
+            .transpose()
     }
 
     /// The live users among `ids`, in no particular order.
     pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Profile>, Error> {
+        let Some(cache) = self.cache.as_deref() else {
+            return self.load_users(ids.iter()).await;
+        };
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missed = HashMap::new();
+        for id in ids {
+            let cached = cache.user(id);
+            metrics::record_user_cache("id", cached.is_some());
+            match cached {
+                Some(user) => found.push(Profile::clone(&user)),
+                None => {
+                    missed.insert(id, cache.user_ticket(id));
+                }
+            }
+        }
+        if missed.is_empty() {
+            return Ok(found);
+        }
+        let loaded = self.load_users(missed.keys().copied()).await?;
+        for user in &loaded {
+            if let Some(&ticket) = missed.get(&user.id) {
+                cache.fill_user(ticket, user);
+            }
+        }
+        found.extend(loaded);
+        Ok(found)
+    }
+
+    async fn load_users(&self, ids: impl Iterator<Item = &UserId>) -> Result<Vec<Profile>, Error> {
         users::Entity::find()
-            .filter(users::Column::Id.is_in(ids.iter().map(UserId::as_str)))
+            .filter(users::Column::Id.is_in(ids.map(UserId::as_str)))
             .filter(users::Column::DeletedAt.is_null())
             .all(&self.db)
             .await?
@@ -223,21 +289,56 @@ impl Store {
     /// case-insensitive); if several have it verified, the most recently
     /// updated.
     pub async fn find_by_email(&self, email: &str) -> Result<Profile, Error> {
+        let key = email.to_lowercase();
+        let owner = match self.cache.as_deref() {
+            None => self.load_by_email(&key).await?,
+            Some(cache) => self.cached_by_email(cache, key).await?,
+        };
+        // The address is personal data: the answer does not repeat it.
+        owner.ok_or_else(|| Error::NotFound("no user has this verified email address".into()))
+    }
+
+    /// The owner of the address `key`: the cached owner if it is live and
+    /// still has the address verified (a newer owner's write would have
+    /// dropped the entry), else the database's answer.
+    async fn cached_by_email(
+        &self,
+        cache: &ReadCache,
+        key: String,
+    ) -> Result<Option<Profile>, Error> {
+        if let Some(owner) = cache.email_owner(&key) {
+            match self.cached_user(&owner).await? {
+                Some(user) if has_verified(&user, &key) => {
+                    metrics::record_user_cache("email", true);
+                    return Ok(Some(user));
+                }
+                // Dropping an entry can never make the cache stale.
+                _ => cache.forget_email(&key),
+            }
+        }
+        metrics::record_user_cache("email", false);
+        let ticket = cache.email_ticket(&key);
+        let owner = self.load_by_email(&key).await?;
+        if let Some(owner) = &owner {
+            cache.fill_email(ticket, key, owner.id.clone());
+        }
+        Ok(owner)
+    }
+
+    async fn load_by_email(&self, key: &str) -> Result<Option<Profile>, Error> {
         users::Entity::find()
             .join(
                 JoinType::InnerJoin,
                 user_email_addresses::Relation::User.def().rev(),
             )
-            .filter(user_email_addresses::Column::EmailLower.eq(email.to_lowercase()))
+            .filter(user_email_addresses::Column::EmailLower.eq(key))
             .filter(users::Column::DeletedAt.is_null())
             .order_by_desc(users::Column::UpdatedAt)
             .order_by_asc(users::Column::Id)
             .one(&self.db)
             .await?
             .map(profile_from_row)
-            .transpose()?
-            // The address is personal data: the answer does not repeat it.
-            .ok_or_else(|| Error::NotFound("no user has this verified email address".into()))
+            .transpose()
     }
 
     /// One page of live users in (updated_at, id) order.

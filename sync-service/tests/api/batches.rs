@@ -41,6 +41,7 @@ async fn one_batch_decides_like_events_applied_one_by_one(backend: Backend) {
         acquire_timeout: std::time::Duration::from_secs(5),
         statement_timeout: std::time::Duration::from_secs(30),
         lock_timeout: std::time::Duration::from_secs(5),
+        user_cache_capacity: 1000,
     })
     .await
     .unwrap();

@@ -21,5 +21,6 @@ mod metrics;
 mod outage;
 mod properties;
 mod queries;
+mod read_cache;
 mod security;
 mod semantics;
