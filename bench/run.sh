@@ -17,6 +17,10 @@
 #   BENCH_CONNECTIONS  "32 256"
 #   BENCH_CALLS        20000  calls per query method
 #   BENCH_STORM_SECS   60     0 skips the storm
+#   BENCH_SCALE_USERS  1000000  users loaded for the scale figures (0 skips):
+#                      ingest, random GetUser / FindUserByEmail over all of
+#                      them, a full ListUsers pass, database bytes per user,
+#                      and the sync-service's start-up time on that database
 #   BENCH_OUT          target/bench/results.md
 #   PG_HOST / PG_PORT / PG_USER   127.0.0.1 / 5432 / postgres
 #   CARGO_TARGET_DIR   where cargo puts the release binaries (default target)
@@ -31,14 +35,15 @@ UPDATES=${BENCH_UPDATES:-4}
 CONNECTIONS=${BENCH_CONNECTIONS:-32 256}
 CALLS=${BENCH_CALLS:-20000}
 STORM_SECS=${BENCH_STORM_SECS:-60}
+SCALE_USERS=${BENCH_SCALE_USERS:-1000000}
 OUT=${BENCH_OUT:-target/bench/results.md}
 PG_HOST=${PG_HOST:-127.0.0.1}
 PG_PORT=${PG_PORT:-5432}
 PG_USER=${PG_USER:-postgres}
 BIN=${CARGO_TARGET_DIR:-target}/release
-STEP_TIMEOUT=$((STORM_SECS + 300))
+STEP_TIMEOUT=$((STORM_SECS + 300 + SCALE_USERS / 1000))
 
-for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS"; do
+for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS" "$SCALE_USERS"; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: expected a number, got '$n'" >&2; exit 2; }
 done
 
@@ -91,10 +96,27 @@ bench() { # bench LOGNAME ARGS…: runs clerk-sync-bench, keeps its output
   cat "$log" >&2
 }
 
+# Starts the sync-service of $backend on $DATABASE_URL and $SYNC_PORT.
+start_sync() {
+  DATABASE_URL=$DATABASE_URL SYNC_SERVICE_LISTEN_ADDR="127.0.0.1:$SYNC_PORT" \
+    SYNC_SERVICE_WRITE_TOKENS=$WRITE_TOKEN SYNC_SERVICE_READ_TOKENS=$READ_TOKEN RUST_LOG=warn \
+    "$BIN/clerk-sync-service" 2>>"$WORK/$backend-sync.log" &
+  SYNC_PID=$!
+  PIDS+=("$SYNC_PID")
+}
+# Bytes the $backend database takes on disk.
+database_bytes() {
+  case $backend in
+    sqlite) du -cb "$WORK"/sqlite/clerk-sync.db* | tail -1 | cut -f1 ;;
+    postgres) psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -qAtc "SELECT pg_database_size('$db')" postgres ;;
+  esac
+}
+
 SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
 WRITE_TOKEN=$(random_token)
 READ_TOKEN=$(random_token)
 ROWS=()
+SCALE_NOTES=()
 row() { ROWS+=("| $(IFS='|'; echo "$*" | sed 's/|/ | /g') |"); }
 
 LOAD_BEFORE=$(uptime)
@@ -128,11 +150,7 @@ for backend in $BACKENDS; do
   SYNC_PORT=$(free_port)
   GATEWAY_PORT=$(free_port)
   echo "== $backend: sync-service on 127.0.0.1:$SYNC_PORT, gateway on 127.0.0.1:$GATEWAY_PORT" >&2
-  DATABASE_URL=$DATABASE_URL SYNC_SERVICE_LISTEN_ADDR="127.0.0.1:$SYNC_PORT" \
-    SYNC_SERVICE_WRITE_TOKENS=$WRITE_TOKEN SYNC_SERVICE_READ_TOKENS=$READ_TOKEN RUST_LOG=warn \
-    "$BIN/clerk-sync-service" 2>"$WORK/$backend-sync.log" &
-  SYNC_PID=$!
-  PIDS+=("$SYNC_PID")
+  start_sync
   GATEWAY_LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" CLERK_WEBHOOK_SECRET=$SECRET \
     SYNC_SERVICE_URL="http://127.0.0.1:$SYNC_PORT" SYNC_SERVICE_TOKEN=$WRITE_TOKEN RUST_LOG=warn \
     "$BIN/clerk-sync-gateway" 2>"$WORK/$backend-gateway.log" &
@@ -198,6 +216,42 @@ for backend in $BACKENDS; do
       "gateway $(rss "$GATEWAY_PID"), sync $(rss "$SYNC_PID")"
   fi
 
+  if [[ $SCALE_USERS -gt 0 ]]; then
+    run="scale$RANDOM"
+    bench "$backend-scale-ingest" ingest --gateway-url "$GW" --users "$SCALE_USERS" --updates 0 \
+      --run-id "$run" --connections "$FIRST_C" --sync-service-url "$SYNC" --server-pids "$PIDS_ARG"
+    log=$WORK/$backend-scale-ingest.log
+    line=$(result "ingest " "$log")
+    verify=$(result "verify " "$log")
+    row "$backend" "scale: ingest $(field count "$line") new users (verified: $(field mismatches "$verify") mismatches)" "$FIRST_C" \
+      "$(field rate "$line")" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
+      "$(ratio "$(field rate "$line")" "${HYPER[$FIRST_C]}") of hyper" \
+      "gateway $(cpu "$GATEWAY_PID" "$log"), sync $(cpu "$SYNC_PID" "$log")" \
+      "gateway $(rss_mib "$GATEWAY_PID" end "$log"), sync $(rss_mib "$SYNC_PID" end "$log")"
+    for method in get-user find-user-by-email; do
+      bench "$backend-scale-$method" query --sync-service-url "$SYNC" --method "$method" \
+        --calls "$CALLS" --connections "$FIRST_C" --run-id "$run" --users "$SCALE_USERS" --server-pids "$SYNC_PID"
+      log=$WORK/$backend-scale-$method.log
+      line=$(result "query " "$log")
+      row "$backend" "scale: $method, random over all $SCALE_USERS" "$FIRST_C" "$(field rate "$line")" \
+        "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
+        "$(ratio "$(field rate "$line")" "$HEALTH") of health" "sync $(cpu "$SYNC_PID" "$log")" "sync $(rss_mib "$SYNC_PID" end "$log")"
+    done
+    bench "$backend-scan" scan --sync-service-url "$SYNC" --page-size 1000
+    line=$(result "scan " "$WORK/$backend-scan.log")
+    live=$(field users "$line")
+    row "$backend" "scale: full ListUsers pass, $live users in pages of 1000 ($(field seconds "$line") s)" 1 \
+      "$(field rate "$line") users" "$(field page_p50_ms "$line")" "" "$(field page_p99_ms "$line")" "" "per page" "" ""
+    bytes=$(database_bytes)
+    SCALE_NOTES+=("$backend: $live live users; the database takes $bytes bytes on disk, $(awk -v b="$bytes" -v u="$live" 'BEGIN { printf "%.0f", b / u }') bytes per user (tables, indexes, ledger and change log; for SQLite with its WAL)")
+    # Start-up on the loaded database: stop the sync-service, start it again.
+    kill -TERM "$SYNC_PID"
+    wait "$SYNC_PID" || true
+    start_sync
+    bench "$backend-ready" ready --sync-service-url "$SYNC"
+    SCALE_NOTES+=("$backend: sync-service start-up on it (process start to health SERVING): $(field seconds "$(result "ready " "$WORK/$backend-ready.log")") s")
+  fi
+
   kill -TERM "$GATEWAY_PID" "$SYNC_PID"
   wait "$GATEWAY_PID" "$SYNC_PID" || true
   PIDS=()
@@ -206,11 +260,15 @@ done
 mkdir -p "$(dirname "$OUT")"
 {
   echo "Run of \`bench/run.sh\` at $START on $(nproc) cores ($(uname -m)), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
-  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS."
+  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS."
   echo "Machine load before: \`$LOAD_BEFORE\`; after: \`$(uptime)\`."
   echo
   echo "| backend | run | connections | per second | p50 ms | p90 ms | p99 ms | max ms | ratio | CPU µs per request | peak RSS MiB |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
+  if [[ ${#SCALE_NOTES[@]} -gt 0 ]]; then
+    echo
+    printf -- '- %s\n' "${SCALE_NOTES[@]}"
+  fi
 } >"$OUT"
 cat "$OUT"

@@ -26,6 +26,12 @@ pub enum Command {
     /// Start a bare hyper `200 {}` server and a no-op tonic server as child
     /// processes and measure them with the same load: the machine's ceiling.
     Baselines(BaselineArgs),
+    /// Read the whole directory once with ListUsers, page after page: how
+    /// long a full pass takes.
+    Scan(ScanArgs),
+    /// Wait until the sync-service answers its health check SERVING: how
+    /// long a start-up takes, counted from this command's start.
+    Ready(ReadyArgs),
     /// Serve `200 {}` over HTTP/1.1 on 127.0.0.1:0; prints the address.
     #[command(hide = true)]
     ServeHyperBaseline,
@@ -159,6 +165,34 @@ pub struct QueryArgs {
     /// Load settings.
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+/// `scan` settings.
+#[derive(Clone, Debug, Args)]
+pub struct ScanArgs {
+    /// The sync-service (plain http).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Uri,
+
+    /// Read token (sent as `authorization: Bearer …`).
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    pub token: Option<String>,
+
+    /// Users per ListUsers page.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: u32,
+}
+
+/// `ready` settings.
+#[derive(Clone, Debug, Args)]
+pub struct ReadyArgs {
+    /// The sync-service (plain http).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Uri,
+
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
 }
 
 /// `baselines` settings.

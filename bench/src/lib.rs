@@ -5,6 +5,8 @@
 //!   posts them over keep-alive connections ([`load`]) and checks the end
 //!   state through the directory ([`verify`]);
 //! - [`phases::query`] drives the directory's RPCs;
+//! - [`phases::scan`] times a full ListUsers pass and [`phases::ready`] a
+//!   sync-service's start-up;
 //! - [`phases::baselines`] measures a bare hyper server and a no-op tonic
 //!   server ([`baselines`]), started as child processes, with the same load;
 //! - [`procstat`] reports peak RSS and CPU per request of server processes.
@@ -55,6 +57,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Baselines(args) => {
             let (http, grpc) = phases::baselines(&args).await?;
             http.failures == 0 && grpc.failures == 0
+        }
+        Command::Scan(args) => {
+            phases::scan(&args).await?;
+            true
+        }
+        Command::Ready(args) => {
+            phases::ready(&args).await?;
+            true
         }
         Command::ServeHyperBaseline => {
             baselines::serve_on_loopback(baselines::serve_hyper).await?;

@@ -1,4 +1,4 @@
-//! The subcommands: ingest (+ verify), query and baselines. Each prints a
+//! The subcommands: ingest (+ verify), query, scan, ready and baselines. Each prints a
 //! human summary and `RESULT` lines (`key=value`) for scripts such as
 //! `bench/run.sh`.
 
@@ -16,7 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     baselines::BaselineServer,
-    cli::{BaselineArgs, IngestArgs, LoadArgs, Method, QueryArgs},
+    cli::{BaselineArgs, IngestArgs, LoadArgs, Method, QueryArgs, ReadyArgs, ScanArgs},
     load::{self, HttpRequest, Progress},
     plan::{EventFactory, Plan, PlanSpec, user_email, user_id},
     procstat::{ProcSample, Watch},
@@ -481,6 +481,82 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
     println!("{}", report.summary(&name, "calls"));
     print_result(&format!("query method={}", kebab(&name)), &report);
     Ok(report)
+}
+
+/// `scan`: pages through the whole directory once, one page after the other
+/// (a full pass is sequential: each page starts where the last one ended).
+pub async fn scan(args: &ScanArgs) -> anyhow::Result<()> {
+    let target = GrpcTarget::new(args.sync_service_url.clone(), args.token.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let mut client = UserDirectoryServiceClient::new(target.connect().await?)
+        .max_decoding_message_size(64 << 20);
+    let (mut users, mut page_times) = (0_u64, Vec::new());
+    let mut page_token = String::new();
+    let started = Instant::now();
+    loop {
+        let asked = Instant::now();
+        let page = client
+            .list_users(target.request(ListUsersRequest {
+                page_size: args.page_size as i32,
+                page_token,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| anyhow::anyhow!("ListUsers failed: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        page_times.push(asked.elapsed().as_micros() as u64);
+        users += page.users.len() as u64;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    page_times.sort_unstable();
+    let page_ms = |p| crate::stats::percentile(&page_times, p).unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "scan: {users} users in {} pages of {} in {seconds:.2} s",
+        page_times.len(),
+        args.page_size
+    );
+    println!(
+        "RESULT scan users={users} pages={} seconds={seconds:.2} rate={:.0} page_p50_ms={:.2} page_p99_ms={:.2}",
+        page_times.len(),
+        users as f64 / seconds.max(f64::EPSILON),
+        page_ms(50.0),
+        page_ms(99.0),
+    );
+    Ok(())
+}
+
+/// `ready`: polls the health check every 10 ms until it says SERVING.
+pub async fn ready(args: &ReadyArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let started = Instant::now();
+    let target =
+        GrpcTarget::new(args.sync_service_url.clone(), None).map_err(anyhow::Error::msg)?;
+    let deadline = started + Duration::from_secs(args.timeout);
+    loop {
+        if let Ok(channel) = target.connect().await {
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if matches!(answer, Ok(response) if response.get_ref().status == ServingStatus::Serving as i32)
+            {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{} was not SERVING after {} s", target.url, args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("ready: {} SERVING after {seconds:.2} s", target.url);
+    println!("RESULT ready seconds={seconds:.2}");
+    Ok(())
 }
 
 fn kebab(name: &str) -> String {

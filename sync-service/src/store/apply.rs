@@ -24,9 +24,10 @@
 //!
 //! **SQLite** runs in-process: the steps are statements sent one by one in a
 //! transaction (each costs a hand-off to the connection's thread, not a round
-//! trip). A statement never carries more bind parameters than SQLite allows
-//! (32766): large batches and users with thousands of addresses are written in
-//! consecutive chunks, still in the same order.
+//! trip). This path is portable SQL (sea-query) and would serve any backend.
+//! A statement never carries more bind parameters than every backend allows
+//! (SQLite's 32766): large batches and users with thousands of addresses are
+//! written in consecutive chunks, still in the same order.
 //!
 //! **PostgreSQL** would pay a network round trip per statement (seven a
 //! batch), so the same steps run inside the server: the batch goes as three
@@ -182,7 +183,7 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// The steps as statements in `txn` (SQLite).
+/// The steps as statements in `txn` (SQLite; portable).
 async fn apply_step_by_step(
     txn: &DatabaseTransaction,
     batch: &Batch<'_>,
@@ -339,12 +340,13 @@ async fn record_events(
     Ok(recorded)
 }
 
-/// Most bind parameters one SQLite statement may carry.
-const SQLITE_BIND_LIMIT: usize = 32_766;
+/// Most bind parameters one statement may carry (SQLite's limit, the
+/// smallest of the backends').
+const BIND_LIMIT: usize = 32_766;
 
 /// How many rows of `E` (one bind parameter per column) fit in one statement.
 fn rows_per_statement<E: EntityTrait>() -> usize {
-    (SQLITE_BIND_LIMIT / E::Column::iter().count()).max(1)
+    (BIND_LIMIT / E::Column::iter().count()).max(1)
 }
 
 /// Writes the winners `ordered` (in user id order): upserts where the stored
@@ -416,7 +418,7 @@ async fn write_users(
 /// Which of `ids` are tombstones.
 async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
     let mut deleted = HashSet::new();
-    for chunk in ids.chunks(SQLITE_BIND_LIMIT) {
+    for chunk in ids.chunks(BIND_LIMIT) {
         let found: Vec<String> = users::Entity::find()
             .select_only()
             .column(users::Column::Id)
@@ -439,7 +441,7 @@ async fn replace_email_index(
 ) -> Result<(), DbErr> {
     let mut written = written.to_vec();
     written.sort_unstable();
-    for chunk in written.chunks(SQLITE_BIND_LIMIT) {
+    for chunk in written.chunks(BIND_LIMIT) {
         user_email_addresses::Entity::delete_many()
             .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
             .exec(txn)
