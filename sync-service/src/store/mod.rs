@@ -21,8 +21,8 @@ mod quarantine;
 use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sea_orm::{
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, JoinType,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait,
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -326,12 +326,21 @@ impl Store {
     }
 
     async fn load_by_email(&self, key: &str) -> Result<Option<Profile>, Error> {
-        users::Entity::find()
-            .join(
-                JoinType::InnerJoin,
-                user_email_addresses::Relation::User.def().rev(),
-            )
+        // Two lookups by key rather than one join: a join leaves the planner
+        // free to scan `users` (PostgreSQL did, with statistics taken while
+        // the table was still small); these cannot be planned but by index.
+        let holders: Vec<String> = user_email_addresses::Entity::find()
+            .select_only()
+            .column(user_email_addresses::Column::UserId)
             .filter(user_email_addresses::Column::EmailLower.eq(key))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if holders.is_empty() {
+            return Ok(None);
+        }
+        users::Entity::find()
+            .filter(users::Column::Id.is_in(holders))
             .filter(users::Column::DeletedAt.is_null())
             .order_by_desc(users::Column::UpdatedAt)
             .order_by_asc(users::Column::Id)
