@@ -52,7 +52,8 @@ pub struct Config {
     #[arg(long, env = "SYNC_MAX_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
     pub max_batch: u64,
 
-    /// Writer tasks committing batches; default 1 on SQLite, 4 on PostgreSQL.
+    /// Writer tasks committing batches (default 1): more overlap one batch's
+    /// commit with the next one's work, at the price of smaller batches.
     #[arg(long, env = "SYNC_WRITERS", value_parser = clap::value_parser!(u64).range(1..=64), global = true)]
     pub writers: Option<u64>,
 
@@ -253,11 +254,8 @@ impl Config {
 
     /// How to size the write path.
     pub fn ingest_options(&self) -> IngestOptions {
-        let sqlite = self.database_url.starts_with("sqlite:");
         IngestOptions {
-            writers: self
-                .writers
-                .map_or(if sqlite { 1 } else { 4 }, |n| n as usize),
+            writers: self.writers.map_or(1, |n| n as usize),
             max_batch: self.max_batch as usize,
             max_pending: self.max_pending_applies as usize,
         }

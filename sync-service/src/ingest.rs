@@ -24,8 +24,10 @@ struct Job {
 /// Sizing of the write path.
 #[derive(Clone, Copy, Debug)]
 pub struct IngestOptions {
-    /// Writer tasks: 1 for SQLite (it has one writer anyway), a few for
-    /// PostgreSQL so that one batch's commit overlaps the next batch's work.
+    /// Writer tasks. One makes the biggest batches (SQLite has one writer
+    /// anyway, and a PostgreSQL batch is one round trip); more overlap one
+    /// batch's commit with the next one's work, which pays only when the
+    /// database is far away.
     pub writers: usize,
     /// Most events committed in one transaction.
     pub max_batch: usize,
