@@ -96,11 +96,13 @@ pub async fn serve(
         let interval = Duration::from_millis(config.feed_poll_interval_ms);
         async move { store.follow_other_writers(interval).await }
     });
-    // The read cache learns other replicas' commits from the same log.
+    // The read cache learns other replicas' commits from the same log, from
+    // its head before the first request is served.
+    let feed_start = store.feed_head().await?;
     let cache_follower = tokio::spawn({
         let store = store.clone();
         let interval = Duration::from_millis(config.feed_poll_interval_ms);
-        async move { store.follow_changes_into_cache(interval).await }
+        async move { store.follow_changes_into_cache(feed_start, interval).await }
     });
     let feed_prune_task = config
         .feed_deletion_retention()

@@ -57,6 +57,7 @@ use sea_orm::{
 };
 
 use super::{
+    cache::email_key,
     changes,
     entity::{processed_events, user_email_addresses, users},
 };
@@ -169,12 +170,7 @@ impl<'a> Batch<'a> {
                     .email_addresses
                     .iter()
                     .filter(|email| email.verified)
-                    .map(|email| {
-                        (
-                            profile.id.as_str(),
-                            without_nul(&email.address).to_lowercase(),
-                        )
-                    })
+                    .map(|email| (profile.id.as_str(), email_key(&email.address)))
             })
             .collect();
         rows.sort();

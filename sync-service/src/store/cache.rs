@@ -81,8 +81,8 @@ const TIME_TO_LIVE: Duration = Duration::from_secs(300);
 /// Change log entries read per page while following the feed.
 const FEED_PAGE: u32 = 1000;
 
-/// The key an address is indexed under: what the email index stores (NULs
-/// stripped, lowercased).
+/// The key an address is indexed under, in the email index and in this
+/// cache: NULs stripped, lowercased.
 pub(super) fn email_key(address: &str) -> String {
     address.replace('\0', "").to_lowercase()
 }
@@ -324,13 +324,14 @@ impl Store {
     /// replicas: every `interval`, if the change log's head moved, reads the
     /// log past the last position processed and invalidates each changed
     /// user. Runs until the task is aborted; returns at once without a cache.
-    pub async fn follow_changes_into_cache(&self, interval: Duration) {
+    ///
+    /// `from` is the log's head read before the first request was served, so
+    /// nothing cached can be older than it.
+    pub async fn follow_changes_into_cache(&self, from: Position, interval: Duration) {
         let Some(cache) = self.cache.as_deref() else {
             return;
         };
-        // Unknown until the first successful read: everything cached before
-        // it is dropped then.
-        let mut last: Option<Position> = None;
+        let mut last = Some(from);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -353,8 +354,8 @@ impl Store {
                         Some(head)
                     }
                 },
-                // First tick, or a log behind what was seen (the database
-                // was replaced): nothing cached can be trusted.
+                // A log behind what was seen (the database was replaced):
+                // nothing cached can be trusted.
                 _ => {
                     cache.invalidate_all();
                     Some(head)

@@ -359,10 +359,11 @@ async fn a_replica_whose_place_in_the_log_was_pruned_drops_its_whole_cache() {
     writing
         .apply_batch(&[upsert("msg_1", "user_1"), upsert("msg_2", "user_2")])
         .await;
-    // The follower's first tick comes at once; the next one after POLL.
+    // The follower starts at the head; its next tick comes after POLL.
+    let from = reading.feed_head().await.unwrap();
     let follower = tokio::spawn({
         let reading = reading.clone();
-        async move { reading.follow_changes_into_cache(POLL).await }
+        async move { reading.follow_changes_into_cache(from, POLL).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let [one, two] = ["user_1", "user_2"].map(|id| UserId::parse(id.into(), "id").unwrap());
