@@ -40,7 +40,8 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Largest database connection pool.
+    /// Connections of the read pool (queries and change-feed reads); the
+    /// writers have a pool of their own, of SYNC_WRITERS + 1.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub database_max_connections: u32,
 
@@ -206,6 +207,8 @@ impl Config {
         StoreOptions {
             database_url: self.database_url.clone(),
             max_connections: self.database_max_connections,
+            // Each writer, and one for the quarantine and pruning.
+            write_connections: self.ingest_options().writers as u32 + 1,
             acquire_timeout: Duration::from_millis(self.database_timeout_ms),
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
             lock_timeout: Duration::from_millis(self.database_lock_timeout_ms),

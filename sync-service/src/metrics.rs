@@ -66,9 +66,11 @@ struct CallLabels {
     code: &'static str,
 }
 
-/// Database pool connections by state.
+/// Database pool connections by pool and state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
+    /// `write` or `read`.
+    pool: &'static str,
     /// `in_use` or `idle`.
     state: &'static str,
 }
@@ -156,7 +158,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let db_pool = Family::default();
     registry.register(
         "db_pool_connections",
-        "Database pool connections, by state (in_use, idle), sampled every health-check interval",
+        "Database pool connections, by pool (write, read) and state (in_use, idle), sampled every health-check interval",
         db_pool.clone(),
     );
     let quarantined = Family::default();
@@ -229,12 +231,12 @@ pub fn record_batch(events: &[Event], outcomes: &[Result<Outcome, Error>], elaps
     }
 }
 
-/// Sets the database pool gauges.
-pub fn set_db_pool(in_use: u32, idle: u32) {
+/// Sets the gauges of one database pool, `write` or `read`.
+pub fn set_db_pool(pool: &'static str, in_use: u32, idle: u32) {
     let set = |state, value: u32| {
         METRICS
             .db_pool
-            .get_or_create(&PoolLabels { state })
+            .get_or_create(&PoolLabels { pool, state })
             .set(i64::from(value));
     };
     set("in_use", in_use);

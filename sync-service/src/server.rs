@@ -215,8 +215,9 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let (in_use, idle) = store.pool_connections();
-        metrics::set_db_pool(in_use, idle);
+        for (pool, in_use, idle) in store.pool_connections() {
+            metrics::set_db_pool(pool, in_use, idle);
+        }
         let status =
             match tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await {
                 Ok(Ok(())) => ServingStatus::Serving,

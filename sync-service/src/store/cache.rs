@@ -51,11 +51,13 @@
 //! learnt from the change feed: [`Store::follow_changes_into_cache`] reads
 //! the log past the last position it processed on every poll tick and
 //! invalidates each changed user (and the verified addresses of its current
-//! profile) under the same protocol. A replica therefore serves another's
-//! commit at most one poll interval plus one log read late. It reads back its
-//! own commits too: their positions are known only inside the write path, and
-//! telling them apart by the head before and after a commit is unsafe with
-//! other writers. The time-to-live is a backstop, not the mechanism.
+//! profile, as the email index holds them) under the same protocol. A
+//! replica therefore serves another's commit at most one poll interval plus
+//! one log read late. It reads back its own commits too (their positions are
+//! known only inside the write path, and telling them apart by the head
+//! before and after a commit is unsafe with other writers), but only their
+//! keys: user ids from the log and addresses from the index, no profile. The
+//! time-to-live is a backstop, not the mechanism.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -65,7 +67,7 @@ use std::{
 
 use moka::sync::Cache;
 
-use super::{FeedChange, Position, Store};
+use super::{Position, Store};
 use crate::{
     domain::{Change, Event, Profile, UserId},
     error::Error,
@@ -225,17 +227,14 @@ impl ReadCache {
         }
     }
 
-    /// Invalidates what a change made elsewhere may have made stale: the
-    /// user, and the addresses its current profile has verified.
-    fn invalidate_change(&self, change: &FeedChange) {
-        match change {
-            FeedChange::Upsert(profile) => {
-                self.invalidate(Key::User(&profile.id));
-                for email in profile.email_addresses.iter().filter(|e| e.verified) {
-                    self.invalidate(Key::Email(&email_key(&email.address)));
-                }
-            }
-            FeedChange::Deleted { id, .. } => self.invalidate(Key::User(id)),
+    /// Invalidates what changes made elsewhere may have made stale: the
+    /// users, and the addresses their current profiles have verified.
+    fn invalidate_changed(&self, users: &[UserId], emails: &[String]) {
+        for id in users {
+            self.invalidate(Key::User(id));
+        }
+        for key in emails {
+            self.invalidate(Key::Email(key));
         }
     }
 
@@ -372,10 +371,8 @@ impl Store {
         mut after: Position,
     ) -> Result<Position, Error> {
         loop {
-            let page = self.changes_after(after, FEED_PAGE, 0).await?;
-            for entry in &page.entries {
-                cache.invalidate_change(&entry.change);
-            }
+            let page = self.changed_keys_after(after, FEED_PAGE).await?;
+            cache.invalidate_changed(&page.users, &page.emails);
             after = page.next_after;
             if !page.has_more {
                 return Ok(after);
@@ -497,7 +494,7 @@ mod tests {
         let user = profile("user_1", &[("a@example.com", true)]);
         let user_ticket = cache.user_ticket(&user.id);
         let email_ticket = cache.email_ticket("a@example.com");
-        cache.invalidate_change(&FeedChange::Upsert(Box::new(user.clone())));
+        cache.invalidate_changed(std::slice::from_ref(&user.id), &["a@example.com".into()]);
         cache.fill_user(user_ticket, &user);
         cache.fill_email(email_ticket, "a@example.com".into(), user.id.clone());
         assert!(cache.user(&user.id).is_none());

@@ -44,7 +44,7 @@ use tokio::sync::watch;
 
 use super::{
     Store,
-    entity::{feed_head, user_changes, users},
+    entity::{feed_head, user_changes, user_email_addresses, users},
     profile_from_row,
 };
 use crate::{
@@ -159,6 +159,19 @@ pub struct ChangePage {
     pub has_more: bool,
 }
 
+/// The keys one page of the log changed; see [`Store::changed_keys_after`].
+#[derive(Debug)]
+pub(super) struct ChangedKeys {
+    /// The users changed, in position order.
+    pub(super) users: Vec<UserId>,
+    /// The email index keys those users hold now.
+    pub(super) emails: Vec<String>,
+    /// As in [`ChangePage`].
+    pub(super) next_after: Position,
+    /// As in [`ChangePage`].
+    pub(super) has_more: bool,
+}
+
 /// This process's side of the feed: what wakes its watchers, and the bound
 /// on their reads.
 #[derive(Debug)]
@@ -200,7 +213,7 @@ impl Store {
 
     /// The last position handed out.
     pub async fn feed_head(&self) -> Result<Position, Error> {
-        Ok(head_row(&self.db).await?.position)
+        Ok(head_row(&self.reads).await?.position)
     }
 
     /// Up to `limit` change log entries after position `after`, in order.
@@ -216,7 +229,98 @@ impl Store {
         limit: u32,
         hide_deletions_through: Position,
     ) -> Result<ChangePage, Error> {
-        let _permit = self
+        let read = self.begin_log_read(after, hide_deletions_through).await?;
+        let mut rows = log_after(after, limit)
+            .find_also_related(users::Entity)
+            .all(&read.txn)
+            .await?;
+        read.txn.commit().await?;
+
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_after = page_end(
+            rows.last().map(|(last, _)| last.position),
+            has_more,
+            &read.head,
+        );
+        let mut entries = Vec::with_capacity(rows.len());
+        for (change, user) in rows {
+            if change.deleted && change.position <= hide_deletions_through {
+                continue;
+            }
+            let user = user.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "change log entry of {} has no user",
+                    change.user_id
+                ))
+            })?;
+            entries.push(FeedEntry {
+                position: change.position,
+                change: entry_change(user)?,
+            });
+        }
+        Ok(ChangePage {
+            entries,
+            next_after,
+            has_more,
+        })
+    }
+
+    /// What changed after `after`, as the keys a cache must drop: up to
+    /// `limit` users, and the addresses the email index holds for them.
+    /// Cheaper than [`Store::changes_after`]: neither profiles nor their
+    /// JSON are read.
+    pub(super) async fn changed_keys_after(
+        &self,
+        after: Position,
+        limit: u32,
+    ) -> Result<ChangedKeys, Error> {
+        let read = self.begin_log_read(after, 0).await?;
+        let mut rows: Vec<(Position, String)> = log_after(after, limit)
+            .select_only()
+            .columns([user_changes::Column::Position, user_changes::Column::UserId])
+            .into_tuple()
+            .all(&read.txn)
+            .await?;
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_after = page_end(
+            rows.last().map(|(position, _)| *position),
+            has_more,
+            &read.head,
+        );
+        let ids: Vec<String> = rows.into_iter().map(|(_, id)| id).collect();
+        let emails = user_email_addresses::Entity::find()
+            .select_only()
+            .column(user_email_addresses::Column::EmailLower)
+            .filter(user_email_addresses::Column::UserId.is_in(ids.iter().map(String::as_str)))
+            .into_tuple()
+            .all(&read.txn)
+            .await?;
+        read.txn.commit().await?;
+        let users = ids
+            .into_iter()
+            .map(|id| {
+                UserId::parse(id, "user_id")
+                    .map_err(|_| Error::Corrupt("change log entry with an empty user id".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ChangedKeys {
+            users,
+            emails,
+            next_after,
+            has_more,
+        })
+    }
+
+    /// Opens one snapshot for reading the log after `after`, once the log's
+    /// head shows it can serve that reader (see [`Store::changes_after`]).
+    async fn begin_log_read(
+        &self,
+        after: Position,
+        hide_deletions_through: Position,
+    ) -> Result<LogRead<'_>, Error> {
+        let permit = self
             .signal
             .reads
             .acquire()
@@ -239,41 +343,10 @@ impl Store {
                 head.pruned_through
             )));
         }
-        let mut rows = user_changes::Entity::find()
-            .filter(user_changes::Column::Position.gt(after))
-            .order_by_asc(user_changes::Column::Position)
-            .limit(u64::from(limit) + 1)
-            .find_also_related(users::Entity)
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
-
-        let has_more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next_after = match rows.last() {
-            Some((last, _)) if has_more => last.position,
-            _ => head.position,
-        };
-        let mut entries = Vec::with_capacity(rows.len());
-        for (change, user) in rows {
-            if change.deleted && change.position <= hide_deletions_through {
-                continue;
-            }
-            let user = user.ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "change log entry of {} has no user",
-                    change.user_id
-                ))
-            })?;
-            entries.push(FeedEntry {
-                position: change.position,
-                change: entry_change(user)?,
-            });
-        }
-        Ok(ChangePage {
-            entries,
-            next_after,
-            has_more,
+        Ok(LogRead {
+            _permit: permit,
+            txn,
+            head,
         })
     }
 
@@ -333,12 +406,12 @@ impl Store {
 
     /// A read-only transaction whose reads share one snapshot.
     async fn begin_snapshot(&self) -> Result<DatabaseTransaction, DbErr> {
-        match self.db.get_database_backend() {
+        match self.reads.get_database_backend() {
             // A deferred SQLite transaction reads one WAL snapshot from its
             // first read on; it takes no isolation level.
-            DatabaseBackend::Sqlite => self.db.begin().await,
+            DatabaseBackend::Sqlite => self.reads.begin().await,
             _ => {
-                self.db
+                self.reads
                     .begin_with_config(
                         Some(IsolationLevel::RepeatableRead),
                         Some(AccessMode::ReadOnly),
@@ -346,6 +419,32 @@ impl Store {
                     .await
             }
         }
+    }
+}
+
+/// A read of the log in progress: its snapshot and its share of the pool.
+struct LogRead<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    txn: DatabaseTransaction,
+    /// The head row, read in `txn`.
+    head: feed_head::Model,
+}
+
+/// The first `limit + 1` entries after `after`, in order (the extra one
+/// tells whether more follow).
+fn log_after(after: Position, limit: u32) -> sea_orm::Select<user_changes::Entity> {
+    user_changes::Entity::find()
+        .filter(user_changes::Column::Position.gt(after))
+        .order_by_asc(user_changes::Column::Position)
+        .limit(u64::from(limit) + 1)
+}
+
+/// Where the next read starts: the page's last position while more follow,
+/// otherwise the head the page was read at.
+fn page_end(last: Option<Position>, has_more: bool, head: &feed_head::Model) -> Position {
+    match last {
+        Some(last) if has_more => last,
+        _ => head.position,
     }
 }
 

@@ -48,8 +48,12 @@ const STATEMENT_CACHE_CAPACITY: usize = 2048;
 pub struct StoreOptions {
     /// `sqlite://path?mode=rwc` or `postgres://…`.
     pub database_url: String,
-    /// Upper bound of the connection pool.
+    /// Connections of the read pool: queries and change-feed reads.
     pub max_connections: u32,
+    /// Connections of the write pool: the batch writers, the quarantine and
+    /// pruning. Reads never take one, so they never wait behind a write, and
+    /// a storm of reads cannot starve the writers.
+    pub write_connections: u32,
     /// How long to wait for a connection (also SQLite's busy timeout).
     pub acquire_timeout: Duration,
     /// PostgreSQL `statement_timeout` of every connection.
@@ -60,10 +64,14 @@ pub struct StoreOptions {
     pub user_cache_capacity: u64,
 }
 
-/// Handle to the directory database; cheap to clone (it is a pool).
+/// Handle to the directory database; cheap to clone (it is two pools).
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Writes, migrations and whatever must see them in one transaction.
     db: DatabaseConnection,
+    /// Reads: on SQLite, WAL readers beside the one writer, opened
+    /// query-only so that a write through them is refused.
+    reads: DatabaseConnection,
     /// Wakes this process's change-feed watchers after a commit.
     signal: Arc<changes::Signal>,
     /// Hot users in memory; `None` when turned off.
@@ -94,35 +102,44 @@ impl Store {
             ),
             ("lock_timeout", options.lock_timeout.as_millis().to_string()),
         ];
-        let mut connect = ConnectOptions::new(url.clone());
-        connect
-            .max_connections(options.max_connections)
-            .min_connections(1)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_timeout(options.acquire_timeout)
-            .sqlx_logging(false)
-            // Batch statements differ in their number of rows: keep every
-            // shape prepared rather than re-preparing on each batch.
-            .map_sqlx_postgres_opts(move |postgres| {
-                postgres
-                    .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
-                    .options(server_settings.clone())
-            })
-            .map_sqlx_sqlite_opts(move |sqlite| {
-                // WAL lets readers run beside the one writer. FULL syncs the
-                // WAL on every commit: a 200 to Svix must survive a power
-                // loss, not only a crash (group commit pays for it).
-                sqlite
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(busy_timeout)
-                    .foreign_keys(true)
-                    .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
-            });
-        let db = Database::connect(connect).await?;
+        let pool = |connections: u32, query_only: bool| {
+            let server_settings = server_settings.clone();
+            let mut connect = ConnectOptions::new(url.clone());
+            connect
+                .max_connections(connections)
+                .min_connections(1)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_timeout(options.acquire_timeout)
+                .sqlx_logging(false)
+                // Batch statements differ in their number of rows: keep every
+                // shape prepared rather than re-preparing on each batch.
+                .map_sqlx_postgres_opts(move |postgres| {
+                    postgres
+                        .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
+                        .options(server_settings.clone())
+                })
+                .map_sqlx_sqlite_opts(move |sqlite| {
+                    // WAL lets readers run beside the one writer. FULL syncs the
+                    // WAL on every commit: a 200 to Svix must survive a power
+                    // loss, not only a crash (group commit pays for it).
+                    sqlite
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Full)
+                        .busy_timeout(busy_timeout)
+                        .foreign_keys(true)
+                        .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
+                        .pragma("query_only", if query_only { "ON" } else { "OFF" })
+                });
+            connect
+        };
+        // The write pool first: it creates the file and turns WAL on, which
+        // a query-only connection could not.
+        let db = Database::connect(pool(options.write_connections, false)).await?;
+        let reads = Database::connect(pool(options.max_connections, true)).await?;
         Ok(Self {
             db,
+            reads,
             signal: Arc::new(changes::Signal::new(options.max_connections)),
             cache: (options.user_cache_capacity > 0)
                 .then(|| Arc::new(ReadCache::new(options.user_cache_capacity))),
@@ -153,24 +170,34 @@ impl Store {
     /// Answers whether the database is reachable.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
+        self.reads.ping().await?;
         Ok(())
     }
 
-    /// The connection pool's connections: (in use, idle).
-    pub fn pool_connections(&self) -> (u32, u32) {
-        let (size, idle) = match self.db.get_database_backend() {
-            DbBackend::Sqlite => {
-                let pool = self.db.get_sqlite_connection_pool();
-                (pool.size(), pool.num_idle())
-            }
-            DbBackend::Postgres => {
-                let pool = self.db.get_postgres_connection_pool();
-                (pool.size(), pool.num_idle())
-            }
-            _ => (0, 0),
+    /// Each pool's connections: (pool, in use, idle), the pool being
+    /// `write` or `read`.
+    pub fn pool_connections(&self) -> [(&'static str, u32, u32); 2] {
+        let count = |db: &DatabaseConnection| {
+            let (size, idle) = match db.get_database_backend() {
+                DbBackend::Sqlite => {
+                    let pool = db.get_sqlite_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+                DbBackend::Postgres => {
+                    let pool = db.get_postgres_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+                _ => (0, 0),
+            };
+            let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+            (size.saturating_sub(idle), idle)
         };
-        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
-        (size.saturating_sub(idle), idle)
+        let (write_in_use, write_idle) = count(&self.db);
+        let (read_in_use, read_idle) = count(&self.reads);
+        [
+            ("write", write_in_use, write_idle),
+            ("read", read_in_use, read_idle),
+        ]
     }
 
     /// Applies events in one transaction (group commit: one commit, one fsync
@@ -238,7 +265,7 @@ impl Store {
     async fn load_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
         users::Entity::find_by_id(id.as_str())
             .filter(users::Column::DeletedAt.is_null())
-            .one(&self.db)
+            .one(&self.reads)
             .await?
             .map(profile_from_row)
             .transpose()
@@ -278,7 +305,7 @@ impl Store {
         users::Entity::find()
             .filter(users::Column::Id.is_in(ids.map(UserId::as_str)))
             .filter(users::Column::DeletedAt.is_null())
-            .all(&self.db)
+            .all(&self.reads)
             .await?
             .into_iter()
             .map(profile_from_row)
@@ -334,7 +361,7 @@ impl Store {
             .column(user_email_addresses::Column::UserId)
             .filter(user_email_addresses::Column::EmailLower.eq(key))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.reads)
             .await?;
         if holders.is_empty() {
             return Ok(None);
@@ -344,7 +371,7 @@ impl Store {
             .filter(users::Column::DeletedAt.is_null())
             .order_by_desc(users::Column::UpdatedAt)
             .order_by_asc(users::Column::Id)
-            .one(&self.db)
+            .one(&self.reads)
             .await?
             .map(profile_from_row)
             .transpose()
@@ -353,26 +380,34 @@ impl Store {
     /// One page of live users in (updated_at, id) order.
     pub async fn list_users(&self, query: &ListQuery) -> Result<Page, Error> {
         let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
-        if let Some(since) = query.changed_since {
-            select = select.filter(users::Column::UpdatedAt.gte(since));
-        }
         if let Some(banned) = query.banned {
             select = select.filter(users::Column::Banned.eq(banned));
         }
-        if let Some((updated_at, id)) = &query.after {
-            select = select.filter(
-                Expr::col(users::Column::UpdatedAt)
-                    .gt(*updated_at)
-                    .or(Expr::col(users::Column::UpdatedAt)
-                        .eq(*updated_at)
-                        .and(Expr::col(users::Column::Id).gt(id.as_str()))),
-            );
-        }
+        // One lower bound, the tighter of the two, so that both planners
+        // start the index range at it: a page costs its own rows however
+        // deep into the directory it is. The row value is what they turn
+        // into a range; `updated_at > x OR (updated_at = x AND id > y)` had
+        // each page walk the index from the start (a full pass grew with the
+        // square of the directory).
+        let after = (query.after.as_ref()).filter(|(updated_at, _)| {
+            (query.changed_since).is_none_or(|since| *updated_at >= since)
+        });
+        select = match (after, query.changed_since) {
+            (Some((updated_at, id)), _) => select.filter(
+                Expr::tuple([
+                    Expr::col(users::Column::UpdatedAt),
+                    Expr::col(users::Column::Id),
+                ])
+                .gt(Expr::tuple([(*updated_at).into(), id.as_str().into()])),
+            ),
+            (None, Some(since)) => select.filter(users::Column::UpdatedAt.gte(since)),
+            (None, None) => select,
+        };
         let mut rows = select
             .order_by_asc(users::Column::UpdatedAt)
             .order_by_asc(users::Column::Id)
             .limit(u64::from(query.page_size) + 1)
-            .all(&self.db)
+            .all(&self.reads)
             .await?;
         let has_more = rows.len() > query.page_size as usize;
         rows.truncate(query.page_size as usize);

@@ -178,7 +178,7 @@ impl Store {
             .order_by_asc(quarantined::Column::EventId)
             .limit(limit)
             .into_model::<Summary>()
-            .all(&self.db)
+            .all(&self.reads)
             .await?
             .into_iter()
             .map(Quarantined::from)
@@ -188,7 +188,7 @@ impl Store {
     /// The record of `event_id`, with its body.
     pub async fn get_quarantined(&self, event_id: &EventId) -> Result<Quarantined, Error> {
         quarantined::Entity::find_by_id(event_id.as_str())
-            .one(&self.db)
+            .one(&self.reads)
             .await?
             .map(Quarantined::from)
             .ok_or_else(|| not_found(event_id))
@@ -209,7 +209,7 @@ impl Store {
     /// How many deliveries are quarantined.
     pub async fn count_quarantined(&self) -> Result<u64, Error> {
         use sea_orm::PaginatorTrait;
-        Ok(quarantined::Entity::find().count(&self.db).await?)
+        Ok(quarantined::Entity::find().count(&self.reads).await?)
     }
 }
 

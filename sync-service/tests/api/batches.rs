@@ -38,6 +38,7 @@ async fn one_batch_decides_like_events_applied_one_by_one(backend: Backend) {
     let store = Store::connect(&StoreOptions {
         database_url: db.url.clone(),
         max_connections: 2,
+        write_connections: 1,
         acquire_timeout: std::time::Duration::from_secs(5),
         statement_timeout: std::time::Duration::from_secs(30),
         lock_timeout: std::time::Duration::from_secs(5),

@@ -19,6 +19,7 @@ mod helpers;
 mod hostile;
 mod metrics;
 mod outage;
+mod pools;
 mod properties;
 mod queries;
 mod read_cache;

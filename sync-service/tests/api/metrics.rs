@@ -142,11 +142,18 @@ async fn events_calls_and_batches_are_counted_exactly(backend: Backend) {
     assert!(!after.text.contains("made.up"), "{}", after.text);
     assert!(!after.text.contains("msg_"), "{}", after.text);
 
-    // The pool (sampled every health-check interval): at least the one
-    // connection kept open, never more than the configured five.
-    let in_use = after.present(r#"clerk_sync_service_db_pool_connections{state="in_use"}"#);
-    let idle = after.present(r#"clerk_sync_service_db_pool_connections{state="idle"}"#);
-    assert!((1.0..=5.0).contains(&(in_use + idle)), "{}", after.text);
+    // The pools (sampled every health-check interval): at least the one
+    // connection each keeps open, never more than configured: the one
+    // writer and one more, and the five readers.
+    for (pool, most) in [("write", 2.0), ("read", 5.0)] {
+        let gauge = |state| {
+            after.present(&format!(
+                r#"clerk_sync_service_db_pool_connections{{pool="{pool}",state="{state}"}}"#
+            ))
+        };
+        let open = gauge("in_use") + gauge("idle");
+        assert!((1.0..=most).contains(&open), "{pool}: {}", after.text);
+    }
     assert_eq!(
         after.present(&format!(
             r#"clerk_sync_service_build_info{{version="{}"}}"#,
