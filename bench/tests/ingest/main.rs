@@ -176,7 +176,7 @@ fn baselines_run_as_child_processes() {
 /// A bad value stops the binary with one line naming the flag.
 #[test]
 fn bad_flags_stop_with_one_line_naming_them() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &[
                 "ingest",
@@ -208,6 +208,36 @@ fn bad_flags_stop_with_one_line_naming_them() {
                 "0",
             ],
             "--connections",
+        ),
+        (
+            &[
+                "scan",
+                "--sync-service-url",
+                "http://127.0.0.1:1",
+                "--page-size",
+                "1001",
+            ],
+            "--page-size",
+        ),
+        (
+            &[
+                "ready",
+                "--sync-service-url",
+                "http://127.0.0.1:1",
+                "--timeout",
+                "0",
+            ],
+            "--timeout",
+        ),
+        (
+            &[
+                "ready",
+                "--sync-service-url",
+                "http://127.0.0.1:1",
+                "--timeout",
+                "soon",
+            ],
+            "--timeout",
         ),
     ];
     for (args, expected) in cases {

@@ -69,8 +69,8 @@ pub struct StoreOptions {
 pub struct Store {
     /// Writes, migrations and whatever must see them in one transaction.
     db: DatabaseConnection,
-    /// Reads: on SQLite, WAL readers beside the one writer, opened
-    /// query-only so that a write through them is refused.
+    /// Reads: read-only connections (on SQLite, WAL readers beside the one
+    /// writer), so that a write through them is refused.
     reads: DatabaseConnection,
     /// Wakes this process's change-feed watchers after a commit.
     signal: Arc<changes::Signal>,
@@ -103,7 +103,10 @@ impl Store {
             ("lock_timeout", options.lock_timeout.as_millis().to_string()),
         ];
         let pool = |connections: u32, query_only: bool| {
-            let server_settings = server_settings.clone();
+            let mut server_settings = server_settings.to_vec();
+            if query_only {
+                server_settings.push(("default_transaction_read_only", "on".into()));
+            }
             let mut connect = ConnectOptions::new(url.clone());
             connect
                 .max_connections(connections)

@@ -29,7 +29,7 @@ type Case = (
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // (arguments, environment, the setting the error must name)
-    let cases: [Case; 21] = [
+    let cases: [Case; 23] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
         (
             &["--feed-poll-interval-ms", "0"],
@@ -69,6 +69,12 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
         (&["--max-batch", "10001"], &[], "--max-batch"),
         (&["--max-batch", "0"], &[], "--max-batch"),
         (&[], &[("SYNC_WRITERS", "lots")], "--writers"),
+        (
+            &[],
+            &[("SYNC_SERVICE_USER_CACHE_CAPACITY", "lots")],
+            "--user-cache-capacity",
+        ),
+        (&["--user-cache-capacity=-1"], &[], "--user-cache-capacity"),
         (&[], &[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
         (
             &["--metrics-listen", "9465"],
