@@ -22,12 +22,15 @@
 //! so `{upsert U2, delete U1}` and `{upsert U1, delete U2}` cannot deadlock),
 //! then the email index of those users, then the feed's counter.
 //!
-//! **SQLite** runs in-process: the steps are statements sent one by one in a
-//! transaction (each costs a hand-off to the connection's thread, not a round
-//! trip). This path is portable SQL (sea-query) and would serve any backend.
-//! A statement never carries more bind parameters than every backend allows
-//! (SQLite's 32766): large batches and users with thousands of addresses are
-//! written in consecutive chunks, still in the same order.
+//! **SQLite** runs in-process, and sqlx runs each connection on a thread of
+//! its own: every call costs a hand-off to that thread and back, not a round
+//! trip. The steps are sea-query statements in a transaction. Steps 1 and 3
+//! are a call each, as their results decide what follows; steps 4 to 6 travel
+//! together as one [`Script`], so a batch costs five calls (BEGIN, ledger,
+//! users, the rest, COMMIT) where one per statement took eight or nine. A
+//! statement never carries more bind parameters than SQLite allows (32766):
+//! large batches and users with thousands of addresses are written in
+//! consecutive chunks, still in the same order.
 //!
 //! **PostgreSQL** would pay a network round trip per statement (seven a
 //! batch), so the same steps run inside the server: the batch goes as three
@@ -52,7 +55,8 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, Iterable, QueryFilter, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    EntityTrait, Iterable, QueryFilter, QueryResult, QuerySelect, QueryTrait, Statement,
+    StatementBuilder, TransactionTrait, Value,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
@@ -198,8 +202,6 @@ async fn apply_step_by_step(
         .map(|&i| events[i].user_id().as_str())
         .filter(|id| !written.upserted.contains(*id))
         .collect();
-    written.deleted = deleted_among(txn, &refused).await?;
-
     let profiles = winners.iter().filter_map(|&i| match &events[i].change {
         Change::Upsert(profile) if written.upserted.contains(profile.id.as_str()) => {
             Some(&**profile)
@@ -208,10 +210,60 @@ async fn apply_step_by_step(
     });
     let mut users: Vec<&str> = written.upserted.iter().map(String::as_str).collect();
     users.extend(written.tombstoned.iter().map(String::as_str));
-    replace_email_index(txn, &users, &Batch::index_rows(profiles)).await?;
 
-    changes::record(txn, &written.upserted, &written.tombstoned, now).await?;
+    let mut rest = Script::new(txn.get_database_backend());
+    select_deleted(&mut rest, &refused);
+    replace_email_index(&mut rest, &users, &Batch::index_rows(profiles));
+    changes::record(&mut rest, &written.upserted, &written.tombstoned, now);
+    for row in rest.run(txn).await? {
+        written.deleted.insert(row.try_get("", "id")?);
+    }
     Ok(written)
+}
+
+/// Statements sent to the database in one call. sqlx runs the statements of
+/// a SQLite call one after the other on the connection's thread, binding
+/// each one's `?` parameters from the shared values in turn: one hand-off
+/// for all of them. (PostgreSQL's protocol takes a single statement per call
+/// with parameters; its batches are one call of a function instead.)
+pub(super) struct Script {
+    backend: DbBackend,
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Script {
+    fn new(backend: DbBackend) -> Self {
+        Self {
+            backend,
+            sql: String::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Appends `statement`; it runs after the ones appended before it.
+    pub(super) fn push(&mut self, statement: &impl StatementBuilder) {
+        let Statement { sql, values, .. } = self.backend.build(statement);
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        self.sql.push_str(&sql);
+        self.values
+            .extend(values.into_iter().flat_map(|values| values.0));
+    }
+
+    /// Runs the statements in `txn`; returns the rows they return, in order.
+    async fn run(self, txn: &DatabaseTransaction) -> Result<Vec<QueryResult>, DbErr> {
+        if self.sql.is_empty() {
+            return Ok(Vec::new());
+        }
+        txn.query_all_raw(Statement::from_sql_and_values(
+            self.backend,
+            self.sql,
+            self.values,
+        ))
+        .await
+    }
 }
 
 /// The steps in one call of `clerk_sync_apply_batch` (PostgreSQL).
@@ -411,49 +463,43 @@ async fn write_users(
     Ok((upserted, tombstoned))
 }
 
-/// Which of `ids` are tombstones.
-async fn deleted_among(txn: &DatabaseTransaction, ids: &[&str]) -> Result<HashSet<String>, DbErr> {
-    let mut deleted = HashSet::new();
+/// Selects the `id` of each of `ids` that is a tombstone.
+fn select_deleted(script: &mut Script, ids: &[&str]) {
     for chunk in ids.chunks(BIND_LIMIT) {
-        let found: Vec<String> = users::Entity::find()
-            .select_only()
-            .column(users::Column::Id)
-            .filter(users::Column::Id.is_in(chunk.iter().copied()))
-            .filter(users::Column::DeletedAt.is_not_null())
-            .into_tuple()
-            .all(txn)
-            .await?;
-        deleted.extend(found);
+        script.push(
+            &users::Entity::find()
+                .select_only()
+                .column(users::Column::Id)
+                .filter(users::Column::Id.is_in(chunk.iter().copied()))
+                .filter(users::Column::DeletedAt.is_not_null())
+                .into_query(),
+        );
     }
-    Ok(deleted)
 }
 
 /// Rebuilds the email index of the `written` users from `rows` (the
 /// verified addresses of those upserted; tombstones keep no address).
-async fn replace_email_index(
-    txn: &DatabaseTransaction,
-    written: &[&str],
-    rows: &[(&str, String)],
-) -> Result<(), DbErr> {
+fn replace_email_index(script: &mut Script, written: &[&str], rows: &[(&str, String)]) {
     let mut written = written.to_vec();
     written.sort_unstable();
     for chunk in written.chunks(BIND_LIMIT) {
-        user_email_addresses::Entity::delete_many()
-            .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
-            .exec(txn)
-            .await?;
+        script.push(
+            &user_email_addresses::Entity::delete_many()
+                .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
+                .into_query(),
+        );
     }
     for chunk in rows.chunks(rows_per_statement::<user_email_addresses::Entity>()) {
-        user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
-            user_email_addresses::ActiveModel {
-                email_lower: Set(email.clone()),
-                user_id: Set((*user_id).to_owned()),
-            }
-        }))
-        .exec_without_returning(txn)
-        .await?;
+        script.push(
+            &user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
+                user_email_addresses::ActiveModel {
+                    email_lower: Set(email.clone()),
+                    user_id: Set((*user_id).to_owned()),
+                }
+            }))
+            .into_query(),
+        );
     }
-    Ok(())
 }
 
 /// Version of the Clerk-to-row mapping this code writes. Bumped whenever the

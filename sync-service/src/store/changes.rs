@@ -6,11 +6,13 @@
 //! while transactions commit in another, so a reader that has seen position 7
 //! could later find a 6 committed behind it. Instead every write transaction,
 //! as its last statement before COMMIT, bumps the one-row counter
-//! `feed_head` (`UPDATE … SET position = position + n RETURNING position`) and
-//! labels its changes with the n positions it got. The counter's row lock is
-//! held until COMMIT, so a second writer's bump waits for the first writer to
-//! commit (PostgreSQL releases row locks only once the commit is visible), and
-//! reads the committed value: whoever gets larger positions commits later.
+//! `feed_head` (`UPDATE … SET position = position + n`) and labels its
+//! changes with the n positions it got (PostgreSQL's function reads them from
+//! `RETURNING`; SQLite's entries read the counter back in the same call). The
+//! counter's row lock is held until COMMIT, so a second writer's bump waits
+//! for the first writer to commit (PostgreSQL releases row locks only once
+//! the commit is visible), and reads the committed value: whoever gets larger
+//! positions commits later.
 //! SQLite has a single writer, so the same statement is trivially ordered.
 //! The cost is one statement per batch (group commit already batches events)
 //! and commits of concurrent batches are serialised for the short span from
@@ -34,16 +36,15 @@
 use std::collections::HashSet;
 
 use sea_orm::{
-    AccessMode,
-    ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
-    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::{Expr, ExprTrait, OnConflict, Query},
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
+    EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait, OnConflict, Query, QueryStatementBuilder},
 };
 use tokio::sync::watch;
 
 use super::{
     Store,
+    apply::Script,
     entity::{feed_head, user_changes, user_email_addresses, users},
     profile_from_row,
 };
@@ -59,33 +60,38 @@ const HEAD_ROW: i32 = 1;
 /// bind-parameter limit.
 const INSERT_CHUNK: usize = 1000;
 
-/// Records the changes of one write transaction: the users in `upserted` and
-/// `tombstoned` (disjoint sets of user ids written by it) each get the next
-/// position, in user id order. Called last in the transaction (see the module
-/// documentation for why the order matters).
-pub(super) async fn record(
-    txn: &DatabaseTransaction,
+/// Records the changes of one write transaction (SQLite): the users in
+/// `upserted` and `tombstoned` (disjoint sets of user ids written by it) each
+/// get the next position, in user id order. Appended last to the
+/// transaction's last [`Script`]: the bump of the counter, then the entries,
+/// which read their positions back from the counter in the same call.
+pub(super) fn record(
+    script: &mut Script,
     upserted: &HashSet<String>,
     tombstoned: &HashSet<String>,
     now: Millis,
-) -> Result<(), DbErr> {
-    let count = upserted.len() + tombstoned.len();
+) {
+    let count = (upserted.len() + tombstoned.len()) as i64;
     if count == 0 {
-        return Ok(());
+        return;
     }
-    let mut bump = Query::update();
-    bump.table(feed_head::Entity)
-        .value(
-            feed_head::Column::Position,
-            Expr::col(feed_head::Column::Position).add(count as i64),
-        )
+    script.push(
+        &Query::update()
+            .table(feed_head::Entity)
+            .value(
+                feed_head::Column::Position,
+                Expr::col(feed_head::Column::Position).add(count),
+            )
+            .and_where(Expr::col(feed_head::Column::Id).eq(HEAD_ROW))
+            .to_owned(),
+    );
+    // The positions handed out are head - count + 1 ..= head.
+    let head = Query::select()
+        .column(feed_head::Column::Position)
+        .from(feed_head::Entity)
         .and_where(Expr::col(feed_head::Column::Id).eq(HEAD_ROW))
-        .returning_col(feed_head::Column::Position);
-    let head: i64 = txn
-        .query_one(&bump)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("feed_head row".into()))?
-        .try_get("", "position")?;
+        .to_owned();
+    let position = |offset: i64| Expr::from(head.clone().into_sub_query_statement()).add(offset);
 
     let mut written: Vec<(&str, bool)> = upserted
         .iter()
@@ -93,32 +99,30 @@ pub(super) async fn record(
         .chain(tombstoned.iter().map(|id| (id.as_str(), true)))
         .collect();
     written.sort_unstable();
-    let first = head - count as i64 + 1;
-    let rows: Vec<user_changes::ActiveModel> = written
-        .into_iter()
-        .enumerate()
-        .map(|(i, (user_id, deleted))| user_changes::ActiveModel {
-            user_id: Set(user_id.to_owned()),
-            position: Set(first + i as i64),
-            deleted: Set(deleted),
-            changed_at: Set(now),
-        })
-        .collect();
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        user_changes::Entity::insert_many(chunk.iter().cloned())
-            .on_conflict(
-                OnConflict::column(user_changes::Column::UserId)
-                    .update_columns([
-                        user_changes::Column::Position,
-                        user_changes::Column::Deleted,
-                        user_changes::Column::ChangedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
+    let mut next = 1 - count;
+    for chunk in written.chunks(INSERT_CHUNK) {
+        let mut insert = Query::insert();
+        insert.into_table(user_changes::Entity).columns([
+            user_changes::Column::UserId,
+            user_changes::Column::Position,
+            user_changes::Column::Deleted,
+            user_changes::Column::ChangedAt,
+        ]);
+        for &(user_id, deleted) in chunk {
+            insert.values_panic([user_id.into(), position(next), deleted.into(), now.into()]);
+            next += 1;
+        }
+        insert.on_conflict(
+            OnConflict::column(user_changes::Column::UserId)
+                .update_columns([
+                    user_changes::Column::Position,
+                    user_changes::Column::Deleted,
+                    user_changes::Column::ChangedAt,
+                ])
+                .to_owned(),
+        );
+        script.push(&insert);
     }
-    Ok(())
 }
 
 /// A position in the change log. 0 is before the first change.
