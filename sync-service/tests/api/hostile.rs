@@ -9,7 +9,7 @@ use clerk_sync_api::v1::{
 };
 use clerk_sync_service::{
     domain::{AccountState, Change, EmailAddress, Event, EventId, EventKind, Profile, UserId},
-    store::{Store, StoreOptions},
+    store::{FeedChange, Store, StoreOptions},
 };
 use prost_types::Timestamp;
 use tonic::Code;
@@ -254,6 +254,27 @@ async fn a_batch_over_every_bind_limit_is_applied(backend: Backend) {
     );
     let kept = store.find_by_email("USER_08999@example.net").await.unwrap();
     assert_eq!(kept.id.as_str(), "user_08999");
+
+    // Every user written has its log entry, at consecutive positions in user
+    // id order across the chunks of the change log insert.
+    let mut logged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.changes_after(after, 1000, 0).await.unwrap();
+        logged.extend(page.entries.into_iter().map(|entry| match entry.change {
+            FeedChange::Upsert(profile) => (entry.position, profile.id.as_str().to_owned()),
+            FeedChange::Deleted { id, .. } => (entry.position, id.as_str().to_owned()),
+        }));
+        after = page.next_after;
+        if !page.has_more {
+            break;
+        }
+    }
+    let expected: Vec<(i64, String)> = (0..9_000)
+        .map(|i| (i + 1, format!("user_{i:05}")))
+        .collect();
+    assert_eq!(logged, expected);
+    assert_eq!(store.feed_head().await.unwrap(), 9_000);
 }
 
 async fn a_replay_after_pruning_changes_nothing(backend: Backend) {
