@@ -2,19 +2,17 @@
 //! clients and servers generated from `proto/`, shared by the gateway, the
 //! sync-service and any Rust service that queries the directory.
 //!
+//! A client depends on this crate alone: it carries the generated code and
+//! what a client needs, no server runtime (the binaries' shared plumbing is
+//! the internal `clerk-sync-common` crate). The `tls` feature adds TLS to
+//! the generated clients' channels.
+//!
 //! - [`v1`]: generated code (`User`, `UserSyncService`, `UserDirectoryService`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`json`]: JSON ⇄ protobuf `Struct`, for Clerk metadata.
-//! - [`runtime`]: process plumbing every binary shares (shutdown signal, log
-//!   format, the Prometheus metrics endpoint).
-//! - [`tls`]: reading the PEM files TLS settings name.
-//! - [`redact`]: URLs with their passwords masked, for logs and banners.
 //! - [`EVENT_ID_METADATA`]: the gRPC metadata key carrying a delivery's event id.
 
 pub mod json;
-pub mod redact;
-pub mod runtime;
-pub mod tls;
 
 /// gRPC request metadata key with which the gateway sends each event's id (the
 /// svix-id) to the sync-service, so both services' logs name the delivery.

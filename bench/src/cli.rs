@@ -2,6 +2,7 @@
 //! tool with one line naming the flag (secrets and tokens are never echoed).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clerk_sync_common::settings::{BearerToken, SecretParser};
 use http::Uri;
 
 use crate::{signing::SigningSecret, target::parse_http_url};
@@ -66,7 +67,7 @@ pub struct IngestArgs {
     pub gateway_url: Uri,
 
     /// The endpoint's signing secret (whsec_…). Prefer the environment variable.
-    #[arg(long, value_name = "SECRET", env = "CLERK_WEBHOOK_SECRET", hide_env_values = true, value_parser = SecretParser)]
+    #[arg(long, value_name = "SECRET", env = "CLERK_WEBHOOK_SECRET", hide_env_values = true, value_parser = SecretParser::new("--webhook-secret (CLERK_WEBHOOK_SECRET)", str::parse::<SigningSecret>))]
     pub webhook_secret: SigningSecret,
 
     /// Users; each gets one user.created and --updates user.updated.
@@ -103,7 +104,7 @@ pub struct IngestArgs {
     pub sync_service_url: Option<Uri>,
 
     /// Read token for the directory (sent as `authorization: Bearer …`).
-    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
     pub token: Option<String>,
 
     /// Load settings.
@@ -134,7 +135,7 @@ pub struct QueryArgs {
     pub sync_service_url: Uri,
 
     /// Read token (sent as `authorization: Bearer …`).
-    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
     pub token: Option<String>,
 
     /// The call to make.
@@ -175,7 +176,7 @@ pub struct ScanArgs {
     pub sync_service_url: Uri,
 
     /// Read token (sent as `authorization: Bearer …`).
-    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
     pub token: Option<String>,
 
     /// Users per ListUsers page.
@@ -222,64 +223,9 @@ fn parse_run_id(text: &str) -> Result<String, String> {
     }
 }
 
-/// Parses the webhook secret without echoing it in the error.
-#[derive(Clone)]
-struct SecretParser;
-
-impl clap::builder::TypedValueParser for SecretParser {
-    type Value = SigningSecret;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<SigningSecret, clap::Error> {
-        let reason = match value.to_str().map(str::parse::<SigningSecret>) {
-            Some(Ok(secret)) => return Ok(secret),
-            Some(Err(reason)) => reason,
-            None => "not valid UTF-8".to_owned(),
-        };
-        Err(refusal(
-            command,
-            &format!("--webhook-secret (CLERK_WEBHOOK_SECRET): {reason}"),
-        ))
-    }
-}
-
-/// Parses a bearer token without echoing it in the error.
-#[derive(Clone)]
-struct TokenParser;
-
-impl clap::builder::TypedValueParser for TokenParser {
-    type Value = String;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<String, clap::Error> {
-        let reason = match value.to_str().map(str::trim) {
-            Some("") => "empty",
-            Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) => {
-                return Ok(token.to_owned());
-            }
-            _ => "expected printable ASCII without spaces",
-        };
-        Err(refusal(
-            command,
-            &format!("--token (SYNC_SERVICE_TOKEN): {reason}"),
-        ))
-    }
-}
-
-fn refusal(command: &clap::Command, reason: &str) -> clap::Error {
-    clap::Error::raw(
-        clap::error::ErrorKind::ValueValidation,
-        format!("invalid value for {reason}\n"),
-    )
-    .with_cmd(command)
+/// A bearer token, as the targets send it.
+fn parse_token(text: &str) -> Result<String, String> {
+    BearerToken::parse(text).map(|token| token.expose().to_owned())
 }
 
 #[cfg(test)]

@@ -23,16 +23,16 @@
 use std::{
     collections::HashSet,
     io::IsTerminal as _,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use clerk_sync_api::v1::{
     BatchGetUsersRequest, EventMeta, ListUsersRequest, Outcome, UserDeleted,
     user_directory_service_client::UserDirectoryServiceClient,
 };
+use clerk_sync_common::time::{millis_from_timestamp, now_millis, timestamp_from_millis};
 use futures::{StreamExt as _, stream};
 use indicatif::{ProgressBar, ProgressStyle};
-use prost_types::Timestamp;
 use serde_json::value::RawValue;
 use tonic::{
     Code, Status,
@@ -377,7 +377,7 @@ impl Backfill {
                     .iter()
                     .find(|l| l.id == user.user_id)
                     .and_then(|l| l.updated_at.as_ref())
-                    .map(millis);
+                    .and_then(millis_from_timestamp);
                 match stored {
                     Some(stored) if stored == user.updated_at => self.summary.unchanged += 1,
                     Some(stored) if stored > user.updated_at => self.summary.stale += 1,
@@ -414,7 +414,13 @@ impl Backfill {
                 page.users
                     .into_iter()
                     .filter(|user| !self.seen.contains(&user.id))
-                    .filter(|user| user.updated_at.as_ref().map(millis).unwrap_or(0) < cutoff)
+                    .filter(|user| {
+                        user.updated_at
+                            .as_ref()
+                            .and_then(millis_from_timestamp)
+                            .unwrap_or(0)
+                            < cutoff
+                    })
                     .map(|user| user.id),
             );
             if page.next_page_token.is_empty() {
@@ -430,7 +436,7 @@ impl Backfill {
             self.summary.tombstoned = missing.len() as u64;
             return Ok(());
         }
-        let deleted_at = timestamp(cutoff + RECONCILE_MARGIN.as_millis() as i64);
+        let deleted_at = timestamp_from_millis(cutoff + RECONCILE_MARGIN.as_millis() as i64);
         for user_id in missing {
             let event_id = format!("reconcile_{user_id}");
             let event = UserEvent::Deleted(UserDeleted {
@@ -635,22 +641,5 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
-    }
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn millis(ts: &Timestamp) -> i64 {
-    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
-}
-
-fn timestamp(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }

@@ -11,6 +11,7 @@ use std::fmt;
 use clerk_sync_api::v1::{
     self, EventMeta, SecondFactors, User, UserCreated, UserDeleted, UserUpdated,
 };
+use clerk_sync_common::time::timestamp_from_millis;
 use prost_types::Timestamp;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::value::RawValue;
@@ -533,15 +534,6 @@ fn display_name(
         .to_owned()
 }
 
-/// Unix milliseconds (possibly negative) to a protobuf timestamp.
-fn timestamp_from_millis(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        // rem_euclid(1000) is in 0..1000, so the product fits an i32.
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,24 +937,6 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-    }
-
-    #[test]
-    fn millis_convert_to_seconds_and_nanos() {
-        assert_eq!(
-            timestamp_from_millis(1_654_012_591_514),
-            Timestamp {
-                seconds: 1_654_012_591,
-                nanos: 514_000_000
-            }
-        );
-        assert_eq!(
-            timestamp_from_millis(-1),
-            Timestamp {
-                seconds: -1,
-                nanos: 999_000_000
-            }
-        );
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! Values are parsed into their final types here, so a bad one stops start-up
 //! with one line naming the setting instead of failing on the first request.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
+use clerk_sync_common::{
+    runtime::{LogFormat, MetricsListen, parse_metrics_listen},
+    settings::{BearerToken, SecretParser},
+};
 use http::Uri;
 
 use crate::{
@@ -49,10 +52,7 @@ pub struct Config {
         long = "webhook-secret", value_name = "SECRETS",
         env = "CLERK_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_parser = SecretParser {
-            setting: "--webhook-secret (CLERK_WEBHOOK_SECRET)",
-            parse: parse_webhook_secrets,
-        }
+        value_parser = SecretParser::new("--webhook-secret (CLERK_WEBHOOK_SECRET)", parse_webhook_secrets)
     )]
     pub webhook_secrets: Option<WebhookSecrets>,
 
@@ -146,10 +146,7 @@ pub struct SyncServiceSettings {
         long = "sync-service-token", value_name = "TOKEN",
         env = "SYNC_SERVICE_TOKEN",
         hide_env_values = true,
-        value_parser = SecretParser {
-            setting: "--sync-service-token (SYNC_SERVICE_TOKEN)",
-            parse: BearerToken::parse,
-        },
+        value_parser = SecretParser::new("--sync-service-token (SYNC_SERVICE_TOKEN)", BearerToken::parse),
         global = true
     )]
     pub token: Option<BearerToken>,
@@ -220,37 +217,6 @@ impl SyncServiceSettings {
     }
 }
 
-/// A bearer token; `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct BearerToken(String);
-
-impl BearerToken {
-    /// Parses a token; the error does not repeat it.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let token = text.trim();
-        if token.is_empty() {
-            return Err("must not be empty".to_owned());
-        }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(
-                "has characters that cannot travel in a header (use printable ASCII)".to_owned(),
-            );
-        }
-        Ok(Self(token.to_owned()))
-    }
-
-    /// The token, to put in a header.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BearerToken(redacted)")
-    }
-}
-
 impl Config {
     /// Default of `--body-limit`: 1 MiB, far above any Clerk user event.
     pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -284,10 +250,7 @@ pub struct BackfillArgs {
         long = "clerk-secret-key", value_name = "KEY",
         env = "CLERK_SECRET_KEY",
         hide_env_values = true,
-        value_parser = SecretParser {
-            setting: "--clerk-secret-key (CLERK_SECRET_KEY)",
-            parse: SecretKey::parse,
-        }
+        value_parser = SecretParser::new("--clerk-secret-key (CLERK_SECRET_KEY)", SecretKey::parse)
     )]
     pub clerk_secret_key: SecretKey,
 
@@ -357,35 +320,6 @@ fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err("expected http://host:port or https://host:port".to_owned()),
-    }
-}
-
-/// Parses a secret setting for clap without echoing the value in the error,
-/// as clap's own "invalid value '…'" message would: the message names the
-/// setting and says what is wrong, never what was given.
-#[derive(Clone)]
-struct SecretParser<T> {
-    /// The flag and variable, as the message names them.
-    setting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
-    type Value = T;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<T, clap::Error> {
-        let reason = match value.to_str().map(self.parse) {
-            Some(Ok(parsed)) => return Ok(parsed),
-            Some(Err(reason)) => reason,
-            None => "not valid UTF-8".to_owned(),
-        };
-        let message = format!("invalid value for {}: {reason}\n", self.setting);
-        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
     }
 }
 

@@ -6,9 +6,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
+use clerk_sync_common::runtime::{
+    bind, bind_optional, init_tracing, run_with_metrics, shutdown_signal,
+};
 use clerk_sync_gateway::{Config, backfill, config::Command, metrics, quarantine, run};
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -38,27 +39,16 @@ async fn main() -> ExitCode {
         };
     }
 
-    let listener = match TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "error: cannot listen on {} (GATEWAY_LISTEN_ADDR): {error}",
-                config.listen
-            );
+    let listeners = (
+        bind(config.listen, "GATEWAY_LISTEN_ADDR").await,
+        bind_optional(config.metrics_listen, "GATEWAY_METRICS_LISTEN_ADDR").await,
+    );
+    let (listener, metrics_listener) = match listeners {
+        (Ok(listener), Ok(metrics_listener)) => (listener, metrics_listener),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
-    };
-    let metrics_listener = match config.metrics_listen {
-        None => None,
-        Some(address) => match TcpListener::bind(address).await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                eprintln!(
-                    "error: cannot listen on {address} (GATEWAY_METRICS_LISTEN_ADDR): {error}"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
     };
     let server = run(listener, config, shutdown_signal());
     match run_with_metrics(metrics_listener, metrics::render, server).await {

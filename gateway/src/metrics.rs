@@ -2,7 +2,7 @@
 //! functions the request path calls to record into it. Handlers call these
 //! functions; only [`render`] formats exposition, for `GET /metrics` on the
 //! separate metrics listener (`--metrics-listen`, served by
-//! [`clerk_sync_api::runtime::serve_metrics`]).
+//! [`clerk_sync_common::runtime::serve_metrics`]).
 //!
 //! Every name starts with `clerk_sync_gateway_`. Label values come from small
 //! fixed sets (the three synced event types, HTTP statuses, gRPC code names,
@@ -11,7 +11,7 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use clerk_sync_api::runtime::grpc_code_name;
+use clerk_sync_common::runtime::grpc_code_name;
 use http::StatusCode;
 use prometheus_client::{
     encoding::{EncodeLabelSet, prometheus_text},

@@ -234,7 +234,7 @@ pub async fn run(
             .sync_service
             .urls
             .iter()
-            .map(|url| clerk_sync_api::redact::url(&url.to_string()).into_owned())
+            .map(|url| clerk_sync_common::redact::url(&url.to_string()).into_owned())
             .collect();
         tracing::info!(%address, ?upstream, "gateway listening");
     }

@@ -219,7 +219,7 @@ impl Upstream {
 /// mutual TLS. `None` when no address is `https://`; TLS files given for
 /// plain-text addresses are a configuration error rather than ignored.
 pub(crate) fn client_tls(settings: &SyncServiceSettings) -> Result<Option<ClientTlsConfig>, Error> {
-    use clerk_sync_api::tls::{install_crypto_provider, read_certificates, read_private_key};
+    use clerk_sync_common::tls::{install_crypto_provider, read_certificates, read_private_key};
     let config_error =
         |setting: &'static str| move |reason: String| Error::Config { setting, reason };
     let https = settings

@@ -11,10 +11,15 @@ use base64::{
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
 use clap::Parser;
-use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen, run_with_metrics};
-use clerk_sync_gateway::{WebhookSecrets, config::BearerToken};
-use clerk_sync_service::auth::{TokenList, TokensParser};
-use tokio::{net::TcpListener, sync::watch};
+use clerk_sync_common::{
+    runtime::{
+        LogFormat, MetricsListen, bind, bind_optional, parse_metrics_listen, run_with_metrics,
+    },
+    settings::{BearerToken, SecretParser},
+};
+use clerk_sync_gateway::WebhookSecrets;
+use clerk_sync_service::auth::TokenList;
+use tokio::sync::watch;
 
 /// Runs the gateway and the sync-service together.
 #[derive(Clone, Debug, Parser)]
@@ -75,12 +80,12 @@ pub struct StackConfig {
     /// Bearer tokens other services query the directory with. When set (or
     /// --write-tokens is), every call needs a token, and the gateway half
     /// gets a token of its own generated for this run.
-    #[arg(long, env = "SYNC_SERVICE_READ_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--read-tokens (SYNC_SERVICE_READ_TOKENS)"))]
+    #[arg(long, env = "SYNC_SERVICE_READ_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = SecretParser::new("--read-tokens (SYNC_SERVICE_READ_TOKENS)", TokenList::parse))]
     pub read_tokens: TokenList,
 
     /// Bearer tokens that may apply events besides the gateway half (a
     /// backfill's).
-    #[arg(long, env = "SYNC_SERVICE_WRITE_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--write-tokens (SYNC_SERVICE_WRITE_TOKENS)"))]
+    #[arg(long, env = "SYNC_SERVICE_WRITE_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = SecretParser::new("--write-tokens (SYNC_SERVICE_WRITE_TOKENS)", TokenList::parse))]
     pub write_tokens: TokenList,
 
     /// Store Clerk's private_metadata (see the sync-service's setting).
@@ -101,29 +106,15 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
     };
     let secrets = WebhookSecrets::parse(&secret).context("CLERK_WEBHOOK_SECRET is not valid")?;
 
-    let sync_listener = TcpListener::bind(config.sync_service_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (SYNC_SERVICE_LISTEN_ADDR)",
-                config.sync_service_listen
-            )
-        })?;
-    let gateway_listener = TcpListener::bind(config.gateway_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (GATEWAY_LISTEN_ADDR)",
-                config.gateway_listen
-            )
-        })?;
-    let sync_metrics = bind_metrics(
+    let sync_listener = bind(config.sync_service_listen, "SYNC_SERVICE_LISTEN_ADDR").await?;
+    let gateway_listener = bind(config.gateway_listen, "GATEWAY_LISTEN_ADDR").await?;
+    let sync_metrics = bind_optional(
         config.sync_service_metrics_listen,
         "SYNC_SERVICE_METRICS_LISTEN_ADDR",
     )
     .await?;
     let gateway_metrics =
-        bind_metrics(config.gateway_metrics_listen, "GATEWAY_METRICS_LISTEN_ADDR").await?;
+        bind_optional(config.gateway_metrics_listen, "GATEWAY_METRICS_LISTEN_ADDR").await?;
     let sync_address = sync_listener.local_addr()?;
     let gateway_address = gateway_listener.local_addr()?;
     let metrics_addresses = [&gateway_metrics, &sync_metrics]
@@ -159,7 +150,7 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
          queries:  grpcurl -plaintext {sync_address} list\n  \
          metrics:  {metrics}\n  \
          Ctrl-C stops both.",
-        database = clerk_sync_api::redact::url(&config.database_url),
+        database = clerk_sync_common::redact::url(&config.database_url),
         metrics = if metrics_addresses.is_empty() {
             "off".to_owned()
         } else {
@@ -183,20 +174,6 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
     let _ = stop_sync.send(true);
     let sync_result = sync.await.context("sync-service task panicked")?;
     gateway_result.and(sync_result)
-}
-
-/// Binds a metrics listener when `address` is set; the error names `setting`.
-async fn bind_metrics(
-    address: Option<SocketAddr>,
-    setting: &str,
-) -> anyhow::Result<Option<TcpListener>> {
-    match address {
-        None => Ok(None),
-        Some(address) => TcpListener::bind(address)
-            .await
-            .map(Some)
-            .with_context(|| format!("cannot listen on {address} ({setting})")),
-    }
 }
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {

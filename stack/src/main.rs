@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clerk_sync_api::runtime::{init_tracing, shutdown_signal};
+use clerk_sync_common::runtime::{init_tracing, shutdown_signal};
 use clerk_sync_stack::StackConfig;
 
 #[tokio::main]

@@ -276,31 +276,6 @@ fn bearer_token<B>(request: &Request<B>) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// Parses a token-list setting for clap without echoing the value in the
-/// error, as clap's own "invalid value '…'" message would; holds the
-/// setting's name for that message.
-#[derive(Clone)]
-pub struct TokensParser(pub &'static str);
-
-impl clap::builder::TypedValueParser for TokensParser {
-    type Value = TokenList;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<TokenList, clap::Error> {
-        let reason = match value.to_str().map(TokenList::parse) {
-            Some(Ok(tokens)) => return Ok(tokens),
-            Some(Err(reason)) => reason,
-            None => "not valid UTF-8".to_owned(),
-        };
-        let message = format!("invalid value for {}: {reason}\n", self.0);
-        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

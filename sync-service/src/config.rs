@@ -3,10 +3,13 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, builder::BoolishValueParser};
-use clerk_sync_api::runtime::{LogFormat, MetricsListen, parse_metrics_listen};
+use clerk_sync_common::{
+    runtime::{LogFormat, MetricsListen, parse_metrics_listen},
+    settings::SecretParser,
+};
 
 use crate::{
-    auth::{TokenList, Tokens, TokensParser},
+    auth::{TokenList, Tokens},
     ingest::IngestOptions,
     store::StoreOptions,
 };
@@ -114,12 +117,12 @@ pub struct Config {
     /// backfill's. Comma- or space-separated, so that a new token can be
     /// added before the old one is removed. Prefer the environment variable:
     /// command lines are visible to other users of the machine.
-    #[arg(long, env = "SYNC_SERVICE_WRITE_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--write-tokens (SYNC_SERVICE_WRITE_TOKENS)"), global = true)]
+    #[arg(long, env = "SYNC_SERVICE_WRITE_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = SecretParser::new("--write-tokens (SYNC_SERVICE_WRITE_TOKENS)", TokenList::parse), global = true)]
     pub write_tokens: TokenList,
 
     /// Bearer tokens that may only read (UserDirectoryService): the other
     /// internal services'. Comma- or space-separated.
-    #[arg(long, env = "SYNC_SERVICE_READ_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = TokensParser("--read-tokens (SYNC_SERVICE_READ_TOKENS)"), global = true)]
+    #[arg(long, env = "SYNC_SERVICE_READ_TOKENS", hide_env_values = true, value_name = "TOKENS", default_value = "", hide_default_value = true, value_parser = SecretParser::new("--read-tokens (SYNC_SERVICE_READ_TOKENS)", TokenList::parse), global = true)]
     pub read_tokens: TokenList,
 
     /// Serve without tokens on an address beyond loopback. Without it, such a

@@ -2,6 +2,8 @@
 //! the store never sees a raw protobuf message or an unchecked string.
 
 use clerk_sync_api::v1;
+use clerk_sync_common::time;
+pub use clerk_sync_common::time::timestamp_from_millis;
 use prost_types::Timestamp;
 
 use crate::error::Error;
@@ -69,24 +71,13 @@ pub fn millis_from_timestamp(ts: &Timestamp, field: &str) -> Result<Millis, Erro
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(Error::invalid(field, "has nanos outside 0..1e9"));
     }
-    ts.seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from(ts.nanos) / 1_000_000))
-        .ok_or_else(|| Error::invalid(field, "is out of range"))
+    time::millis_from_timestamp(ts).ok_or_else(|| Error::invalid(field, "is out of range"))
 }
 
 fn optional_time(ts: Option<Timestamp>, field: &str) -> Result<Option<Millis>, Error> {
     ts.as_ref()
         .map(|ts| millis_from_timestamp(ts, field))
         .transpose()
-}
-
-/// Converts Unix milliseconds to a protobuf timestamp.
-pub fn timestamp_from_millis(ms: Millis) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 fn required_time(ts: Option<Timestamp>, field: &str) -> Result<Millis, Error> {

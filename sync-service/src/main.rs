@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clerk_sync_api::runtime::{init_tracing, run_with_metrics, shutdown_signal};
+use clerk_sync_common::runtime::{
+    bind, bind_optional, init_tracing, run_with_metrics, shutdown_signal,
+};
 use clerk_sync_service::{Config, config::Command, metrics};
 
 #[tokio::main]
@@ -21,7 +23,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     match config.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             clerk_sync_service::server::open_store(&config).await?;
@@ -29,20 +30,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} (SYNC_SERVICE_LISTEN_ADDR)",
-                        config.listen
-                    )
-                })?;
-            let metrics_listener = match config.metrics_listen {
-                None => None,
-                Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
-                    || format!("cannot listen on {address} (SYNC_SERVICE_METRICS_LISTEN_ADDR)"),
-                )?),
-            };
+            let listener = bind(config.listen, "SYNC_SERVICE_LISTEN_ADDR").await?;
+            let metrics_listener =
+                bind_optional(config.metrics_listen, "SYNC_SERVICE_METRICS_LISTEN_ADDR").await?;
             let server = clerk_sync_service::run(listener, &config, shutdown_signal());
             run_with_metrics(metrics_listener, metrics::render, server).await
         }

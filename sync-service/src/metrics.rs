@@ -3,7 +3,7 @@
 //! wired once in `server.rs` that counts and times every gRPC call. Only
 //! [`render`] formats exposition, for `GET /metrics` on the separate metrics
 //! listener (`--metrics-listen`, served by
-//! [`clerk_sync_api::runtime::serve_metrics`]).
+//! [`clerk_sync_common::runtime::serve_metrics`]).
 //!
 //! Every name starts with `clerk_sync_service_`. Label values come from small
 //! fixed sets (event types, outcomes, the methods this server implements, gRPC
@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clerk_sync_api::runtime::grpc_code_name;
+use clerk_sync_common::runtime::grpc_code_name;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::{
     encoding::{EncodeLabelSet, LabelSetEncoder, prometheus_text},

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail};
-use clerk_sync_api::tls::{install_crypto_provider, read_certificates, read_private_key};
+use clerk_sync_common::tls::{install_crypto_provider, read_certificates, read_private_key};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// Builds the server's TLS settings from the three file settings; `None`

@@ -58,7 +58,7 @@ impl Stack {
             vec![format!("http://{sync}").parse().unwrap()],
         );
         config.sync_service.token =
-            Some(clerk_sync_gateway::config::BearerToken::parse(WRITE_TOKEN).unwrap());
+            Some(clerk_sync_common::settings::BearerToken::parse(WRITE_TOKEN).unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
         tasks.push(tokio::spawn(async move {

@@ -91,7 +91,7 @@ impl TestApp {
         }));
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics_listener.local_addr().unwrap();
-        tokio::spawn(clerk_sync_api::runtime::serve_metrics(
+        tokio::spawn(clerk_sync_common::runtime::serve_metrics(
             metrics_listener,
             clerk_sync_gateway::metrics::render,
             std::future::pending(),

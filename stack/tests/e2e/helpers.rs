@@ -122,7 +122,7 @@ impl Stack {
             config.sync_service.client_cert = Some(certs.path("client.pem"));
             config.sync_service.client_key = Some(certs.path("client-key.pem"));
             config.sync_service.token =
-                Some(clerk_sync_gateway::config::BearerToken::parse(WRITE_TOKEN).unwrap());
+                Some(clerk_sync_common::settings::BearerToken::parse(WRITE_TOKEN).unwrap());
         }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(clerk_sync_gateway::run(gateway_listener, config, async {
@@ -378,7 +378,7 @@ impl Drop for Stack {
 async fn spawn_metrics(render: fn() -> String) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(clerk_sync_api::runtime::serve_metrics(
+    tokio::spawn(clerk_sync_common::runtime::serve_metrics(
         listener,
         render,
         std::future::pending(),

@@ -69,7 +69,7 @@ impl TestApp {
             let server = clerk_sync_service::run(listener, &config, async {
                 let _ = stopped.await;
             });
-            clerk_sync_api::runtime::run_with_metrics(
+            clerk_sync_common::runtime::run_with_metrics(
                 Some(metrics_listener),
                 clerk_sync_service::metrics::render,
                 server,

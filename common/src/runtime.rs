@@ -1,7 +1,8 @@
 //! Process plumbing shared by every clerk-sync binary: one shutdown signal,
-//! one way to set up logs (text or JSON, [`LogFormat`]) and one way to serve
+//! one way to set up logs (text or JSON, [`LogFormat`]), one way to bind a
+//! listener ([`bind`], whose error names the setting) and one way to serve
 //! Prometheus metrics on their own listener ([`serve_metrics`]), so every
-//! service stops, logs and exposes metrics alike.
+//! service stops, logs, starts and exposes metrics alike.
 
 use std::{convert::Infallible, fmt, net::SocketAddr, str::FromStr, time::Duration};
 
@@ -48,6 +49,42 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         } else {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// A listen address that could not be bound; the message names the setting
+/// that gave it, so a port already in use is one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({setting}): {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub address: SocketAddr,
+    /// The setting (environment variable) that gave it.
+    pub setting: &'static str,
+    /// Why the operating system refused.
+    pub source: std::io::Error,
+}
+
+/// Binds `address`, given by the setting `setting`.
+pub async fn bind(address: SocketAddr, setting: &'static str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError {
+            address,
+            setting,
+            source,
+        })
+}
+
+/// Binds `address` when a setting gives one (a metrics endpoint that may be
+/// turned off).
+pub async fn bind_optional(
+    address: Option<SocketAddr>,
+    setting: &'static str,
+) -> Result<Option<TcpListener>, BindError> {
+    match address {
+        None => Ok(None),
+        Some(address) => bind(address, setting).await.map(Some),
     }
 }
 
@@ -262,6 +299,19 @@ mod tests {
         assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
         assert_eq!(grpc_code_name(tonic::Code::from(14)), "UNAVAILABLE");
         assert_eq!(grpc_code_name(tonic::Code::from(99)), "UNKNOWN");
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_refused_with_its_setting() {
+        let taken = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "X")
+            .await
+            .unwrap();
+        let address = taken.local_addr().unwrap();
+        let error = bind(address, "GATEWAY_LISTEN_ADDR").await.unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("GATEWAY_LISTEN_ADDR"), "{message}");
+        assert!(message.contains(&address.to_string()), "{message}");
+        assert!(bind_optional(None, "X").await.unwrap().is_none());
     }
 
     #[test]
