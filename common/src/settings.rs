@@ -4,7 +4,7 @@
 //! crash report. [`SecretParser`]'s message names the setting and says what
 //! is wrong, never what was given.
 
-use std::{ffi::OsStr, fmt};
+use std::{ffi::OsStr, fmt, time::Duration};
 
 /// A clap value parser for a secret setting: `parse` turns the text into the
 /// setting's type, and its error (which must not quote the value) follows the
@@ -41,6 +41,31 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Secre
         };
         let message = format!("invalid value for {}: {reason}\n", self.setting);
         Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command))
+    }
+}
+
+/// The longest duration a setting takes: about ten years. Anything longer is
+/// a typo, and adding it to a clock could overflow.
+pub const MAX_SETTING_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Parses a whole, positive number of seconds, at most [`MAX_SETTING_SECS`].
+pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 second".to_owned()),
+        Ok(secs) if secs > MAX_SETTING_SECS => Err(format!(
+            "must be at most {MAX_SETTING_SECS} seconds (ten years)"
+        )),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => Err("expected a whole number of seconds".to_owned()),
+    }
+}
+
+/// Parses a positive count (connections, streams, requests).
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number".to_owned()),
     }
 }
 
@@ -106,6 +131,18 @@ mod tests {
         assert!(!error.contains("hunter2"), "{error}");
         let parsed = Settings::try_parse_from(["x", "--token", "correct-horse"]).unwrap();
         assert_eq!(parsed.token, "correct-horse");
+    }
+
+    #[test]
+    fn durations_and_counts_are_positive_and_bounded() {
+        assert_eq!(parse_positive_secs(" 30 "), Ok(Duration::from_secs(30)));
+        for bad in ["0", "-1", "soon", "1.5", "18446744073709551615"] {
+            assert!(parse_positive_secs(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_count("64"), Ok(64));
+        for bad in ["0", "-3", "many"] {
+            assert!(parse_count(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use clerk_sync_common::{
 use crate::{
     auth::{TokenList, Tokens},
     ingest::IngestOptions,
+    limits::Limits,
     store::StoreOptions,
 };
 
@@ -176,6 +177,10 @@ pub struct Config {
         global = true
     )]
     pub metrics_listen: MetricsListen,
+
+    /// Connection limits of the gRPC port.
+    #[command(flatten)]
+    pub limits: Limits,
 
     /// Log line format: `text` or `json` (one JSON object per line).
     #[arg(

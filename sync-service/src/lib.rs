@@ -5,6 +5,8 @@
 //! - [`config`]: flags and environment variables.
 //! - [`auth`]: bearer tokens and roles, one layer in front of every service.
 //! - [`tls`]: the gRPC port's certificate and optional client CA.
+//! - [`limits`]: connection hygiene on the gRPC port (connection cap,
+//!   handshake and idle deadlines, HTTP/2 limits).
 //! - [`server`]: the tonic server (both services, health, reflection);
 //!   [`run`] takes its listener and shutdown from the caller.
 //! - [`domain`]: typed values requests are parsed into at the edge.
@@ -21,6 +23,7 @@ pub mod domain;
 pub mod error;
 mod grpc;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -113,6 +113,8 @@ struct Metrics {
     quarantined: Family<Unlabelled, Gauge>,
     change_feed_head: Family<Unlabelled, Gauge>,
     user_cache: Family<CacheLabels, Counter>,
+    grpc_connections: Gauge,
+    grpc_connections_refused: Counter,
 }
 
 /// Latency buckets, 0.25 ms to ~8 s.
@@ -179,6 +181,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Read cache lookups, by key (id, email) and result (hit, miss)",
         user_cache.clone(),
     );
+    let grpc_connections = Gauge::default();
+    registry.register(
+        "grpc_connections",
+        "Open connections on the gRPC port",
+        grpc_connections.clone(),
+    );
+    let grpc_connections_refused = Counter::default();
+    registry.register(
+        "grpc_connections_refused",
+        "Connections closed as soon as accepted: SYNC_SERVICE_MAX_CONNECTIONS were open",
+        grpc_connections_refused.clone(),
+    );
     registry.register(
         "build",
         "The running sync-service's version",
@@ -197,6 +211,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         quarantined,
         change_feed_head,
         user_cache,
+        grpc_connections,
+        grpc_connections_refused,
     }
 });
 
@@ -259,6 +275,20 @@ pub fn set_change_feed_head(position: i64) {
         .change_feed_head
         .get_or_create(&Unlabelled)
         .set(position);
+}
+
+/// Counts a connection opened on the gRPC port (`true`) or closed.
+pub fn connection_opened(opened: bool) {
+    if opened {
+        METRICS.grpc_connections.inc();
+    } else {
+        METRICS.grpc_connections.dec();
+    }
+}
+
+/// Counts a connection refused because `max_connections` were open.
+pub fn connection_refused() {
+    METRICS.grpc_connections_refused.inc();
 }
 
 /// Counts one read cache lookup by `key` (`id` or `email`).

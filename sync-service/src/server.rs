@@ -10,7 +10,6 @@ use clerk_sync_api::v1::{
     user_sync_service_server::UserSyncServiceServer,
 };
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -18,6 +17,7 @@ use crate::{
     config::Config,
     grpc::{directory::DirectoryService, quarantine::QuarantineService, sync::SyncService},
     ingest::Ingestor,
+    limits::{self, CallTrackingLayer},
     metrics,
     store::Store,
 };
@@ -84,8 +84,15 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(clerk_sync_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
+    // Health is answered without a token: it takes a service name, nothing
+    // more, so nothing bigger is buffered for anyone.
+    let health_service = health_service.max_decoding_message_size(HEALTH_REQUEST_BYTES);
 
     let sync = SyncService {
         ingestor: Ingestor::start(store.clone(), config.ingest_options()),
@@ -113,9 +120,11 @@ pub async fn serve(
     };
     let prune_task = tokio::spawn(prune_ledger(store.clone(), config.ledger_retention()));
     let directory = DirectoryService { store, stopping };
-    // Explicit message limits on every service: a quarantined body (up to the
-    // gateway's body limit) must fit, and nothing larger is buffered.
+    // Explicit message limits on every service. The write services take
+    // whole profiles and quarantined bodies (up to the gateway's body limit);
+    // every other request is a few ids or a name. Answers may be large.
     let max_message = config.max_message_bytes();
+    let limits = std::sync::Arc::new(config.limits.clone());
 
     tracing::info!(
         address = %listener.local_addr()?,
@@ -131,17 +140,20 @@ pub async fn serve(
         let _ = stopping_tx.send(true);
         let _ = stop_tx.send(());
     };
-    // Accepted sockets get TCP_NODELAY here: the builder's own setting does
-    // not apply to an incoming stream, and Nagle would hold small responses
-    // back for a delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
+    let incoming = limits::incoming(listener, std::sync::Arc::clone(&limits));
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .max_concurrent_streams(limits.http2_max_streams)
+        .timeout(limits.request_timeout);
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.timeout(limits.handshake_timeout))?;
     }
-    // Metrics outermost: calls the authentication layer refuses are counted
-    // too (UNAUTHENTICATED, PERMISSION_DENIED).
+    // Call tracking first: a connection with any call in flight is not idle.
+    // Metrics next: calls the authentication layer refuses are counted too
+    // (UNAUTHENTICATED, PERMISSION_DENIED).
     let server = builder
+        .layer(CallTrackingLayer)
         .layer(metrics::GrpcMetricsLayer)
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)
@@ -154,7 +166,7 @@ pub async fn serve(
         )
         .add_service(
             UserDirectoryServiceServer::new(directory)
-                .max_decoding_message_size(max_message)
+                .max_decoding_message_size(SMALL_REQUEST_BYTES)
                 .max_encoding_message_size(max_message),
         )
         .add_service(
@@ -182,6 +194,12 @@ pub async fn serve(
     tracing::info!("sync-service stopped");
     result
 }
+
+/// Largest request the directory and reflection services decode: 100 ids of
+/// at most 256 bytes fit with room to spare.
+const SMALL_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest health check request decoded (a service name).
+const HEALTH_REQUEST_BYTES: usize = 4 * 1024;
 
 /// Drops change-feed deletion entries older than `retention`, checking every
 /// `retention / 4` (at most hourly, at least every 100 ms).

@@ -11,6 +11,7 @@ mod bad_input;
 mod batches;
 mod binary;
 mod concurrency;
+mod connections;
 mod feed;
 mod feed_grpcurl;
 mod feed_replicas;
