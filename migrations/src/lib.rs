@@ -17,9 +17,26 @@
 //!   user, at the position of its latest change) and its position counter.
 //!
 //! On PostgreSQL the function `clerk_sync_apply_batch` applies a batch of
-//! events in one round trip (`apply_batch.sql`).
+//! events in one round trip ([`APPLY_BATCH_FUNCTION`]).
+//!
+//! # A released migration never changes
+//!
+//! A database records each migration it ran by name and never runs it again,
+//! so a migration edited after its release upgrades nobody: the databases
+//! that ran it keep what it did then. Once a migration has shipped, its file
+//! and every file it includes are frozen, and a change to the schema, to a
+//! function or to a view is a new migration. A function's versions are files
+//! of their own (`apply_batch_v1.sql`, `apply_batch_v3.sql`, …): the
+//! migration that introduced a version keeps including it, and the next
+//! version's migration installs its file with `CREATE OR REPLACE` and, going
+//! down, re-installs the version before. (Version 2 of
+//! `clerk_sync_apply_batch` shipped only as an edit of the first migration's
+//! file, the mistake this rule stops; version 3's migration replaces it.) The
+//! sync-service's upgrade test builds a database at every earlier release and
+//! checks that migrating it ends at the current schema and function.
 
 pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
 
 mod m20261127_000001_create_directory;
 mod m20261128_000001_account_state;
@@ -27,6 +44,12 @@ mod m20261128_100001_index_ledger_processed_at;
 mod m20261128_100002_create_quarantine;
 mod m20261128_200001_create_change_feed;
 mod m20261129_000001_apply_batch_function;
+mod m20261203_000001_apply_batch_function_v3;
+
+/// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
+/// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
+/// installs, and what the sync-service's batches call.
+pub const APPLY_BATCH_FUNCTION: &str = include_str!("apply_batch_v3.sql");
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -42,6 +65,15 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_100002_create_quarantine::Migration),
             Box::new(m20261128_200001_create_change_feed::Migration),
             Box::new(m20261129_000001_apply_batch_function::Migration),
+            Box::new(m20261203_000001_apply_batch_function_v3::Migration),
         ]
     }
+}
+
+/// Runs `sql` on PostgreSQL; nothing on SQLite, which has no stored functions.
+async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() == DbBackend::Postgres {
+        manager.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
 }

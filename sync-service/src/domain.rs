@@ -74,6 +74,26 @@ pub fn millis_from_timestamp(ts: &Timestamp, field: &str) -> Result<Millis, Erro
     time::millis_from_timestamp(ts).ok_or_else(|| Error::invalid(field, "is out of range"))
 }
 
+/// Page size when a request asks for 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size a request may ask for.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Parses the `page_size` of a listing request: 0 asks for
+/// [`DEFAULT_PAGE_SIZE`]; negative sizes and sizes above [`MAX_PAGE_SIZE`]
+/// are refused.
+pub fn page_size(requested: i32) -> Result<u32, Error> {
+    match u32::try_from(requested) {
+        Err(_) => Err(Error::invalid("page_size", "must not be negative")),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) if n > MAX_PAGE_SIZE => Err(Error::invalid(
+            "page_size",
+            format!("must be at most {MAX_PAGE_SIZE}"),
+        )),
+        Ok(n) => Ok(n),
+    }
+}
+
 fn optional_time(ts: Option<Timestamp>, field: &str) -> Result<Option<Millis>, Error> {
     ts.as_ref()
         .map(|ts| millis_from_timestamp(ts, field))

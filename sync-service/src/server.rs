@@ -208,7 +208,7 @@ async fn prune_deletions(store: Store, retention: Duration) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        let before = crate::store::now_millis() - retention.as_millis() as i64;
+        let before = clerk_sync_common::time::now_millis() - retention.as_millis() as i64;
         match store.prune_deletions(before).await {
             Ok(0) => {}
             Ok(dropped) => tracing::info!(dropped, "change feed: old deletion entries pruned"),

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::feed;
 use crate::{
     auth::Caller,
-    domain::{Profile, UserId},
+    domain::{Profile, UserId, millis_from_timestamp, page_size},
     error::Error,
     store::{ListQuery, Store},
 };
@@ -88,7 +88,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
         let private = Caller::of(&request).is_authenticated();
-        let query = ListQuery::parse(request.into_inner())?;
+        let query = parse_list_query(request.into_inner())?;
         let page = self.store.list_users(&query).await?;
         Ok(Response::new(ListUsersResponse {
             users: page
@@ -122,6 +122,35 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
     }
 }
 
+/// Parses a ListUsers request into the store's query; errors name the
+/// offending field.
+fn parse_list_query(request: ListUsersRequest) -> Result<ListQuery, Error> {
+    let page_size = page_size(request.page_size)?;
+    let changed_since = request
+        .changed_since
+        .as_ref()
+        .map(|ts| millis_from_timestamp(ts, "changed_since"))
+        .transpose()?;
+    let banned = match v1::BannedFilter::try_from(request.banned) {
+        Ok(v1::BannedFilter::Unspecified) => None,
+        Ok(v1::BannedFilter::Exclude) => Some(false),
+        Ok(v1::BannedFilter::Only) => Some(true),
+        Err(_) => {
+            return Err(Error::invalid(
+                "banned",
+                format!("{} is not a BannedFilter value", request.banned),
+            ));
+        }
+    };
+    let query = ListQuery {
+        page_size,
+        changed_since,
+        banned,
+        after: None,
+    };
+    query.continue_after(&request.page_token)
+}
+
 /// Validates the ids of a batch and drops repeats, keeping request order.
 fn parse_batch(ids: Vec<String>) -> Result<Vec<UserId>, Error> {
     if ids.is_empty() {
@@ -142,4 +171,39 @@ fn parse_batch(ids: Vec<String>) -> Result<Vec<UserId>, Error> {
         }
     }
     Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(page_size: i32) -> ListUsersRequest {
+        ListUsersRequest {
+            page_size,
+            page_token: String::new(),
+            changed_since: None,
+            banned: 0,
+        }
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        assert_eq!(
+            parse_list_query(request(0)).unwrap().page_size,
+            crate::domain::DEFAULT_PAGE_SIZE
+        );
+        assert_eq!(parse_list_query(request(1000)).unwrap().page_size, 1000);
+        for bad in [-1, 1001] {
+            let err = parse_list_query(request(bad)).unwrap_err();
+            assert!(err.to_string().starts_with("page_size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_banned_filters_are_rejected() {
+        let mut bad = request(10);
+        bad.banned = 7;
+        let err = parse_list_query(bad).unwrap_err();
+        assert_eq!(err.to_string(), "banned 7 is not a BannedFilter value");
+    }
 }

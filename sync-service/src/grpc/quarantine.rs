@@ -11,9 +11,9 @@ use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{EventId, Millis, timestamp_from_millis},
+    domain::{EventId, Millis, page_size, timestamp_from_millis},
     error::Error,
-    store::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, NewQuarantined, Quarantined, Store},
+    store::{NewQuarantined, Quarantined, Store},
 };
 
 /// Longest event type kept; Clerk's are ~20 bytes.
@@ -53,18 +53,7 @@ impl v1::quarantine_service_server::QuarantineService for QuarantineService {
         request: Request<ListQuarantinedRequest>,
     ) -> Result<Response<ListQuarantinedResponse>, Status> {
         let request = request.into_inner();
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
-            n if n as u32 > MAX_PAGE_SIZE => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("must be at most {MAX_PAGE_SIZE}"),
-                )
-                .into());
-            }
-            n => n as u32,
-        };
+        let page_size = page_size(request.page_size)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(decode_token(token)?),

@@ -34,13 +34,20 @@
 //!
 //! **PostgreSQL** would pay a network round trip per statement (seven a
 //! batch), so the same steps run inside the server: the batch goes as three
-//! JSON documents to the function `clerk_sync_apply_batch` (migration
-//! `apply_batch.sql`), called as one statement outside any explicit
+//! JSON documents to the function `clerk_sync_apply_batch`
+//! ([`clerk_sync_migrations::APPLY_BATCH_FUNCTION`]), called as one statement
+//! outside any explicit
 //! transaction, so BEGIN, the steps and COMMIT cost one round trip. The SQL
 //! text never changes with the batch (one prepared statement) and no bind
 //! limit applies. Both backends get the same preference order of candidates
 //! from [`Batch`] and return the same [`Written`], from which the outcomes are
 //! derived by one function.
+//!
+//! The steps therefore exist twice, here and in PL/pgSQL. The tests below
+//! keep them one: the function's column lists must be the entity's and
+//! [`PROFILE_COLUMNS`], and the same batches applied through the statements
+//! (which run on PostgreSQL too) and through the function must leave
+//! identical tables and outcomes.
 //!
 //! Text the directory stores is free of U+0000: PostgreSQL refuses it in
 //! `text` columns and SQLite would keep it, so it is removed before writing,
@@ -55,15 +62,15 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, Iterable, QueryFilter, QueryResult, QuerySelect, QueryTrait, Statement,
-    StatementBuilder, TransactionTrait, Value,
+    EntityTrait, Iterable, QueryFilter, QuerySelect, QueryTrait, Statement, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
 use super::{
-    cache::email_key,
     changes,
     entity::{processed_events, user_email_addresses, users},
+    rows::{email_key, to_json, user_row},
+    script::Script,
 };
 use crate::domain::{Change, Event, Millis, Outcome, Profile, UserId};
 
@@ -97,7 +104,7 @@ struct Batch<'a> {
 }
 
 /// What the database did with a batch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Written {
     /// Event ids the ledger did not hold yet.
     fresh: HashSet<String>,
@@ -221,51 +228,6 @@ async fn apply_step_by_step(
     Ok(written)
 }
 
-/// Statements sent to the database in one call. sqlx runs the statements of
-/// a SQLite call one after the other on the connection's thread, binding
-/// each one's `?` parameters from the shared values in turn: one hand-off
-/// for all of them. (PostgreSQL's protocol takes a single statement per call
-/// with parameters; its batches are one call of a function instead.)
-pub(super) struct Script {
-    backend: DbBackend,
-    sql: String,
-    values: Vec<Value>,
-}
-
-impl Script {
-    fn new(backend: DbBackend) -> Self {
-        Self {
-            backend,
-            sql: String::new(),
-            values: Vec::new(),
-        }
-    }
-
-    /// Appends `statement`; it runs after the ones appended before it.
-    pub(super) fn push(&mut self, statement: &impl StatementBuilder) {
-        let Statement { sql, values, .. } = self.backend.build(statement);
-        if !self.sql.is_empty() {
-            self.sql.push_str(";\n");
-        }
-        self.sql.push_str(&sql);
-        self.values
-            .extend(values.into_iter().flat_map(|values| values.0));
-    }
-
-    /// Runs the statements in `txn`; returns the rows they return, in order.
-    async fn run(self, txn: &DatabaseTransaction) -> Result<Vec<QueryResult>, DbErr> {
-        if self.sql.is_empty() {
-            return Ok(Vec::new());
-        }
-        txn.query_all_raw(Statement::from_sql_and_values(
-            self.backend,
-            self.sql,
-            self.values,
-        ))
-        .await
-    }
-}
-
 /// The steps in one call of `clerk_sync_apply_batch` (PostgreSQL).
 async fn apply_on_postgres(
     db: &DatabaseConnection,
@@ -341,17 +303,6 @@ fn ledger_row(event: &Event, now: Millis) -> processed_events::Model {
         user_id: event.user_id().as_str().to_owned(),
         kind: event.kind.as_str().to_owned(),
         processed_at: now,
-    }
-}
-
-/// The `users` row an event writes: the profile, or a tombstone.
-fn user_row(change: &Change) -> users::Model {
-    match change {
-        Change::Upsert(profile) => row_from_profile(profile),
-        Change::Delete {
-            user_id,
-            deleted_at,
-        } => tombstone(user_id, *deleted_at),
     }
 }
 
@@ -502,11 +453,6 @@ fn replace_email_index(script: &mut Script, written: &[&str], rows: &[(&str, Str
     }
 }
 
-/// Version of the Clerk-to-row mapping this code writes. Bumped whenever the
-/// mapping starts keeping something it dropped before, so that the same Clerk
-/// version of a user, delivered again (a backfill), fills the row in.
-pub(super) const PROFILE_FORMAT: i32 = 2;
-
 /// The columns holding what Clerk tells about a user: a newer version
 /// overwrites them, a delete erases them.
 const PROFILE_COLUMNS: [users::Column; 25] = [
@@ -537,123 +483,5 @@ const PROFILE_COLUMNS: [users::Column; 25] = [
     users::Column::ProfileFormat,
 ];
 
-fn to_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("plain data serialises")
-}
-
-fn row_from_profile(profile: &Profile) -> users::Model {
-    let state = &profile.state;
-    // U+0000 leaves text columns (PostgreSQL refuses it) and the addresses
-    // and numbers in JSON too, so they match the plain columns and the index.
-    let email_addresses: Vec<_> = profile
-        .email_addresses
-        .iter()
-        .cloned()
-        .map(|mut email| {
-            email.address = without_nul(&email.address);
-            email
-        })
-        .collect();
-    let phone_numbers: Vec<_> = profile
-        .phone_numbers
-        .iter()
-        .cloned()
-        .map(|mut phone| {
-            phone.number = without_nul(&phone.number);
-            phone
-        })
-        .collect();
-    let display_name = Some(without_nul(&profile.display_name).trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| profile.id.as_str().to_owned());
-    users::Model {
-        id: profile.id.as_str().to_owned(),
-        primary_email_address: text(&profile.primary_email_address),
-        email_addresses: Some(to_json(&email_addresses)),
-        primary_phone_number: text(&profile.primary_phone_number),
-        phone_numbers: Some(to_json(&phone_numbers)),
-        first_name: text(&profile.first_name),
-        last_name: text(&profile.last_name),
-        display_name: Some(display_name),
-        username: text(&profile.username),
-        image_url: text(&profile.image_url),
-        has_image: profile.has_image,
-        external_id: text(&profile.external_id),
-        public_metadata: Some(to_json(&profile.public_metadata)),
-        private_metadata: profile.private_metadata.as_ref().map(to_json),
-        created_at: profile.created_at,
-        updated_at: profile.updated_at,
-        last_sign_in_at: profile.last_sign_in_at,
-        last_active_at: profile.last_active_at,
-        legal_accepted_at: profile.legal_accepted_at,
-        banned: state.banned,
-        locked: state.locked,
-        locked_until: state.locked_until,
-        two_factor_enabled: state.two_factor_enabled,
-        totp_enabled: state.totp_enabled,
-        backup_code_enabled: state.backup_codes_enabled,
-        external_accounts: Some(to_json(&profile.external_accounts)),
-        profile_format: PROFILE_FORMAT,
-        deleted_at: None,
-    }
-}
-
-fn tombstone(user_id: &UserId, deleted_at: Millis) -> users::Model {
-    users::Model {
-        id: user_id.as_str().to_owned(),
-        primary_email_address: None,
-        email_addresses: None,
-        primary_phone_number: None,
-        phone_numbers: None,
-        first_name: None,
-        last_name: None,
-        display_name: None,
-        username: None,
-        image_url: None,
-        has_image: false,
-        external_id: None,
-        public_metadata: None,
-        private_metadata: None,
-        created_at: None,
-        // A user first seen as deleted has no version: the deletion time stands in.
-        updated_at: deleted_at,
-        last_sign_in_at: None,
-        last_active_at: None,
-        legal_accepted_at: None,
-        banned: false,
-        locked: false,
-        locked_until: None,
-        two_factor_enabled: false,
-        totp_enabled: false,
-        backup_code_enabled: false,
-        external_accounts: None,
-        profile_format: PROFILE_FORMAT,
-        deleted_at: Some(deleted_at),
-    }
-}
-
-/// `value` without U+0000.
-fn without_nul(value: &str) -> String {
-    value.replace('\0', "")
-}
-
-/// An optional text column without U+0000; unset when nothing else is left.
-fn text(value: &Option<String>) -> Option<String> {
-    value
-        .as_deref()
-        .map(without_nul)
-        .filter(|value| !value.is_empty())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nul_is_removed_from_text_and_empty_text_is_unset() {
-        assert_eq!(text(&Some("A\0da".into())), Some("Ada".into()));
-        assert_eq!(text(&Some("\0\0".into())), None);
-        assert_eq!(text(&None), None);
-        assert_eq!(without_nul("a\0@x.io"), "a@x.io");
-    }
-}
+mod tests;

@@ -67,7 +67,7 @@ use std::{
 
 use moka::sync::Cache;
 
-use super::{Position, Store};
+use super::{Position, Store, rows::email_key};
 use crate::{
     domain::{Change, Event, Profile, UserId},
     error::Error,
@@ -82,12 +82,6 @@ const TIME_TO_LIVE: Duration = Duration::from_secs(300);
 
 /// Change log entries read per page while following the feed.
 const FEED_PAGE: u32 = 1000;
-
-/// The key an address is indexed under, in the email index and in this
-/// cache: NULs stripped, lowercased.
-pub(super) fn email_key(address: &str) -> String {
-    address.replace('\0', "").to_lowercase()
-}
 
 /// Whether `user` has `key` (an [`email_key`]) among its verified addresses.
 pub(super) fn has_verified(user: &Profile, key: &str) -> bool {

@@ -44,9 +44,9 @@ use tokio::sync::watch;
 
 use super::{
     Store,
-    apply::Script,
     entity::{feed_head, user_changes, user_email_addresses, users},
-    profile_from_row,
+    rows::profile_from_row,
+    script::Script,
 };
 use crate::{
     domain::{Millis, Profile, UserId},

@@ -1,14 +1,23 @@
 //! The directory's database: connecting (SQLite or PostgreSQL, one code path),
 //! applying events ([`Store::apply_batch`]) and answering queries. gRPC
-//! handlers call in here and never touch SQL themselves.
+//! handlers call in here with typed values and never touch SQL themselves.
 //!
-//! How the sync semantics are made atomic, on both backends, is the `apply`
-//! module's story: deduplication by a ledger insert in the same transaction as
-//! the change, last write wins and final deletes by conditional upserts.
-//! Next to it: `quarantine` (deliveries that cannot be applied) and `prune`
-//! (the ledger's retention).
-//! The `changes` module keeps the change feed's log in the same transaction
-//! and serves it; `cache` keeps hot users in memory, coherent with both.
+//! The modules, each importing only those below it:
+//! - `read`: the user reads (by id, by address, a page), through `cache`;
+//! - `cache`: hot users in memory, coherent with local writes and, through
+//!   the change feed, with other replicas' (its module doc argues how);
+//! - `apply`: the write path, and how the sync semantics are made atomic on
+//!   both backends: deduplication by a ledger insert in the same transaction
+//!   as the change, last write wins and final deletes by conditional upserts;
+//! - `changes`: the change feed's log, kept in the writers' transactions, and
+//!   its reads;
+//! - `page`: ListUsers' typed query and its opaque page token;
+//! - `quarantine` (deliveries that cannot be applied) and `prune` (the
+//!   ledger's retention);
+//! - `script`: statements sent to the database in one call (the write path's
+//!   last steps and the change log's entries);
+//! - `rows`: the `users` row ⇄ profile mapping and the email index's key;
+//! - `entity`: the tables, as sea-orm entities.
 
 mod apply;
 mod cache;
@@ -17,26 +26,28 @@ pub(crate) mod entity;
 mod page;
 mod prune;
 mod quarantine;
+mod read;
+mod rows;
+mod script;
 
-use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    sea_query::Expr,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
 use crate::{
-    domain::{AccountState, EmailAddress, Event, Millis, Outcome, Profile, UserId},
+    domain::{Event, Outcome},
     error::Error,
-    metrics,
 };
-use cache::{ReadCache, has_verified};
+use cache::ReadCache;
 pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
+use clerk_sync_common::time::now_millis;
 use clerk_sync_migrations::{Migrator, MigratorTrait};
-use entity::{user_email_addresses, users};
-pub use page::{DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page};
+use entity::users;
+pub use page::{ListQuery, Page};
 pub use quarantine::{NewQuarantined, Quarantined};
 
 /// Prepared statements kept per connection: every row count of every batch
@@ -239,265 +250,6 @@ impl Store {
         }
         Ok(outcomes)
     }
-
-    /// The live user with this id.
-    pub async fn get_user(&self, id: &UserId) -> Result<Profile, Error> {
-        self.cached_user(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
-    }
-
-    /// The live user with this id, from the cache or else the database.
-    async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
-        let Some(cache) = self.cache.as_deref() else {
-            return self.load_user(id).await;
-        };
-        if let Some(user) = cache.user(id) {
-            metrics::record_user_cache("id", true);
-            return Ok(Some(Profile::clone(&user)));
-        }
-        metrics::record_user_cache("id", false);
-        let ticket = cache.user_ticket(id);
-        let user = self.load_user(id).await?;
-        if let Some(user) = &user {
-            cache.fill_user(ticket, user);
-        }
-        Ok(user)
-    }
-
-    async fn load_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
-        users::Entity::find_by_id(id.as_str())
-            .filter(users::Column::DeletedAt.is_null())
-            .one(&self.reads)
-            .await?
-            .map(profile_from_row)
-            .transpose()
-    }
-
-    /// The live users among `ids`, in no particular order.
-    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Profile>, Error> {
-        let Some(cache) = self.cache.as_deref() else {
-            return self.load_users(ids.iter()).await;
-        };
-        let mut found = Vec::with_capacity(ids.len());
-        let mut missed = HashMap::new();
-        for id in ids {
-            let cached = cache.user(id);
-            metrics::record_user_cache("id", cached.is_some());
-            match cached {
-                Some(user) => found.push(Profile::clone(&user)),
-                None => {
-                    missed.insert(id, cache.user_ticket(id));
-                }
-            }
-        }
-        if missed.is_empty() {
-            return Ok(found);
-        }
-        let loaded = self.load_users(missed.keys().copied()).await?;
-        for user in &loaded {
-            if let Some(&ticket) = missed.get(&user.id) {
-                cache.fill_user(ticket, user);
-            }
-        }
-        found.extend(loaded);
-        Ok(found)
-    }
-
-    async fn load_users(&self, ids: impl Iterator<Item = &UserId>) -> Result<Vec<Profile>, Error> {
-        users::Entity::find()
-            .filter(users::Column::Id.is_in(ids.map(UserId::as_str)))
-            .filter(users::Column::DeletedAt.is_null())
-            .all(&self.reads)
-            .await?
-            .into_iter()
-            .map(profile_from_row)
-            .collect()
-    }
-
-    /// The live user owning `email` (any of their verified addresses,
-    /// case-insensitive); if several have it verified, the most recently
-    /// updated.
-    pub async fn find_by_email(&self, email: &str) -> Result<Profile, Error> {
-        let key = email.to_lowercase();
-        let owner = match self.cache.as_deref() {
-            None => self.load_by_email(&key).await?,
-            Some(cache) => self.cached_by_email(cache, key).await?,
-        };
-        // The address is personal data: the answer does not repeat it.
-        owner.ok_or_else(|| Error::NotFound("no user has this verified email address".into()))
-    }
-
-    /// The owner of the address `key`: the cached owner if it is live and
-    /// still has the address verified (a newer owner's write would have
-    /// dropped the entry), else the database's answer.
-    async fn cached_by_email(
-        &self,
-        cache: &ReadCache,
-        key: String,
-    ) -> Result<Option<Profile>, Error> {
-        if let Some(owner) = cache.email_owner(&key) {
-            match self.cached_user(&owner).await? {
-                Some(user) if has_verified(&user, &key) => {
-                    metrics::record_user_cache("email", true);
-                    return Ok(Some(user));
-                }
-                // Dropping an entry can never make the cache stale.
-                _ => cache.forget_email(&key),
-            }
-        }
-        metrics::record_user_cache("email", false);
-        let ticket = cache.email_ticket(&key);
-        let owner = self.load_by_email(&key).await?;
-        if let Some(owner) = &owner {
-            cache.fill_email(ticket, key, owner.id.clone());
-        }
-        Ok(owner)
-    }
-
-    async fn load_by_email(&self, key: &str) -> Result<Option<Profile>, Error> {
-        // Two lookups by key rather than one join: a join leaves the planner
-        // free to scan `users` (PostgreSQL did, with statistics taken while
-        // the table was still small); these cannot be planned but by index.
-        let holders: Vec<String> = user_email_addresses::Entity::find()
-            .select_only()
-            .column(user_email_addresses::Column::UserId)
-            .filter(user_email_addresses::Column::EmailLower.eq(key))
-            .into_tuple()
-            .all(&self.reads)
-            .await?;
-        if holders.is_empty() {
-            return Ok(None);
-        }
-        users::Entity::find()
-            .filter(users::Column::Id.is_in(holders))
-            .filter(users::Column::DeletedAt.is_null())
-            .order_by_desc(users::Column::UpdatedAt)
-            .order_by_asc(users::Column::Id)
-            .one(&self.reads)
-            .await?
-            .map(profile_from_row)
-            .transpose()
-    }
-
-    /// One page of live users in (updated_at, id) order.
-    pub async fn list_users(&self, query: &ListQuery) -> Result<Page, Error> {
-        let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
-        if let Some(banned) = query.banned {
-            select = select.filter(users::Column::Banned.eq(banned));
-        }
-        // One lower bound, the tighter of the two, so that both planners
-        // start the index range at it: a page costs its own rows however
-        // deep into the directory it is. The row value is what they turn
-        // into a range; `updated_at > x OR (updated_at = x AND id > y)` had
-        // each page walk the index from the start (a full pass grew with the
-        // square of the directory).
-        let after = (query.after.as_ref()).filter(|(updated_at, _)| {
-            (query.changed_since).is_none_or(|since| *updated_at >= since)
-        });
-        select = match (after, query.changed_since) {
-            (Some((updated_at, id)), _) => select.filter(
-                Expr::tuple([
-                    Expr::col(users::Column::UpdatedAt),
-                    Expr::col(users::Column::Id),
-                ])
-                .gt(Expr::tuple([(*updated_at).into(), id.as_str().into()])),
-            ),
-            (None, Some(since)) => select.filter(users::Column::UpdatedAt.gte(since)),
-            (None, None) => select,
-        };
-        let mut rows = select
-            .order_by_asc(users::Column::UpdatedAt)
-            .order_by_asc(users::Column::Id)
-            .limit(u64::from(query.page_size) + 1)
-            .all(&self.reads)
-            .await?;
-        let has_more = rows.len() > query.page_size as usize;
-        rows.truncate(query.page_size as usize);
-        let users = rows
-            .into_iter()
-            .map(profile_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(query.page(users, has_more))
-    }
-}
-
-fn profile_from_row(row: users::Model) -> Result<Profile, Error> {
-    let corrupt = |what: &str| Error::Corrupt(format!("user {}: {what}", row.id));
-    fn parse_json<T: serde::de::DeserializeOwned + Default>(
-        json: &Option<String>,
-    ) -> Result<T, ()> {
-        json.as_deref().map_or(Ok(T::default()), |json| {
-            serde_json::from_str(json).map_err(|_| ())
-        })
-    }
-    let email_addresses: Vec<StoredEmail> =
-        parse_json(&row.email_addresses).map_err(|()| corrupt("email_addresses"))?;
-    let email_addresses = email_addresses
-        .into_iter()
-        .map(|email| email.upgrade(row.primary_email_address.as_deref()))
-        .collect();
-    let display_name = row.display_name.clone().unwrap_or_else(|| row.id.clone());
-    Ok(Profile {
-        primary_email_address: row.primary_email_address,
-        email_addresses,
-        primary_phone_number: row.primary_phone_number,
-        phone_numbers: parse_json(&row.phone_numbers).map_err(|()| corrupt("phone_numbers"))?,
-        first_name: row.first_name,
-        last_name: row.last_name,
-        display_name,
-        username: row.username,
-        image_url: row.image_url,
-        has_image: row.has_image,
-        external_id: row.external_id,
-        public_metadata: parse_json(&row.public_metadata)
-            .map_err(|()| corrupt("public_metadata"))?,
-        private_metadata: match &row.private_metadata {
-            Some(_) => {
-                Some(parse_json(&row.private_metadata).map_err(|()| corrupt("private_metadata"))?)
-            }
-            None => None,
-        },
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-        last_sign_in_at: row.last_sign_in_at,
-        last_active_at: row.last_active_at,
-        legal_accepted_at: row.legal_accepted_at,
-        state: AccountState {
-            banned: row.banned,
-            locked: row.locked,
-            locked_until: row.locked_until,
-            two_factor_enabled: row.two_factor_enabled,
-            totp_enabled: row.totp_enabled,
-            backup_codes_enabled: row.backup_code_enabled,
-        },
-        external_accounts: parse_json(&row.external_accounts)
-            .map_err(|()| corrupt("external_accounts"))?,
-        id: UserId::parse(row.id, "id").map_err(|_| Error::Corrupt("empty user id".into()))?,
-    })
-}
-
-/// An entry of the stored `email_addresses`: today's object, or the bare
-/// string of a row written before verification was tracked.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum StoredEmail {
-    Current(EmailAddress),
-    Legacy(String),
-}
-
-impl StoredEmail {
-    /// A legacy address counts as unverified: nothing recorded that it was.
-    fn upgrade(self, primary: Option<&str>) -> EmailAddress {
-        match self {
-            Self::Current(email) => email,
-            Self::Legacy(address) => EmailAddress {
-                primary: primary == Some(address.as_str()),
-                address,
-                verified: false,
-            },
-        }
-    }
 }
 
 fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {
@@ -513,10 +265,4 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {
         })?;
     }
     Ok(())
-}
-
-pub(crate) fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
 }

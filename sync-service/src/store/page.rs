@@ -3,25 +3,19 @@
 //! served under, so a page boundary never skips or repeats a user.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use clerk_sync_api::v1;
 
 use crate::{
-    domain::{Millis, Profile, UserId, millis_from_timestamp},
+    domain::{Millis, Profile, UserId},
     error::Error,
 };
-
-/// Page size when the request asks for 0.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest page size a request may ask for.
-pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// Version tag of the token layout, so old tokens fail loudly if it changes.
 const TOKEN_VERSION: &str = "v2";
 
-/// A validated ListUsers request.
+/// A ListUsers query, as the gRPC edge parsed it from the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListQuery {
-    /// Users per page, 1..=MAX_PAGE_SIZE.
+    /// Users per page, 1..=[`MAX_PAGE_SIZE`](crate::domain::MAX_PAGE_SIZE).
     pub page_size: u32,
     /// Only users with updated_at at or after this.
     pub changed_since: Option<Millis>,
@@ -41,45 +35,14 @@ pub struct Page {
 }
 
 impl ListQuery {
-    /// Parses a request; errors name the offending field.
-    pub fn parse(request: v1::ListUsersRequest) -> Result<Self, Error> {
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
-            n if n as u32 > MAX_PAGE_SIZE => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("must be at most {MAX_PAGE_SIZE}"),
-                ));
-            }
-            n => n as u32,
-        };
-        let changed_since = request
-            .changed_since
-            .as_ref()
-            .map(|ts| millis_from_timestamp(ts, "changed_since"))
-            .transpose()?;
-        let banned = match v1::BannedFilter::try_from(request.banned) {
-            Ok(v1::BannedFilter::Unspecified) => None,
-            Ok(v1::BannedFilter::Exclude) => Some(false),
-            Ok(v1::BannedFilter::Only) => Some(true),
-            Err(_) => {
-                return Err(Error::invalid(
-                    "banned",
-                    format!("{} is not a BannedFilter value", request.banned),
-                ));
-            }
-        };
-        let mut query = Self {
-            page_size,
-            changed_since,
-            banned,
-            after: None,
-        };
-        if !request.page_token.is_empty() {
-            query.after = Some(query.decode_token(&request.page_token)?);
+    /// This query, continued after the page that `token` ended (an empty
+    /// token: from the first page). Errors name `page_token`: a token this
+    /// server did not issue, or issued under other filters.
+    pub fn continue_after(mut self, token: &str) -> Result<Self, Error> {
+        if !token.is_empty() {
+            self.after = Some(self.decode_token(token)?);
         }
-        Ok(query)
+        Ok(self)
     }
 
     /// Builds the page, with a next-page token when more users follow.
@@ -145,15 +108,6 @@ impl ListQuery {
 mod tests {
     use super::*;
 
-    fn request(page_size: i32, page_token: &str) -> v1::ListUsersRequest {
-        v1::ListUsersRequest {
-            page_size,
-            page_token: page_token.into(),
-            changed_since: None,
-            banned: 0,
-        }
-    }
-
     fn query(changed_since: Option<Millis>, banned: Option<bool>) -> ListQuery {
         ListQuery {
             page_size: 10,
@@ -167,45 +121,25 @@ mod tests {
     fn tokens_round_trip_ids_with_separators() {
         let id = UserId::parse("user_a|b".into(), "id").unwrap();
         let token = query(None, None).encode_token(42, &id);
-        let query = ListQuery::parse(request(10, &token)).unwrap();
-        assert_eq!(query.after, Some((42, id)));
-    }
-
-    #[test]
-    fn page_sizes_are_bounded() {
-        assert_eq!(
-            ListQuery::parse(request(0, "")).unwrap().page_size,
-            DEFAULT_PAGE_SIZE
-        );
-        assert_eq!(ListQuery::parse(request(1000, "")).unwrap().page_size, 1000);
-        for bad in [-1, 1001] {
-            let err = ListQuery::parse(request(bad, "")).unwrap_err();
-            assert!(err.to_string().starts_with("page_size"), "{err}");
-        }
+        let continued = query(None, None).continue_after(&token).unwrap();
+        assert_eq!(continued.after, Some((42, id)));
+        assert_eq!(query(None, None).continue_after("").unwrap().after, None);
     }
 
     #[test]
     fn foreign_and_mismatched_tokens_are_rejected() {
         for bad in ["garbage!", "dGVzdA"] {
-            let err = ListQuery::parse(request(10, bad)).unwrap_err();
+            let err = query(None, None).continue_after(bad).unwrap_err();
             assert!(err.to_string().starts_with("page_token"), "{err}");
         }
         let id = UserId::parse("user_1".into(), "id").unwrap();
         for issued in [query(Some(5), None), query(None, Some(true))] {
             let token = issued.encode_token(42, &id);
-            let err = ListQuery::parse(request(10, &token)).unwrap_err();
+            let err = query(None, None).continue_after(&token).unwrap_err();
             assert_eq!(
                 err.to_string(),
                 "page_token was issued for different changed_since or banned filters"
             );
         }
-    }
-
-    #[test]
-    fn unknown_banned_filters_are_rejected() {
-        let mut bad = request(10, "");
-        bad.banned = 7;
-        let err = ListQuery::parse(bad).unwrap_err();
-        assert_eq!(err.to_string(), "banned 7 is not a BannedFilter value");
     }
 }

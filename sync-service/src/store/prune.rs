@@ -9,7 +9,9 @@
 
 use sea_orm::{ConnectionTrait, Statement};
 
-use super::{Store, now_millis};
+use clerk_sync_common::time::now_millis;
+
+use super::Store;
 use crate::{domain::Millis, error::Error};
 
 impl Store {

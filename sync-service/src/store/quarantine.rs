@@ -10,7 +10,9 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 
-use super::{Store, entity::quarantined_events as quarantined, now_millis};
+use clerk_sync_common::time::now_millis;
+
+use super::{Store, entity::quarantined_events as quarantined};
 use crate::{
     domain::{EventId, Millis},
     error::Error,

@@ -16,7 +16,7 @@ use clerk_sync_api::v1::{
 use futures::{StreamExt, stream};
 use tonic::{Code, Streaming};
 
-use crate::helpers::{Backend, TestApp, TestDb, user};
+use crate::helpers::{Backend, TestApp, TestDatabase, TestDb, user};
 
 crate::on_both_backends!(
     watch_sends_a_snapshot_then_each_change_as_it_commits,
@@ -338,8 +338,10 @@ async fn watch_from_now_and_from_a_position(backend: Backend) {
     app.stop().await;
 }
 
-async fn list_changes_pages_in_order_and_keeps_one_entry_per_user(backend: Backend) {
-    let db = TestDb::new(backend).await;
+pub(crate) async fn list_changes_pages_in_order_and_keeps_one_entry_per_user(
+    db: impl TestDatabase,
+) {
+    let db = db.open().await;
     let app = TestApp::spawn(&db.url).await;
     for version in 1..=4 {
         for u in 0..5 {

@@ -27,6 +27,29 @@ pub(crate) use scrape::Scrape;
 pub(crate) use tcp_proxy::TcpProxy;
 pub(crate) use test_db::{Backend, TestDb};
 
+/// Where a test's database comes from: a fresh one on a backend (every
+/// test run by `on_both_backends!`), or one a test prepared first (the
+/// upgrade test's databases of earlier releases).
+pub(crate) trait TestDatabase {
+    /// The database, for as long as the test needs it.
+    type Db: std::ops::Deref<Target = TestDb>;
+    async fn open(self) -> Self::Db;
+}
+
+impl TestDatabase for Backend {
+    type Db = Box<TestDb>;
+    async fn open(self) -> Box<TestDb> {
+        Box::new(TestDb::new(self).await)
+    }
+}
+
+impl<'a> TestDatabase for &'a TestDb {
+    type Db = &'a TestDb;
+    async fn open(self) -> &'a TestDb {
+        self
+    }
+}
+
 /// A running sync-service and clients for it.
 pub(crate) struct TestApp {
     pub(crate) address: std::net::SocketAddr,

@@ -1,7 +1,8 @@
 //! Integration tests of the sync-service: the real server on 127.0.0.1:0 over
 //! a fresh SQLite file or PostgreSQL database, driven by the generated clients
 //! (and, in `grpcurl`, by the real grpcurl binary through reflection), with
-//! its metrics endpoint scraped in `metrics`.
+//! its metrics endpoint scraped in `metrics`. `upgrade` starts it on databases
+//! left by every earlier release.
 //!
 //! PostgreSQL tests use `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database per test.
@@ -26,3 +27,4 @@ mod queries;
 mod read_cache;
 mod security;
 mod semantics;
+mod upgrade;

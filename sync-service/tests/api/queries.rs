@@ -3,7 +3,7 @@
 use clerk_sync_api::v1::{BatchGetUsersRequest, FindUserByEmailRequest, ListUsersRequest};
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, TestDb, email, ts, user};
+use crate::helpers::{Backend, TestApp, TestDatabase, TestDb, email, ts, user};
 
 crate::on_both_backends!(
     batch_get_keeps_request_order_and_reports_missing_ids,
@@ -37,8 +37,8 @@ async fn batch_get_keeps_request_order_and_reports_missing_ids(backend: Backend)
     assert_eq!(response.missing_ids, ["user_nope", "user_c"]);
 }
 
-async fn find_by_email_matches_any_address_case_insensitively(backend: Backend) {
-    let db = TestDb::new(backend).await;
+pub(crate) async fn find_by_email_matches_any_address_case_insensitively(db: impl TestDatabase) {
+    let db = db.open().await;
     let app = TestApp::spawn(&db.url).await;
     app.created("msg_1", user("user_1", 100)).await;
     let find = |email: &str| {

@@ -4,7 +4,7 @@
 use clerk_sync_api::v1::Outcome;
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, TestDb, ts, user};
+use crate::helpers::{Backend, TestApp, TestDatabase, TestDb, ts, user};
 
 crate::on_both_backends!(
     created_user_is_served_with_every_field,
@@ -45,8 +45,8 @@ async fn created_user_is_served_with_every_field(backend: Backend) {
     assert_eq!(app.get("user_1").await.unwrap(), sent);
 }
 
-async fn duplicate_event_ids_change_nothing(backend: Backend) {
-    let db = TestDb::new(backend).await;
+pub(crate) async fn duplicate_event_ids_change_nothing(db: impl TestDatabase) {
+    let db = db.open().await;
     let app = TestApp::spawn(&db.url).await;
     assert_eq!(
         app.created("msg_1", user("user_1", 100)).await,
@@ -70,8 +70,8 @@ async fn duplicate_event_ids_change_nothing(backend: Backend) {
     assert_eq!(app.get("user_1").await.unwrap(), user("user_1", 100));
 }
 
-async fn older_and_equal_versions_are_stale(backend: Backend) {
-    let db = TestDb::new(backend).await;
+pub(crate) async fn older_and_equal_versions_are_stale(db: impl TestDatabase) {
+    let db = db.open().await;
     let app = TestApp::spawn(&db.url).await;
     assert_eq!(
         app.updated("msg_new", user("user_1", 200)).await,
@@ -110,8 +110,8 @@ async fn update_before_create_creates_the_user(backend: Backend) {
     assert_eq!(app.get("user_1").await.unwrap(), user("user_1", 200));
 }
 
-async fn deletes_are_final_and_erase_personal_data(backend: Backend) {
-    let db = TestDb::new(backend).await;
+pub(crate) async fn deletes_are_final_and_erase_personal_data(db: impl TestDatabase) {
+    let db = db.open().await;
     let app = TestApp::spawn(&db.url).await;
     app.created("msg_1", user("user_1", 100)).await;
 
