@@ -26,7 +26,7 @@
 //! that ran it keep what it did then. Once a migration has shipped, its file
 //! and every file it includes are frozen, and a change to the schema, to a
 //! function or to a view is a new migration. A function's versions are files
-//! of their own (`apply_batch_v1.sql`, `apply_batch_v3.sql`, …): the
+//! of their own (`apply_batch_v1.sql`, `apply_batch_v3.sql`, `apply_batch_v4.sql`, …): the
 //! migration that introduced a version keeps including it, and the next
 //! version's migration installs its file with `CREATE OR REPLACE` and, going
 //! down, re-installs the version before. (Version 2 of
@@ -45,11 +45,12 @@ mod m20261128_100002_create_quarantine;
 mod m20261128_200001_create_change_feed;
 mod m20261129_000001_apply_batch_function;
 mod m20261203_000001_apply_batch_function_v3;
+mod m20261203_000002_apply_batch_function_v4;
 
 /// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
 /// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
 /// installs, and what the sync-service's batches call.
-pub const APPLY_BATCH_FUNCTION: &str = include_str!("apply_batch_v3.sql");
+pub const APPLY_BATCH_FUNCTION: &str = include_str!("apply_batch_v4.sql");
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -66,6 +67,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_200001_create_change_feed::Migration),
             Box::new(m20261129_000001_apply_batch_function::Migration),
             Box::new(m20261203_000001_apply_batch_function_v3::Migration),
+            Box::new(m20261203_000002_apply_batch_function_v4::Migration),
         ]
     }
 }

@@ -254,18 +254,31 @@ async fn apply_on_postgres(
             row: user_row(&events[i].change),
         })
         .collect();
-    let profiles = batch
+    // Every candidate upsert's index rows, each with its event: the function
+    // indexes the winners' only.
+    #[derive(serde::Serialize)]
+    struct IndexRow<'e> {
+        event_id: &'e str,
+        #[serde(flatten)]
+        row: user_email_addresses::Model,
+    }
+    let emails: Vec<_> = batch
         .candidates
         .iter()
         .filter_map(|&i| match &events[i].change {
-            Change::Upsert(profile) => Some(&**profile),
+            Change::Upsert(profile) => Some((events[i].id.as_str(), &**profile)),
             Change::Delete { .. } => None,
-        });
-    let emails: Vec<_> = Batch::index_rows(profiles)
-        .into_iter()
-        .map(|(user_id, email_lower)| user_email_addresses::Model {
-            email_lower,
-            user_id: user_id.to_owned(),
+        })
+        .flat_map(|(event_id, profile)| {
+            Batch::index_rows(std::iter::once(profile)).into_iter().map(
+                move |(user_id, email_lower)| IndexRow {
+                    event_id,
+                    row: user_email_addresses::Model {
+                        email_lower,
+                        user_id: user_id.to_owned(),
+                    },
+                },
+            )
         })
         .collect();
     let call = Statement::from_sql_and_values(

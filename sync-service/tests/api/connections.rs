@@ -85,13 +85,18 @@ async fn silent_and_preface_only_connections_are_closed_at_the_handshake_timeout
     let last = closed.iter().max().unwrap().duration_since(started);
     assert!(last < Duration::from_secs(4), "last closed after {last:?}");
     let first = closed.iter().min().unwrap().duration_since(started);
-    assert!(first >= Duration::from_millis(900), "first closed after {first:?}");
+    assert!(
+        first >= Duration::from_millis(900),
+        "first closed after {first:?}"
+    );
 
     // Real clients were never in the way.
     let status = app
         .directory
         .clone()
-        .get_user(GetUserRequest { id: "user_x".into() })
+        .get_user(GetUserRequest {
+            id: "user_x".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -122,7 +127,9 @@ async fn connections_past_the_cap_are_closed_at_once_and_counted() {
     let status = app
         .directory
         .clone()
-        .get_user(GetUserRequest { id: "user_x".into() })
+        .get_user(GetUserRequest {
+            id: "user_x".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -136,7 +143,9 @@ async fn connections_past_the_cap_are_closed_at_once_and_counted() {
     let mut directory =
         clerk_sync_api::v1::user_directory_service_client::UserDirectoryServiceClient::new(fresh);
     let status = directory
-        .get_user(GetUserRequest { id: "user_x".into() })
+        .get_user(GetUserRequest {
+            id: "user_x".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -175,7 +184,9 @@ async fn idle_connections_close_but_a_change_feed_stream_is_never_idle() {
     let status = app
         .directory
         .clone()
-        .get_user(GetUserRequest { id: "user_x".into() })
+        .get_user(GetUserRequest {
+            id: "user_x".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -187,7 +198,10 @@ async fn server_settings(address: SocketAddr) -> Vec<(u16, u32)> {
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.write_all(PREFACE).await.unwrap();
     // An empty SETTINGS frame of our own.
-    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    stream
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
     loop {
         let mut header = [0u8; 9];
         stream.read_exact(&mut header).await.unwrap();
@@ -330,7 +344,9 @@ async fn a_tls_port_closes_sockets_that_never_start_the_handshake() {
     let status = app
         .directory
         .clone()
-        .get_user(GetUserRequest { id: "user_x".into() })
+        .get_user(GetUserRequest {
+            id: "user_x".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
