@@ -38,7 +38,8 @@ pub struct StackConfig {
     pub sync_service_listen: SocketAddr,
 
     /// Database URL (default: a SQLite file under ./data, created on first start).
-    #[arg(long, env = "DATABASE_URL", default_value = clerk_sync_service::config::DEFAULT_DATABASE_URL)]
+    // Its value may hold a password: `--help` names the variable only.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = clerk_sync_service::config::DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Svix signing secret(s) (`whsec_…`). When unset, a fresh secret is

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, builder::BoolishValueParser};
 use clerk_sync_common::{
     runtime::{LogFormat, MetricsListen, parse_metrics_listen},
-    settings::SecretParser,
+    settings::{MAX_SETTING_SECS, SecretParser},
 };
 
 use crate::{
@@ -18,6 +18,10 @@ use crate::{
 /// Default of `--grpc-max-message-bytes`: 16 MiB, several times the gateway's
 /// default body limit (protobuf may be larger than the JSON it came from).
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// PostgreSQL's largest `statement_timeout` / `lock_timeout` (an `int` of
+/// milliseconds, about 24.8 days).
+const MAX_POSTGRES_TIMEOUT_MS: u64 = i32::MAX as u64;
 
 /// Default database: a SQLite file under ./data, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/clerk-sync.db?mode=rwc";
@@ -32,7 +36,8 @@ pub struct Config {
     pub command: Option<Command>,
 
     /// Database URL: `sqlite://PATH?mode=rwc` or `postgres://USER@HOST/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    // Its value may hold a password: `--help` names the variable only.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
 
     /// Address the gRPC server listens on.
@@ -50,7 +55,7 @@ pub struct Config {
     pub database_max_connections: u32,
 
     /// Milliseconds to wait for a database connection (and for SQLite's lock).
-    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), global = true)]
     pub database_timeout_ms: u64,
 
     /// Most events committed in one transaction (group commit).
@@ -73,7 +78,7 @@ pub struct Config {
     pub user_cache_capacity: u64,
 
     /// Milliseconds between database checks behind the gRPC health status.
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000), global = true)]
     pub health_check_interval_ms: u64,
 
     /// Milliseconds between checks of the change log for commits made through
@@ -87,16 +92,17 @@ pub struct Config {
         long,
         env = "FEED_DELETION_RETENTION_SECS",
         default_value_t = 2_592_000,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SETTING_SECS),
         global = true
     )]
     pub feed_deletion_retention_secs: u64,
 
     /// PostgreSQL statement_timeout of every connection, in milliseconds.
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=MAX_POSTGRES_TIMEOUT_MS), global = true)]
     pub database_statement_timeout_ms: u64,
 
     /// PostgreSQL lock_timeout of every connection, in milliseconds.
-    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=MAX_POSTGRES_TIMEOUT_MS), global = true)]
     pub database_lock_timeout_ms: u64,
 
     /// Largest gRPC message received or sent, in bytes (keep it above the
@@ -162,6 +168,7 @@ pub struct Config {
         long,
         env = "SHUTDOWN_TIMEOUT_SECS",
         default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=86_400),
         global = true
     )]
     pub shutdown_timeout_secs: u64,

@@ -323,3 +323,17 @@ fn bad_log_format_or_metrics_address_stops_the_stack_with_one_line_naming_it() {
         assert!(errors[0].contains(setting), "{setting}={value}: {stderr}");
     }
 }
+
+#[test]
+fn help_names_the_database_url_variable_but_never_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = stack_command(dir.path())
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://app:hunter2@db.internal/clerk")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{help}");
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}

@@ -29,7 +29,7 @@ type Case = (
 fn bad_settings_stop_start_up_with_one_line_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // (arguments, environment, the setting the error must name)
-    let cases: [Case; 23] = [
+    let cases: [Case; 27] = [
         (&["--listen", "not-an-address"], &[], "--listen"),
         (
             &["--feed-poll-interval-ms", "0"],
@@ -41,6 +41,23 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
             &[("FEED_DELETION_RETENTION_SECS", "a month")],
             "--feed-deletion-retention-secs",
         ),
+        // Durations that would overflow a clock are refused, not wrapped.
+        (
+            &[],
+            &[("FEED_DELETION_RETENTION_SECS", "18446744073709551615")],
+            "--feed-deletion-retention-secs",
+        ),
+        (
+            &["--database-statement-timeout-ms", "2147483648"],
+            &[],
+            "--database-statement-timeout-ms",
+        ),
+        (
+            &[],
+            &[("SYNC_SERVICE_IDLE_TIMEOUT_SECS", "18446744073709551615")],
+            "--idle-timeout-secs",
+        ),
+        (&["--http2-max-streams", "0"], &[], "--http2-max-streams"),
         (
             &["--grpc-max-message-bytes", "10"],
             &[],
@@ -319,4 +336,17 @@ fn a_metrics_address_in_use_stops_start_up_with_one_line_naming_it() {
         error_lines[0].contains("SYNC_SERVICE_METRICS_LISTEN_ADDR"),
         "{stderr}"
     );
+}
+
+#[test]
+fn help_names_the_database_url_variable_but_never_its_value() {
+    let output = service()
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://app:hunter2@db.internal/clerk")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{help}");
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
 }
