@@ -264,11 +264,24 @@ fn authorize<B>(tokens: Option<&Tokens>, request: &Request<B>) -> Result<Caller,
 /// The token of an `authorization: Bearer <token>` header (scheme
 /// case-insensitive), if there is one.
 fn bearer_token<B>(request: &Request<B>) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    bearer(
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?,
+    )
+}
+
+/// Names the token an authenticated caller presented (its SHA-256 digest,
+/// never the token), for what is limited per token; `None` without one.
+pub(crate) fn token_key(metadata: &tonic::metadata::MetadataMap) -> Option<[u8; 32]> {
+    let token = bearer(metadata.get("authorization")?.to_str().ok()?)?;
+    Some(Sha256::digest(token.as_bytes()).into())
+}
+
+/// The token of a `Bearer <token>` header value.
+fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

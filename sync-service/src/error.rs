@@ -36,6 +36,11 @@ pub enum Error {
     /// Too many events are waiting to be applied: shed, worth retrying.
     #[error("too many events in flight; retry later")]
     Overloaded,
+    /// The caller holds or asks for more than the server gives one caller (too
+    /// many change-feed watchers, a watcher that does not read); the message
+    /// says what to do.
+    #[error("{0}")]
+    Exhausted(String),
     /// Any other database failure.
     #[error("database error")]
     Database(#[source] DbErr),
@@ -141,6 +146,7 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } | Error::Refused(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Exhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::ShuttingDown | Error::Overloaded => Code::Unavailable,
             Error::Database(_) | Error::Corrupt(_) => Code::Internal,
         };

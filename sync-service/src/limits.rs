@@ -119,6 +119,47 @@ pub struct Limits {
         global = true
     )]
     pub request_timeout: Duration,
+
+    /// Most change-feed watchers (WatchUsers streams) on this server.
+    #[arg(
+        long = "max-watchers", value_name = "N",
+        env = "SYNC_SERVICE_MAX_WATCHERS",
+        default_value_t = 1024,
+        value_parser = parse_count,
+        global = true
+    )]
+    pub max_watchers: usize,
+
+    /// Most change-feed watchers one token may hold.
+    #[arg(
+        long = "max-watchers-per-token", value_name = "N",
+        env = "SYNC_SERVICE_MAX_WATCHERS_PER_TOKEN",
+        default_value_t = 64,
+        value_parser = parse_count,
+        global = true
+    )]
+    pub max_watchers_per_token: usize,
+
+    /// Bytes of messages a watcher may have waiting for its client.
+    #[arg(
+        long = "watch-buffer-bytes", value_name = "BYTES",
+        env = "SYNC_SERVICE_WATCH_BUFFER_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u32).range(4096..=1_073_741_824),
+        global = true
+    )]
+    pub watch_buffer_bytes: u32,
+
+    /// Seconds a watcher's client may leave its buffer full before the
+    /// stream is ended (RESOURCE_EXHAUSTED, naming where to resume).
+    #[arg(
+        long = "watch-stall-timeout-secs", value_name = "SECS",
+        env = "SYNC_SERVICE_WATCH_STALL_TIMEOUT_SECS",
+        default_value = "30",
+        value_parser = parse_positive_secs,
+        global = true
+    )]
+    pub watch_stall_timeout: Duration,
 }
 
 impl Limits {
@@ -462,6 +503,10 @@ mod tests {
             http2_keepalive_timeout: Duration::from_secs(10),
             http2_max_streams: 128,
             request_timeout: Duration::from_secs(30),
+            max_watchers: 1024,
+            max_watchers_per_token: 64,
+            watch_buffer_bytes: 1024 * 1024,
+            watch_stall_timeout: Duration::from_secs(30),
         }
     }
 

@@ -115,6 +115,7 @@ struct Metrics {
     user_cache: Family<CacheLabels, Counter>,
     grpc_connections: Gauge,
     grpc_connections_refused: Counter,
+    watchers: Gauge,
 }
 
 /// Latency buckets, 0.25 ms to ~8 s.
@@ -193,6 +194,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Connections closed as soon as accepted: SYNC_SERVICE_MAX_CONNECTIONS were open",
         grpc_connections_refused.clone(),
     );
+    let watchers = Gauge::default();
+    registry.register(
+        "change_feed_watchers",
+        "Open WatchUsers streams on this server",
+        watchers.clone(),
+    );
     registry.register(
         "build",
         "The running sync-service's version",
@@ -213,6 +220,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         user_cache,
         grpc_connections,
         grpc_connections_refused,
+        watchers,
     }
 });
 
@@ -284,6 +292,13 @@ pub fn connection_opened(opened: bool) {
     } else {
         METRICS.grpc_connections.dec();
     }
+}
+
+/// Sets how many change-feed watchers are open on this server.
+pub fn set_watchers(count: usize) {
+    METRICS
+        .watchers
+        .set(i64::try_from(count).unwrap_or(i64::MAX));
 }
 
 /// Counts a connection refused because `max_connections` were open.

@@ -15,7 +15,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     auth::AuthLayer,
     config::Config,
-    grpc::{directory::DirectoryService, quarantine::QuarantineService, sync::SyncService},
+    grpc::{
+        directory::DirectoryService, feed::Watchers, quarantine::QuarantineService,
+        sync::SyncService,
+    },
     ingest::Ingestor,
     limits::{self, CallTrackingLayer},
     metrics,
@@ -119,12 +122,16 @@ pub async fn serve(
         store: store.clone(),
     };
     let prune_task = tokio::spawn(prune_ledger(store.clone(), config.ledger_retention()));
-    let directory = DirectoryService { store, stopping };
+    let limits = std::sync::Arc::new(config.limits.clone());
+    let directory = DirectoryService {
+        store,
+        stopping,
+        watchers: Watchers::new(std::sync::Arc::clone(&limits)),
+    };
     // Explicit message limits on every service. The write services take
     // whole profiles and quarantined bodies (up to the gateway's body limit);
     // every other request is a few ids or a name. Answers may be large.
     let max_message = config.max_message_bytes();
-    let limits = std::sync::Arc::new(config.limits.clone());
 
     tracing::info!(
         address = %listener.local_addr()?,

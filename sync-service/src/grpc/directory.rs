@@ -29,6 +29,8 @@ pub(crate) struct DirectoryService {
     pub(crate) store: Store,
     /// Turns true when the server shuts down: ends WatchUsers streams.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// The open WatchUsers streams, against their limits.
+    pub(crate) watchers: std::sync::Arc<feed::Watchers>,
 }
 
 #[tonic::async_trait]
@@ -107,8 +109,19 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         request: Request<WatchUsersRequest>,
     ) -> Result<Response<Self::WatchUsersStream>, Status> {
         let private = Caller::of(&request).is_authenticated();
-        let stream =
-            feed::watch_users(&self.store, &self.stopping, request.into_inner(), private).await?;
+        // Counted per token only once the token is known to be valid.
+        let token = private
+            .then(|| crate::auth::token_key(request.metadata()))
+            .flatten();
+        let stream = feed::watch_users(
+            &self.store,
+            &self.stopping,
+            &self.watchers,
+            token,
+            request.into_inner(),
+            private,
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 

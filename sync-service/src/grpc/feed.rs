@@ -3,21 +3,35 @@
 //! (the same log, a page at a time). They parse, delegate to the store's
 //! change log ([`Store::changes_after`]) and translate; waking on commits is
 //! the store's signal.
+//!
+//! A watcher costs the server memory for as long as its client lets it, so
+//! watchers are bounded ([`Watchers`], settings in `limits.rs`): so many per
+//! server and per token; each holds at most `watch_buffer_bytes` of
+//! messages its client has not taken (counted in encoded bytes, not in
+//! messages: one snapshot page can be megabytes); and a client that leaves
+//! that buffer full for `watch_stall_timeout` has its stream ended with
+//! `RESOURCE_EXHAUSTED` naming the position to resume after.
 
-use std::pin::Pin;
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use clerk_sync_api::v1::{
     self, CaughtUp, ListChangesRequest, ListChangesResponse, UserChange, UserDeletion,
     WatchUsersRequest, WatchUsersResponse, watch_users_request::Start,
     watch_users_response::Event as WatchEvent,
 };
-use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use prost::Message as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_stream::{Stream, StreamExt as _, wrappers::UnboundedReceiverStream};
 use tonic::Status;
 
 use crate::{
     domain::timestamp_from_millis,
     error::Error,
+    limits::Limits,
     store::{FeedChange, FeedEntry, Position, Store},
 };
 
@@ -27,8 +41,6 @@ pub(crate) const DEFAULT_CHANGES_PAGE: u32 = 100;
 pub(crate) const MAX_CHANGES_PAGE: u32 = 1000;
 /// Entries a watcher reads from the log at a time.
 const WATCH_PAGE: u32 = 500;
-/// Messages buffered per watcher: a slow client paces its own reads.
-const WATCH_BUFFER: usize = 256;
 
 /// The stream `WatchUsers` answers with.
 pub(crate) type WatchStream =
@@ -57,16 +69,103 @@ fn parse_start(request: WatchUsersRequest) -> Result<StartAt, Error> {
     }
 }
 
-/// Starts a `WatchUsers` stream. The request is checked (and the starting
-/// position found) before answering, so a bad one fails the call itself.
-/// `private`: whether the caller may see private metadata.
+/// The watchers of one server, counted against its limits.
+#[derive(Debug)]
+pub(crate) struct Watchers {
+    limits: Arc<Limits>,
+    held: Mutex<Held>,
+}
+
+/// Watchers open now, in all and by token (the digest of each token).
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_token: HashMap<[u8; 32], usize>,
+}
+
+impl Watchers {
+    pub(crate) fn new(limits: Arc<Limits>) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            held: Mutex::new(Held::default()),
+        })
+    }
+
+    /// A place for one more watcher of `token`'s (`None`: a server without
+    /// tokens, counted in the total only), or why there is none.
+    fn admit(self: &Arc<Self>, token: Option<[u8; 32]>) -> Result<WatcherSlot, Error> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.total >= self.limits.max_watchers {
+            return Err(Error::Exhausted(format!(
+                "this server has its most change-feed watchers ({}, SYNC_SERVICE_MAX_WATCHERS); \
+                 retry later or on another replica",
+                self.limits.max_watchers
+            )));
+        }
+        if let Some(token) = token {
+            let mine = held.by_token.entry(token).or_default();
+            if *mine >= self.limits.max_watchers_per_token {
+                return Err(Error::Exhausted(format!(
+                    "this token has its most change-feed watchers ({}, \
+                     SYNC_SERVICE_MAX_WATCHERS_PER_TOKEN); end one first",
+                    self.limits.max_watchers_per_token
+                )));
+            }
+            *mine += 1;
+        }
+        held.total += 1;
+        crate::metrics::set_watchers(held.total);
+        Ok(WatcherSlot {
+            watchers: Arc::clone(self),
+            token,
+        })
+    }
+}
+
+/// One admitted watcher; gives its place back when dropped (with its stream).
+#[derive(Debug)]
+struct WatcherSlot {
+    watchers: Arc<Watchers>,
+    token: Option<[u8; 32]>,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut held = self.watchers.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= 1;
+        if let Some(token) = &self.token
+            && let Some(mine) = held.by_token.get_mut(token)
+        {
+            *mine -= 1;
+            if *mine == 0 {
+                held.by_token.remove(token);
+            }
+        }
+        crate::metrics::set_watchers(held.total);
+    }
+}
+
+/// A message on its way to the client, holding its share of the watcher's
+/// buffer until the stream hands it to the connection.
+struct Queued {
+    message: Result<WatchUsersResponse, Status>,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Starts a `WatchUsers` stream for the caller holding `token`. The request
+/// is checked (and the starting position found) before answering, so a bad
+/// one fails the call itself. `private`: whether the caller may see private
+/// metadata.
 pub(crate) async fn watch_users(
     store: &Store,
     stopping: &watch::Receiver<bool>,
+    watchers: &Arc<Watchers>,
+    token: Option<[u8; 32]>,
     request: WatchUsersRequest,
     private: bool,
 ) -> Result<WatchStream, Error> {
     let start = parse_start(request)?;
+    let slot = watchers.admit(token)?;
     // Subscribed before the first read: a commit after it rings this.
     let wake = store.subscribe_changes();
     let (after, hide_deletions_through) = match start {
@@ -78,10 +177,14 @@ pub(crate) async fn watch_users(
         StartAt::Now => (store.feed_head().await?, 0),
         StartAt::Snapshot => (0, store.feed_head().await?),
     };
-    let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let limits = &watchers.limits;
     let watcher = Watcher {
         store: store.clone(),
         sender,
+        buffer: Arc::new(Semaphore::new(limits.watch_buffer_bytes as usize)),
+        buffer_bytes: limits.watch_buffer_bytes,
+        stall_timeout: limits.watch_stall_timeout,
         wake,
         stopping: stopping.clone(),
         after,
@@ -89,13 +192,26 @@ pub(crate) async fn watch_users(
         private,
     };
     tokio::spawn(watcher.run());
-    Ok(Box::pin(ReceiverStream::new(receiver)))
+    // The slot lives as long as the stream: what the stream still holds
+    // counts against the limits until the client (or the server) ends it.
+    let stream = UnboundedReceiverStream::new(receiver).map(move |queued: Queued| {
+        let _slot = &slot;
+        queued.message
+    });
+    Ok(Box::pin(stream))
 }
 
 /// One `WatchUsers` stream's reading loop.
 struct Watcher {
     store: Store,
-    sender: mpsc::Sender<Result<WatchUsersResponse, Status>>,
+    sender: mpsc::UnboundedSender<Queued>,
+    /// The watcher's buffer, in bytes of encoded messages not yet taken by
+    /// the client's stream.
+    buffer: Arc<Semaphore>,
+    /// Its size.
+    buffer_bytes: u32,
+    /// How long a full buffer may wait for the client.
+    stall_timeout: std::time::Duration,
     /// Rings when the log may have grown.
     wake: watch::Receiver<u64>,
     /// Turns true when the server shuts down.
@@ -111,8 +227,12 @@ struct Watcher {
 impl Watcher {
     async fn run(mut self) {
         if let Err(status) = self.follow().await {
-            // The client may be gone already; nothing else to tell.
-            let _ = self.sender.send(Err(status)).await;
+            // The client may be gone already; nothing else to tell. The last
+            // word needs no room in the buffer.
+            let _ = self.sender.send(Queued {
+                message: Err(status),
+                _bytes: None,
+            });
         }
     }
 
@@ -129,9 +249,12 @@ impl Watcher {
                 .changes_after(self.after, WATCH_PAGE, self.hide_deletions_through)
                 .await?;
             for entry in page.entries {
-                if !self.send(watch_message(entry, self.private)).await {
+                let position = entry.position;
+                if !self.send(watch_message(entry, self.private)).await? {
                     return Ok(());
                 }
+                // Sent: a stream ended from here on resumes after it.
+                self.after = position;
             }
             self.after = page.next_after;
             if page.has_more {
@@ -143,7 +266,7 @@ impl Watcher {
                     position: self.after,
                     event: Some(WatchEvent::CaughtUp(CaughtUp {})),
                 };
-                if !self.send(marker).await {
+                if !self.send(marker).await? {
                     return Ok(());
                 }
             }
@@ -161,13 +284,37 @@ impl Watcher {
         }
     }
 
-    /// Sends one message; false once the client has gone.
-    async fn send(&self, message: WatchUsersResponse) -> bool {
-        tokio::select! {
-            sent = self.sender.send(Ok(message)) => sent.is_ok(),
+    /// Queues one message once the buffer has room for it; false once the
+    /// client has gone, an error once it has left the buffer full too long.
+    async fn send(&self, message: WatchUsersResponse) -> Result<bool, Status> {
+        // A message larger than the whole buffer waits for all of it.
+        let bytes = u32::try_from(message.encoded_len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.buffer_bytes);
+        let room = Arc::clone(&self.buffer).acquire_many_owned(bytes);
+        let permit = tokio::select! {
+            permit = tokio::time::timeout(self.stall_timeout, room) => match permit {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_closed)) => return Ok(false),
+                Err(_stalled) => {
+                    return Err(Status::resource_exhausted(format!(
+                        "this watcher did not read for {} s with {} bytes waiting for it; \
+                         resume with after_position {}",
+                        self.stall_timeout.as_secs(),
+                        self.buffer_bytes,
+                        self.after
+                    )));
+                }
+            },
+            () = self.sender.closed() => return Ok(false),
             // A stalled client must not hold the server's shutdown.
-            _ = wait_stopping(self.stopping.clone()) => false,
-        }
+            _ = wait_stopping(self.stopping.clone()) => return Ok(false),
+        };
+        let queued = Queued {
+            message: Ok(message),
+            _bytes: Some(permit),
+        };
+        Ok(self.sender.send(queued).is_ok())
     }
 }
 
