@@ -1,21 +1,23 @@
-//! The gateway's settings: command-line flags with environment fallbacks and
-//! defaults that work on a developer machine.
+//! The gateway's command line: flags with environment fallbacks and defaults
+//! that work on a developer machine, assembled from the settings of the
+//! modules that use them ([`SyncServiceSettings`], [`Limits`],
+//! [`BackfillArgs`], [`QuarantineCommand`]) plus the server's own.
 //!
-//! Values are parsed into their final types here, so a bad one stops start-up
+//! Values are parsed into their final types, so a bad one stops start-up
 //! with one line naming the setting instead of failing on the first request.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use clerk_sync_common::{
     runtime::{LogFormat, MetricsListen, parse_metrics_listen},
-    settings::{BearerToken, SecretParser},
+    settings::SecretParser,
 };
 use http::Uri;
 
 use crate::{
-    clerk_api::SecretKey, limits::Limits, quarantine::cli::QuarantineCommand,
-    verify::WebhookSecrets,
+    backfill::BackfillArgs, limits::Limits, quarantine::cli::QuarantineCommand,
+    sync_service::SyncServiceSettings, verify::WebhookSecrets,
 };
 
 /// Settings of the gateway.
@@ -124,99 +126,6 @@ pub enum Command {
     Backfill(BackfillArgs),
 }
 
-/// How to reach the sync-service: the addresses, the token, TLS and the
-/// deadlines. Shared by everything in this crate that applies events.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SyncServiceSettings {
-    /// Address(es) of the sync-service gRPC server, comma-separated; several are
-    /// load-balanced. `https://` speaks TLS (see --sync-service-ca).
-    #[arg(
-        long = "sync-service-url", value_name = "URL",
-        env = "SYNC_SERVICE_URL",
-        default_value = "http://127.0.0.1:50051",
-        value_delimiter = ',',
-        value_parser = parse_sync_service_url,
-        global = true
-    )]
-    pub urls: Vec<Uri>,
-
-    /// Bearer token sent on every call: one of the sync-service's write
-    /// tokens. Prefer the environment variable.
-    #[arg(
-        long = "sync-service-token", value_name = "TOKEN",
-        env = "SYNC_SERVICE_TOKEN",
-        hide_env_values = true,
-        value_parser = SecretParser::new("--sync-service-token (SYNC_SERVICE_TOKEN)", BearerToken::parse),
-        global = true
-    )]
-    pub token: Option<BearerToken>,
-
-    /// CA certificate(s) (PEM) to trust for `https://` sync-service URLs,
-    /// for a private CA; the system's roots are trusted otherwise.
-    #[arg(
-        long = "sync-service-ca",
-        value_name = "PEM",
-        env = "SYNC_SERVICE_CA",
-        global = true
-    )]
-    pub ca: Option<PathBuf>,
-
-    /// Client certificate (PEM) to present to the sync-service (mutual TLS).
-    #[arg(
-        long = "sync-service-client-cert",
-        value_name = "PEM",
-        env = "SYNC_SERVICE_CLIENT_CERT",
-        global = true
-    )]
-    pub client_cert: Option<PathBuf>,
-
-    /// Private key (PEM) of --sync-service-client-cert.
-    #[arg(
-        long = "sync-service-client-key",
-        value_name = "PEM",
-        env = "SYNC_SERVICE_CLIENT_KEY",
-        global = true
-    )]
-    pub client_key: Option<PathBuf>,
-
-    /// Deadline of each call to the sync-service, in milliseconds; past it the
-    /// webhook is answered 503 and Svix retries.
-    #[arg(
-        long = "upstream-timeout-ms", value_name = "MS",
-        env = "SYNC_SERVICE_TIMEOUT_MS",
-        default_value = "5000",
-        value_parser = parse_positive_millis,
-        global = true
-    )]
-    pub timeout: Duration,
-
-    /// Time allowed to open a connection to the sync-service, in milliseconds.
-    #[arg(
-        long = "connect-timeout-ms", value_name = "MS",
-        env = "SYNC_SERVICE_CONNECT_TIMEOUT_MS",
-        default_value = "1000",
-        value_parser = parse_positive_millis,
-        global = true
-    )]
-    pub connect_timeout: Duration,
-}
-
-impl SyncServiceSettings {
-    /// Plain-text addresses and every other default, for tests and
-    /// in-process launchers.
-    pub fn new(urls: Vec<Uri>) -> Self {
-        Self {
-            urls,
-            token: None,
-            ca: None,
-            client_cert: None,
-            client_key: None,
-            timeout: Duration::from_millis(5000),
-            connect_timeout: Duration::from_millis(1000),
-        }
-    }
-}
-
 impl Config {
     /// Default of `--body-limit`: 1 MiB, far above any Clerk user event.
     pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -236,90 +145,6 @@ impl Config {
             log_format: LogFormat::Text,
             limits: Limits::default(),
         }
-    }
-}
-
-/// Settings of `clerk-sync-gateway backfill` (the sync-service address and
-/// timeouts are the server's).
-#[derive(Debug, Clone, Args)]
-pub struct BackfillArgs {
-    /// Clerk secret key (`sk_live_…` or `sk_test_…`) of the instance to copy.
-    /// Prefer the environment variable: command lines are visible to other
-    /// users of the machine.
-    #[arg(
-        long = "clerk-secret-key", value_name = "KEY",
-        env = "CLERK_SECRET_KEY",
-        hide_env_values = true,
-        value_parser = SecretParser::new("--clerk-secret-key (CLERK_SECRET_KEY)", SecretKey::parse)
-    )]
-    pub clerk_secret_key: SecretKey,
-
-    /// Base URL of Clerk's Backend API.
-    #[arg(
-        long = "clerk-api-url", value_name = "URL",
-        env = "CLERK_API_URL",
-        default_value = "https://api.clerk.com",
-        value_parser = parse_clerk_api_url
-    )]
-    pub clerk_api_url: Uri,
-
-    /// Also tombstone local users that Clerk no longer lists (only after a
-    /// complete listing, and only users whose last change is older than it).
-    #[arg(long, env = "BACKFILL_RECONCILE")]
-    pub reconcile: bool,
-
-    /// Report what would change; write nothing.
-    #[arg(long, env = "BACKFILL_DRY_RUN")]
-    pub dry_run: bool,
-
-    /// Start the listing at this offset: the one an interrupted run printed.
-    /// A listing that does not start at 0 is incomplete: no reconcile.
-    #[arg(
-        long,
-        value_name = "OFFSET",
-        env = "BACKFILL_RESUME_FROM",
-        default_value_t = 0
-    )]
-    pub resume_from: u64,
-
-    /// Users per page requested from Clerk (Clerk allows at most 500).
-    #[arg(long, value_name = "N", env = "BACKFILL_PAGE_SIZE", default_value_t = 500,
-        value_parser = clap::value_parser!(u32).range(1..=500))]
-    pub page_size: u32,
-
-    /// Retries of a failing request (Clerk 5xx or network error, sync-service
-    /// unavailable) before the run stops; waits double from 250 ms.
-    #[arg(long, value_name = "N", env = "BACKFILL_MAX_RETRIES", default_value_t = 5,
-        value_parser = clap::value_parser!(u32).range(0..=20))]
-    pub max_retries: u32,
-
-    /// Users applied concurrently.
-    #[arg(long, value_name = "N", env = "BACKFILL_CONCURRENCY", default_value_t = 16,
-        value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub concurrency: u32,
-}
-
-fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text
-        .trim()
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|e| format!("not a URL ({e}); expected https://host"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) if uri.path().is_empty() || uri.path() == "/" => Ok(uri),
-        (Some("http" | "https"), Some(_)) => Err("expected a base URL without a path".to_owned()),
-        _ => Err("expected https://host".to_owned()),
-    }
-}
-
-fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("not a URL ({e}); expected http://host:port"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err("expected http://host:port or https://host:port".to_owned()),
     }
 }
 
@@ -345,16 +170,10 @@ fn parse_positive_bytes(text: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_positive_millis(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 ms".to_owned()),
-        Ok(ms) => Ok(Duration::from_millis(ms)),
-        Err(_) => Err("expected a whole number of milliseconds".to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use clerk_sync_common::settings::BearerToken;
+
     use super::*;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

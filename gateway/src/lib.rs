@@ -12,20 +12,22 @@
 //! - [`verify`]: Svix / Standard Webhooks v1 signature verification (pure).
 //! - [`pipeline`]: after verification: parse, map, check, forward.
 //! - [`clerk`]: Clerk event JSON → typed values → sync messages.
-//! - [`upstream`]: the long-lived gRPC channel to the sync-service.
+//! - [`upstream`]: forwarding events to the sync-service, and readiness.
 //! - [`quarantine`]: verified deliveries no retry can fix, kept by the
 //!   sync-service; and the operator's `quarantine` command.
+//! - [`sync_service`]: the one channel to the sync-service (addresses, TLS,
+//!   token, deadline) and its settings; every command's clients come from it.
 //! - [`error`]: the one error type and its one mapping to HTTP responses.
 //! - [`metrics`]: the Prometheus registry and the functions that record.
-//! - [`config`]: flags and environment variables.
+//! - [`config`]: the command line, assembled from each module's settings.
 //!
 //! And the `backfill` command, which fills the directory from Clerk itself:
-//! - [`backfill`]: list Clerk's users, apply them like webhooks, reconcile.
-//! - [`clerk_api`]: the Backend API client (paging, throttling, retries).
+//! - [`backfill`]: list Clerk's users, apply them like webhooks, reconcile;
+//!   its [`backfill::clerk_api`] is the Backend API client (paging,
+//!   throttling, retries).
 
 pub mod backfill;
 pub mod clerk;
-pub mod clerk_api;
 pub mod config;
 pub mod error;
 pub mod limits;
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod quarantine;
 pub mod server;
+pub mod sync_service;
 pub mod upstream;
 pub mod verify;
 

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     init_tracing(config.log_format);
 
     if let Some(Command::Backfill(args)) = &config.command {
-        return match backfill::run(&config, args, shutdown_signal()).await {
+        return match backfill::run(&config.sync_service, args, shutdown_signal()).await {
             Ok(summary) => {
                 println!("backfill done: {summary}");
                 ExitCode::SUCCESS
@@ -30,7 +30,14 @@ async fn main() -> ExitCode {
         };
     }
     if let Some(Command::Quarantine { action }) = config.command.take() {
-        return match quarantine::cli::run(&config, action, &mut std::io::stdout()).await {
+        return match quarantine::cli::run(
+            &config.sync_service,
+            config.limits.max_message_bytes,
+            action,
+            &mut std::io::stdout(),
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {}", clerk_sync_gateway::error::chain(&error));

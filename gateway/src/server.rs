@@ -35,6 +35,7 @@ use crate::{
     limits::{Activity, Caps, Limits, Watchdog, Watched, shed},
     metrics, pipeline,
     quarantine::Quarantine,
+    sync_service::SyncService,
     upstream::Upstream,
     verify::{Delivery, Verifier},
 };
@@ -48,7 +49,7 @@ pub const WEBHOOK_PATH: &str = "/clerk";
 pub struct App {
     /// Checks signatures and timestamps.
     verifier: Verifier,
-    /// The sync-service channel.
+    /// Forwards events and checks readiness.
     upstream: Upstream,
     /// Largest accepted body, in bytes.
     body_limit: usize,
@@ -69,12 +70,12 @@ impl App {
             reason: "required to serve webhooks (expected whsec_<base64>)".to_owned(),
         })?;
         config.limits.check(config.body_limit)?;
-        let upstream = Upstream::new(&config.sync_service)?;
+        let sync_service = SyncService::new(&config.sync_service)?;
         Ok(Self {
             verifier: Verifier::new(secrets, config.timestamp_tolerance),
-            upstream: upstream.clone(),
+            upstream: Upstream::new(&sync_service),
             body_limit: config.body_limit,
-            quarantine: Quarantine::new(&upstream, config.limits.max_message_bytes),
+            quarantine: Quarantine::new(&sync_service, config.limits.max_message_bytes),
             limits: Arc::new(config.limits.clone()),
             caps: Caps::new(&config.limits),
         })

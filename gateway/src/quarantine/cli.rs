@@ -9,7 +9,12 @@ use clap::Subcommand;
 use clerk_sync_api::v1::QuarantinedEvent;
 
 use super::Quarantine;
-use crate::{Config, Error, pipeline, upstream::Upstream, verify::Delivery};
+use crate::{
+    Error, pipeline,
+    sync_service::{SyncService, SyncServiceSettings},
+    upstream::Upstream,
+    verify::Delivery,
+};
 
 /// What `clerk-sync-gateway quarantine` does.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -42,17 +47,20 @@ pub enum QuarantineCommand {
     },
 }
 
-/// Runs `command` against the sync-service of `config` (its addresses, TLS
-/// and token), writing the
-/// operator's report to `out`. Fails when a call fails or a retried delivery
-/// is still refused (it stays quarantined, with the new reason).
+/// Runs `command` against the sync-service `settings` name, writing the
+/// operator's report to `out`. `max_message_bytes` is the server's
+/// (`--max-message-bytes`): a quarantined body and a retried event must fit.
+/// Fails when a call fails or a retried delivery is still refused (it stays
+/// quarantined, with the new reason).
 pub async fn run(
-    config: &Config,
+    settings: &SyncServiceSettings,
+    max_message_bytes: usize,
     command: QuarantineCommand,
     out: &mut (dyn Write + Send),
 ) -> Result<(), Error> {
-    let upstream = Upstream::new(&config.sync_service)?;
-    let quarantine = Quarantine::new(&upstream, config.limits.max_message_bytes);
+    let service = SyncService::new(settings)?;
+    let upstream = Upstream::new(&service);
+    let quarantine = Quarantine::new(&service, max_message_bytes);
     let write_error = |error: std::io::Error| Error::Io(error);
     match command {
         QuarantineCommand::List { limit } => {
@@ -82,7 +90,7 @@ pub async fn run(
             };
             let mut still_refused = 0;
             for id in ids {
-                match retry(&quarantine, &upstream, config, &id).await {
+                match retry(&quarantine, &upstream, max_message_bytes, &id).await {
                     Ok(outcome) => {
                         writeln!(out, "{id}: {outcome}; dropped from the quarantine")
                             .map_err(write_error)?;
@@ -123,7 +131,7 @@ async fn list(quarantine: &Quarantine, limit: usize) -> Result<Vec<QuarantinedEv
 async fn retry(
     quarantine: &Quarantine,
     upstream: &Upstream,
-    config: &Config,
+    max_message_bytes: usize,
     event_id: &str,
 ) -> Result<&'static str, Error> {
     let event = quarantine.get(event_id).await?;
@@ -133,7 +141,7 @@ async fn retry(
     };
     let forwarded = pipeline::forward(
         upstream,
-        config.limits.max_message_bytes,
+        max_message_bytes,
         &event.body,
         &delivery,
         &mut None,

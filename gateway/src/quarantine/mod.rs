@@ -14,25 +14,24 @@ use clerk_sync_api::v1::{
 use prost_types::Timestamp;
 use tonic::transport::Channel;
 
-use crate::{Error, upstream::Upstream, verify::Delivery};
+use crate::{Error, sync_service::SyncService, verify::Delivery};
 
-/// Client of the sync-service's `QuarantineService`, on the [`Upstream`]'s
+/// Client of the sync-service's `QuarantineService`, on the [`SyncService`]
 /// channel and with its token.
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     client: QuarantineServiceClient<Channel>,
-    upstream: Upstream,
+    /// The channel, its token and its deadline.
+    service: SyncService,
 }
 
 impl Quarantine {
-    /// A client sharing `upstream`'s channel, with explicit message limits: a
+    /// A client on `service`'s channel, with explicit message limits: a
     /// quarantined body up to the gateway's body limit must fit.
-    pub fn new(upstream: &Upstream, max_message_bytes: usize) -> Self {
+    pub fn new(service: &SyncService, max_message_bytes: usize) -> Self {
         Self {
-            client: QuarantineServiceClient::new(upstream.channel())
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
-            upstream: upstream.clone(),
+            client: service.quarantine_client(max_message_bytes),
+            service: service.clone(),
         }
     }
 
@@ -59,7 +58,7 @@ impl Quarantine {
             .deadline(
                 self.client
                     .clone()
-                    .quarantine(self.upstream.authorized(request)),
+                    .quarantine(self.service.request(request)),
             )
             .await?;
         response
@@ -80,7 +79,7 @@ impl Quarantine {
         self.deadline(
             self.client
                 .clone()
-                .list_quarantined(self.upstream.authorized(request)),
+                .list_quarantined(self.service.request(request)),
         )
         .await
     }
@@ -93,7 +92,7 @@ impl Quarantine {
         self.deadline(
             self.client
                 .clone()
-                .get_quarantined(self.upstream.authorized(request)),
+                .get_quarantined(self.service.request(request)),
         )
         .await?
         .event
@@ -108,7 +107,7 @@ impl Quarantine {
         self.deadline(
             self.client
                 .clone()
-                .drop_quarantined(self.upstream.authorized(request)),
+                .drop_quarantined(self.service.request(request)),
         )
         .await
         .map(drop)
@@ -118,10 +117,6 @@ impl Quarantine {
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.upstream.timeout(), call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(Error::Quarantine(status)),
-            Err(_elapsed) => Err(Error::UpstreamTimeout),
-        }
+        self.service.deadline(call, Error::Quarantine).await
     }
 }

@@ -26,12 +26,47 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use prost_types::Timestamp;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use crate::fake_sync::FakeSync;
 
 /// The signing secret the test gateway is configured with.
 pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The fixture most tests deliver.
+pub(crate) const USER_CREATED: &str = "user.created.json";
+
+/// A protobuf timestamp.
+pub(crate) fn ts(seconds: i64, millis: i32) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds,
+        nanos: millis * 1_000_000,
+    })
+}
+
+/// `headers` without `name`.
+pub(crate) fn without(
+    headers: &[(&'static str, String)],
+    name: &str,
+) -> Vec<(&'static str, String)> {
+    headers
+        .iter()
+        .filter(|(n, _)| *n != name)
+        .cloned()
+        .collect()
+}
+
+/// `headers` with `name` set to `value` (only).
+pub(crate) fn replaced(
+    headers: &[(&'static str, String)],
+    name: &'static str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
+    let mut headers = without(headers, name);
+    headers.push((name, value.to_owned()));
+    headers
+}
 
 /// A running gateway and the fake sync-service behind it.
 pub(crate) struct TestApp {
@@ -144,6 +179,25 @@ impl TestApp {
         let body = body.into();
         let headers = signed_headers(SECRET, msg_id, now(), &body);
         self.post_clerk(&headers, body).await
+    }
+
+    /// Delivers `body` like [`deliver`](Self::deliver), but in the background
+    /// and on a connection of its own, for tests that hold the call or stop
+    /// the gateway meanwhile; the task ends with the answered status.
+    pub(crate) fn deliver_in_background(
+        &self,
+        msg_id: &str,
+        body: impl Into<Bytes>,
+    ) -> JoinHandle<StatusCode> {
+        let body = body.into();
+        let mut request = Request::post(format!("http://{}/clerk", self.addr));
+        for (name, value) in signed_headers(SECRET, msg_id, now(), &body) {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(body)).unwrap();
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        tokio::spawn(async move { client.request(request).await.unwrap().status() })
     }
 
     /// Scrapes the gateway's metrics endpoint.

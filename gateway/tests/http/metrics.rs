@@ -14,10 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::{
-    USER_CREATED,
     fake_sync::FakeSync,
-    helpers::{SECRET, TestApp, fixture, now, signed_headers},
-    without,
+    helpers::{SECRET, TestApp, USER_CREATED, fixture, now, signed_headers, without},
 };
 
 const WEBHOOKS: &str = "clerk_sync_gateway_webhooks_total";
@@ -127,27 +125,6 @@ async fn every_answered_webhook_is_counted_by_type_status_and_failure_reason() {
     assert!(!after.text.contains("user_29w"), "{}", after.text);
 }
 
-/// Delivers a signed `user.created` on a connection of its own, in the
-/// background; the task ends with the answered status.
-fn post_in_background(app: &TestApp, msg_id: &str) -> tokio::task::JoinHandle<StatusCode> {
-    let body = fixture(USER_CREATED);
-    let headers = signed_headers(SECRET, msg_id, now(), &body);
-    let addr = app.addr;
-    tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let mut request = http::Request::post(format!("http://{addr}/clerk"));
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap();
-        client.request(request).await.unwrap().status()
-    })
-}
-
 #[tokio::test]
 async fn in_flight_requests_rise_while_held_and_fall_when_answered() {
     let app = TestApp::spawn().await;
@@ -155,7 +132,7 @@ async fn in_flight_requests_rise_while_held_and_fall_when_answered() {
     let before = app.scrape().await;
 
     let requests: Vec<_> = (0..3)
-        .map(|index| post_in_background(&app, &format!("msg_held_{index}")))
+        .map(|index| app.deliver_in_background(&format!("msg_held_{index}"), fixture(USER_CREATED)))
         .collect();
     for _ in 0..3 {
         arrived.recv().await.expect("a held call arrived");
@@ -183,7 +160,7 @@ async fn webhooks_shed_past_the_in_flight_cap_are_counted() {
     .await;
     let (mut arrived, release) = app.upstream.hold_calls();
     let before = app.scrape().await;
-    let held = post_in_background(&app, "msg_held");
+    let held = app.deliver_in_background("msg_held", fixture(USER_CREATED));
     arrived
         .recv()
         .await

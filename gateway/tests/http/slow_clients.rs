@@ -234,22 +234,7 @@ async fn webhooks_past_the_in_flight_cap_are_answered_503_at_once() {
     })
     .await;
     let (mut arrived, release) = app.upstream.hold_calls();
-    let addr = app.addr;
-    let held = tokio::spawn(async move {
-        let body = fixture("user.created.json");
-        let headers = signed_headers(SECRET, "msg_held", now(), &body);
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let mut request = http::Request::post(format!("http://{addr}/clerk"));
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap();
-        client.request(request).await.unwrap().status()
-    });
+    let held = app.deliver_in_background("msg_held", fixture("user.created.json"));
     arrived
         .recv()
         .await

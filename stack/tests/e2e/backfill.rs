@@ -59,7 +59,7 @@ async fn run_backfill(config: &Config) -> Result<Summary, BackfillError> {
     let Some(Command::Backfill(args)) = &config.command else {
         panic!("not a backfill command line");
     };
-    backfill::run(config, args, pending()).await
+    backfill::run(&config.sync_service, args, pending()).await
 }
 
 /// Delivers `user` as a signed `user.updated` webhook.

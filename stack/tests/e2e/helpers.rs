@@ -68,7 +68,7 @@ pub(crate) struct Stack {
     sync: Option<Running<anyhow::Result<()>>>,
     gateway_address: SocketAddr,
     gateway: Option<Running<Result<(), clerk_sync_gateway::Error>>>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: HttpClient,
     pub(crate) directory: UserDirectoryServiceClient<Channel>,
     /// Where the gateway's metrics are served.
     pub(crate) gateway_metrics: SocketAddr,
@@ -153,7 +153,7 @@ impl Stack {
             sync,
             gateway_address,
             gateway: Some(Running { stop, task }),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: http_client(),
             directory: UserDirectoryServiceClient::new(channel.clone()),
             quarantine: QuarantineServiceClient::new(channel),
             gateway_metrics,
@@ -230,35 +230,20 @@ impl Stack {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Answer {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.gateway_address));
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let response = self
-            .http
-            .request(request.body(Full::new(body)).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            body: String::from_utf8(body.to_vec()).unwrap(),
-        }
+        send(
+            &self.http,
+            self.gateway_address,
+            method,
+            path,
+            headers,
+            body,
+        )
+        .await
     }
 
     /// Delivers `body` as Svix does: signed now with [`SECRET`], as JSON.
     pub(crate) async fn deliver(&self, msg_id: &str, body: &[u8]) -> Answer {
-        let headers = signed_headers(SECRET, msg_id, now(), body);
-        self.request(
-            Method::POST,
-            "/clerk",
-            &headers,
-            Bytes::copy_from_slice(body),
-        )
-        .await
+        deliver_to(&self.http, self.gateway_address, msg_id, body).await
     }
 
     /// `message` with the read token, in a secured stack.
@@ -413,4 +398,59 @@ fn spawn_sync(
         .await
     });
     Running { stop, task }
+}
+
+/// A plain-HTTP client for talking to gateways.
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A new [`HttpClient`].
+pub(crate) fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request to the gateway at `gateway` (`host:port`).
+pub(crate) async fn send(
+    http: &HttpClient,
+    gateway: impl std::fmt::Display,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{gateway}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = http
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// Delivers `body` to the gateway at `gateway` as Svix does: signed now with
+/// [`SECRET`], as JSON. The one way every test posts a signed webhook.
+pub(crate) async fn deliver_to(
+    http: &HttpClient,
+    gateway: impl std::fmt::Display,
+    msg_id: &str,
+    body: &[u8],
+) -> Answer {
+    let headers = signed_headers(SECRET, msg_id, now(), body);
+    send(
+        http,
+        gateway,
+        Method::POST,
+        "/clerk",
+        &headers,
+        Bytes::copy_from_slice(body),
+    )
+    .await
 }

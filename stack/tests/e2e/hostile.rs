@@ -359,7 +359,13 @@ async fn quarantined_events_are_listed_retried_and_dropped(backend: Backend) {
         let config = config.clone();
         async move {
             let mut out = Vec::new();
-            let result = cli::run(&config, command, &mut out).await;
+            let result = cli::run(
+                &config.sync_service,
+                config.limits.max_message_bytes,
+                command,
+                &mut out,
+            )
+            .await;
             (result, String::from_utf8(out).unwrap())
         }
     };

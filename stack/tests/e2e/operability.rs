@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     USER,
-    helpers::{Backend, SECRET, Stack, fixture, now, scrape, signed_headers},
+    helpers::{
+        Backend, SECRET, Stack, deliver_to, fixture, http_client, now, scrape, signed_headers,
+    },
 };
 
 crate::on_both_backends!(both_services_count_deliveries_exactly);
@@ -187,24 +189,6 @@ impl StackProcess {
         }
     }
 
-    /// Sends one raw HTTP/1.1 request to the gateway; returns the status.
-    async fn post(&self, path: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        let mut stream = tokio::net::TcpStream::connect(self.gateway).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
     async fn wait_until_ready(&self) {
         for _ in 0..200 {
             let mut stream = tokio::net::TcpStream::connect(self.gateway).await.unwrap();
@@ -267,8 +251,8 @@ async fn json_logs_follow_one_delivery_from_request_to_commit() {
     assert!(sync_metrics.text.contains("clerk_sync_service_build_info"));
 
     let body = fixture("user.created.json");
-    let headers = signed_headers(SECRET, "msg_logged", now(), &body);
-    assert_eq!(stack.post("/clerk", &headers, &body).await, 200);
+    let answer = deliver_to(&http_client(), stack.gateway, "msg_logged", &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     let logs = stack.stop();
 
     let lines: Vec<Value> = logs

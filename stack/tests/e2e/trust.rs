@@ -159,7 +159,7 @@ fn banner_address(banner: &str, marker: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_wires_a_token_between_its_halves_when_reads_need_one() {
-    use crate::helpers::{SECRET, now, signed_headers};
+    use crate::helpers::{SECRET, deliver_to, http_client};
     use clerk_sync_api::v1::{
         GetUserRequest, user_directory_service_client::UserDirectoryServiceClient,
     };
@@ -174,17 +174,8 @@ async fn the_stack_wires_a_token_between_its_halves_when_reads_need_one() {
 
     // The gateway half is let in with a token nobody configured.
     let body = fixture("user.created.json");
-    let mut request = http::Request::post(format!("http://{gateway}/clerk"));
-    for (name, value) in signed_headers(SECRET, "msg_stack", now(), &body) {
-        request = request.header(name, value);
-    }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let response = client
-        .request(request.body(body.into()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let answer = deliver_to(&http_client(), &gateway, "msg_stack", &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
 
     // Readers need the configured token.
     let mut directory = UserDirectoryServiceClient::connect(format!("http://{sync}"))

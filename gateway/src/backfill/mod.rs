@@ -1,5 +1,7 @@
 //! `clerk-sync-gateway backfill`: fills the directory from Clerk's Backend
 //! API and, with `--reconcile`, tombstones local users Clerk no longer lists.
+//! Its settings are [`BackfillArgs`]; Clerk's API is spoken by [`clerk_api`];
+//! the sync-service is reached through the server's [`SyncService`] channel.
 //!
 //! Every listed user goes through the webhook path: mapped by [`crate::clerk`]
 //! exactly like a `user.updated` payload (an update for an unknown user
@@ -20,35 +22,37 @@
 //! older than the listing's start minus [`RECONCILE_MARGIN`] (clock skew): a
 //! sign-up during the listing is not a deletion.
 
+pub mod clerk_api;
+
 use std::{
     collections::HashSet,
     io::IsTerminal as _,
     time::{Duration, Instant},
 };
 
+use clap::Args;
 use clerk_sync_api::v1::{
     BatchGetUsersRequest, EventMeta, ListUsersRequest, Outcome, UserDeleted,
     user_directory_service_client::UserDirectoryServiceClient,
 };
-use clerk_sync_common::time::{millis_from_timestamp, now_millis, timestamp_from_millis};
+use clerk_sync_common::{
+    settings::SecretParser,
+    time::{millis_from_timestamp, now_millis, timestamp_from_millis},
+};
 use futures::{StreamExt as _, stream};
+use http::Uri;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::value::RawValue;
-use tonic::{
-    Code, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, transport::Channel};
 
 use crate::{
-    Config, Error,
+    Error,
     clerk::{ClerkEvent, ClerkUser, Envelope, UserEvent},
-    clerk_api::{ClerkApi, ClerkApiError, backoff},
-    config::{BackfillArgs, SyncServiceSettings},
-    upstream::{Upstream, client_tls},
+    sync_service::{SyncService, SyncServiceSettings},
+    upstream::Upstream,
     verify::Delivery,
 };
+use clerk_api::{ClerkApi, ClerkApiError, SecretKey, backoff};
 
 /// Users each page request re-reads from the end of the previous page.
 pub const OVERLAP: u64 = 20;
@@ -56,6 +60,82 @@ pub const OVERLAP: u64 = 20;
 pub const RECONCILE_MARGIN: Duration = Duration::from_secs(300);
 /// Ids per BatchGetUsers call (the API's maximum).
 const BATCH_GET: usize = 100;
+/// Shortest deadline of a directory call: a page of 1,000 users takes more
+/// than one event.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of `clerk-sync-gateway backfill` (the sync-service address and
+/// timeouts are the server's).
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Clerk secret key (`sk_live_…` or `sk_test_…`) of the instance to copy.
+    /// Prefer the environment variable: command lines are visible to other
+    /// users of the machine.
+    #[arg(
+        long = "clerk-secret-key", value_name = "KEY",
+        env = "CLERK_SECRET_KEY",
+        hide_env_values = true,
+        value_parser = SecretParser::new("--clerk-secret-key (CLERK_SECRET_KEY)", SecretKey::parse)
+    )]
+    pub clerk_secret_key: SecretKey,
+
+    /// Base URL of Clerk's Backend API.
+    #[arg(
+        long = "clerk-api-url", value_name = "URL",
+        env = "CLERK_API_URL",
+        default_value = "https://api.clerk.com",
+        value_parser = parse_clerk_api_url
+    )]
+    pub clerk_api_url: Uri,
+
+    /// Also tombstone local users that Clerk no longer lists (only after a
+    /// complete listing, and only users whose last change is older than it).
+    #[arg(long, env = "BACKFILL_RECONCILE")]
+    pub reconcile: bool,
+
+    /// Report what would change; write nothing.
+    #[arg(long, env = "BACKFILL_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Start the listing at this offset: the one an interrupted run printed.
+    /// A listing that does not start at 0 is incomplete: no reconcile.
+    #[arg(
+        long,
+        value_name = "OFFSET",
+        env = "BACKFILL_RESUME_FROM",
+        default_value_t = 0
+    )]
+    pub resume_from: u64,
+
+    /// Users per page requested from Clerk (Clerk allows at most 500).
+    #[arg(long, value_name = "N", env = "BACKFILL_PAGE_SIZE", default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub page_size: u32,
+
+    /// Retries of a failing request (Clerk 5xx or network error, sync-service
+    /// unavailable) before the run stops; waits double from 250 ms.
+    #[arg(long, value_name = "N", env = "BACKFILL_MAX_RETRIES", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_retries: u32,
+
+    /// Users applied concurrently.
+    #[arg(long, value_name = "N", env = "BACKFILL_CONCURRENCY", default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+}
+
+fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .trim()
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected https://host"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.path().is_empty() || uri.path() == "/" => Ok(uri),
+        (Some("http" | "https"), Some(_)) => Err("expected a base URL without a path".to_owned()),
+        _ => Err("expected https://host".to_owned()),
+    }
+}
 
 /// Why a backfill stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -148,10 +228,10 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Runs a backfill with the gateway's sync-service settings and `args`,
+/// Runs a backfill against the sync-service `settings` name, with `args`,
 /// stopping between pages when `shutdown` completes.
 pub async fn run(
-    config: &Config,
+    settings: &SyncServiceSettings,
     args: &BackfillArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, BackfillError> {
@@ -166,13 +246,13 @@ pub async fn run(
         args.max_retries,
     )
     .map_err(|e| BackfillError::Setup(e.to_string()))?;
-    let upstream =
-        Upstream::new(&config.sync_service).map_err(|e| BackfillError::Setup(e.to_string()))?;
-    let directory = directory_client(&config.sync_service)?;
+    let service = SyncService::new(settings).map_err(|e| BackfillError::Setup(e.to_string()))?;
+    let directory = service.with_timeout(service.timeout().max(DIRECTORY_TIMEOUT));
     let mut run = Backfill {
         api,
-        upstream,
-        directory,
+        upstream: Upstream::new(&service),
+        directory: directory.directory_client(),
+        directory_service: directory,
         args: args.clone(),
         seen: HashSet::new(),
         summary: Summary {
@@ -207,7 +287,9 @@ struct Backfill {
     api: ClerkApi,
     upstream: Upstream,
     /// Reads the directory for reconcile and dry runs.
-    directory: DirectoryClient,
+    directory: UserDirectoryServiceClient<Channel>,
+    /// The channel `directory` uses, with the directory's longer deadline.
+    directory_service: SyncService,
     args: BackfillArgs,
     /// Ids of every user listed so far.
     seen: HashSet<String>,
@@ -362,15 +444,15 @@ impl Backfill {
     ) -> Result<(), BackfillError> {
         for chunk in users.chunks(BATCH_GET) {
             let ids = chunk.iter().map(|u| u.user_id.clone()).collect();
+            let request = self.directory_service.request(BatchGetUsersRequest { ids });
             let local = self
-                .directory
-                .batch_get_users(BatchGetUsersRequest { ids })
+                .directory_service
+                .deadline(self.directory.batch_get_users(request), Error::Upstream)
                 .await
-                .map_err(|status| BackfillError::SyncService {
-                    source: Error::Upstream(status),
+                .map_err(|source| BackfillError::SyncService {
+                    source,
                     resume_from,
                 })?
-                .into_inner()
                 .users;
             for user in chunk {
                 let stored = local
@@ -400,16 +482,16 @@ impl Backfill {
         let mut missing = Vec::new();
         let mut page_token = String::new();
         loop {
+            let request = self.directory_service.request(ListUsersRequest {
+                page_size: 1000,
+                page_token,
+                ..ListUsersRequest::default()
+            });
             let page = self
-                .directory
-                .list_users(ListUsersRequest {
-                    page_size: 1000,
-                    page_token,
-                    ..ListUsersRequest::default()
-                })
+                .directory_service
+                .deadline(self.directory.list_users(request), Error::Upstream)
                 .await
-                .map_err(|status| BackfillError::Reconcile(Error::Upstream(status)))?
-                .into_inner();
+                .map_err(BackfillError::Reconcile)?;
             missing.extend(
                 page.users
                     .into_iter()
@@ -527,71 +609,6 @@ fn map_user(raw: &RawValue) -> Result<Mapped, Error> {
         event_id,
         event,
     })
-}
-
-/// The directory client reconcile and dry runs read with.
-type DirectoryClient = UserDirectoryServiceClient<InterceptedService<Channel, BearerAuth>>;
-
-/// A directory client over the same addresses, TLS, token and deadlines as
-/// [`Upstream`] (which only applies events).
-fn directory_client(settings: &SyncServiceSettings) -> Result<DirectoryClient, BackfillError> {
-    let setup = |error: Error| BackfillError::Setup(error.to_string());
-    let tls = client_tls(settings).map_err(setup)?;
-    let endpoints = settings
-        .urls
-        .iter()
-        .map(|url| {
-            let endpoint = Endpoint::from(url.clone())
-                .connect_timeout(settings.connect_timeout)
-                // Pages of 1,000 users: more than one event's deadline.
-                .timeout(settings.timeout.max(Duration::from_secs(30)));
-            match (&tls, url.scheme_str()) {
-                (Some(tls), Some("https")) => endpoint.tls_config(tls.clone()),
-                _ => Ok(endpoint),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BackfillError::Setup(format!("sync-service TLS settings: {e}")))?;
-    let channel = match endpoints.as_slice() {
-        [] => {
-            return Err(BackfillError::Setup(
-                "SYNC_SERVICE_URL: no address given".to_owned(),
-            ));
-        }
-        [endpoint] => endpoint.connect_lazy(),
-        _ => Channel::balance_list(endpoints.into_iter()),
-    };
-    let authorization = settings
-        .token
-        .as_ref()
-        .map(|token| {
-            let mut value =
-                MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
-                    BackfillError::Setup("SYNC_SERVICE_TOKEN cannot travel in a header".to_owned())
-                })?;
-            value.set_sensitive(true);
-            Ok::<_, BackfillError>(value)
-        })
-        .transpose()?;
-    Ok(UserDirectoryServiceClient::with_interceptor(
-        channel,
-        BearerAuth(authorization),
-    ))
-}
-
-/// Adds the sync-service token to every directory call.
-#[derive(Clone)]
-struct BearerAuth(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
 }
 
 /// A progress bar on a terminal; log lines otherwise.
