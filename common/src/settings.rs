@@ -60,6 +60,31 @@ pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a whole number of seconds, 0 included, at most
+/// [`MAX_SETTING_SECS`].
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) if secs > MAX_SETTING_SECS => Err(format!(
+            "must be at most {MAX_SETTING_SECS} seconds (ten years)"
+        )),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => Err("expected a whole number of seconds".to_owned()),
+    }
+}
+
+/// Parses a whole, positive number of milliseconds, at most
+/// [`MAX_SETTING_SECS`] worth.
+pub fn parse_positive_millis(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 ms".to_owned()),
+        Ok(ms) if ms / 1000 > MAX_SETTING_SECS => Err(format!(
+            "must be at most {MAX_SETTING_SECS} seconds (ten years)"
+        )),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => Err("expected a whole number of milliseconds".to_owned()),
+    }
+}
+
 /// Parses a positive count (connections, streams, requests).
 pub fn parse_count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -138,6 +163,12 @@ mod tests {
         assert_eq!(parse_positive_secs(" 30 "), Ok(Duration::from_secs(30)));
         for bad in ["0", "-1", "soon", "1.5", "18446744073709551615"] {
             assert!(parse_positive_secs(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
+        assert!(parse_secs("18446744073709551615").is_err());
+        assert_eq!(parse_positive_millis("250"), Ok(Duration::from_millis(250)));
+        for bad in ["0", "x", "18446744073709551615"] {
+            assert!(parse_positive_millis(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_count("64"), Ok(64));
         for bad in ["0", "-3", "many"] {

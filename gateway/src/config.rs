@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Parser, Subcommand};
 use clerk_sync_common::{
     runtime::{LogFormat, MetricsListen, parse_metrics_listen},
-    settings::SecretParser,
+    settings::{SecretParser, parse_secs},
 };
 use http::Uri;
 
@@ -155,13 +155,6 @@ fn parse_webhook_secrets(text: &str) -> Result<WebhookSecrets, String> {
     })
 }
 
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| "expected a whole number of seconds".to_owned())
-}
-
 fn parse_positive_bytes(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1 byte".to_owned()),
@@ -214,6 +207,14 @@ mod tests {
             (
                 &["--timestamp-tolerance-secs", "5m"],
                 "--timestamp-tolerance-secs",
+            ),
+            (
+                &["--timestamp-tolerance-secs", "18446744073709551615"],
+                "--timestamp-tolerance-secs",
+            ),
+            (
+                &["--upstream-timeout-ms", "18446744073709551615"],
+                "--upstream-timeout-ms",
             ),
             (
                 &["--sync-service-url", "localhost:50051"],

@@ -29,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use clerk_sync_common::settings::{parse_count, parse_positive_secs};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
@@ -170,22 +171,6 @@ impl Default for Limits {
             max_in_flight: 512,
             max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
         }
-    }
-}
-
-fn parse_positive_secs(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 second".to_owned()),
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => Err("expected a whole number of seconds".to_owned()),
-    }
-}
-
-fn parse_count(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("expected a whole number".to_owned()),
     }
 }
 

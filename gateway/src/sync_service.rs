@@ -23,7 +23,7 @@ use clerk_sync_api::v1::{
     user_directory_service_client::UserDirectoryServiceClient,
     user_sync_service_client::UserSyncServiceClient,
 };
-use clerk_sync_common::settings::{BearerToken, SecretParser};
+use clerk_sync_common::settings::{BearerToken, SecretParser, parse_positive_millis};
 use http::Uri;
 use tonic::{
     Request, Response, Status,
@@ -344,14 +344,6 @@ fn parse_sync_service_url(text: &str) -> Result<Uri, String> {
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err("expected http://host:port or https://host:port".to_owned()),
-    }
-}
-
-fn parse_positive_millis(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 ms".to_owned()),
-        Ok(ms) => Ok(Duration::from_millis(ms)),
-        Err(_) => Err("expected a whole number of milliseconds".to_owned()),
     }
 }
 

@@ -15,6 +15,7 @@ mod concurrency;
 mod connections;
 mod feed;
 mod feed_grpcurl;
+mod feed_limits;
 mod feed_replicas;
 mod grpcurl;
 mod helpers;
