@@ -11,8 +11,11 @@
 //!   arriving is closed after `idle_timeout`.
 //! - **HTTP/2**: keep-alive pings and a cap on concurrent streams.
 //! - **Caps**: at most `max_connections` open connections (more are answered
-//!   `503` and closed) and `max_in_flight` webhooks being processed (more are
-//!   answered `503` at once); Svix retries both.
+//!   `503` and closed), `max_bodies_per_connection` request bodies arriving
+//!   on one connection, and `max_in_flight` webhooks being processed (more
+//!   are answered `503` at once; Svix retries). A webhook takes its place
+//!   among those processed only once its body has arrived, so bodies that
+//!   never finish cannot hold the places real deliveries need.
 //!
 //! The first three are enforced by a watchdog per connection ([`Watchdog`])
 //! fed by the socket wrapper [`Watched`] (bytes arriving) and the
@@ -117,6 +120,16 @@ pub struct Limits {
     )]
     pub max_in_flight: usize,
 
+    /// Most request bodies being received at once on one connection (HTTP/2
+    /// streams); more are answered 503 at once.
+    #[arg(
+        long = "max-bodies-per-connection", value_name = "N",
+        env = "GATEWAY_MAX_BODIES_PER_CONNECTION",
+        default_value_t = 8,
+        value_parser = parse_count
+    )]
+    pub max_bodies_per_connection: usize,
+
     /// Largest gRPC message sent to or received from the sync-service, in
     /// bytes; must exceed the body limit by 64 KiB (a quarantined body travels
     /// in one message). Keep it at or below the sync-service's
@@ -169,6 +182,7 @@ impl Default for Limits {
             http2_max_streams: 64,
             max_connections: 2048,
             max_in_flight: 512,
+            max_bodies_per_connection: 8,
             max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -235,6 +249,8 @@ pub(crate) struct Activity {
     head_started: AtomicU64,
     /// Requests between head complete and response sent.
     in_flight: AtomicUsize,
+    /// Request bodies being received.
+    bodies: AtomicUsize,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -246,6 +262,20 @@ impl Activity {
             last_active: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            bodies: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place to receive one more request body on this connection, if it
+    /// has fewer than `max` bodies arriving.
+    pub(crate) fn body_started(self: &Arc<Self>, max: usize) -> Option<BodyGuard> {
+        self.bodies
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bodies| {
+                (bodies < max).then_some(bodies + 1)
+            })
+            .ok()?;
+        Some(BodyGuard {
+            activity: Arc::clone(self),
         })
     }
 
@@ -303,6 +333,18 @@ impl Drop for RequestGuard {
         let now = self.activity.now();
         self.activity.last_active.store(now, Ordering::Relaxed);
         self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Held while a request body is being received.
+#[derive(Debug)]
+pub(crate) struct BodyGuard {
+    activity: Arc<Activity>,
+}
+
+impl Drop for BodyGuard {
+    fn drop(&mut self) {
+        self.activity.bodies.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -22,7 +22,10 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Body, service::service_fn};
+use hyper::{
+    body::{Body, Incoming},
+    service::service_fn,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
@@ -132,10 +135,17 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Shed before reading anything: a 503 now beats a queue that grows.
-        let Some(_permit) = self.caps.webhook() else {
-            metrics::record_shed();
-            return Err(Error::Overloaded);
+        // One client cannot hold more than a few bodies in the air at once.
+        let receiving = match request.extensions().get::<Arc<Activity>>() {
+            Some(connection) => Some(
+                connection
+                    .body_started(self.limits.max_bodies_per_connection)
+                    .ok_or_else(|| {
+                        metrics::record_shed();
+                        Error::Overloaded
+                    })?,
+            ),
+            None => None,
         };
         let (parts, body) = request.into_parts();
         // The body is bounded in size and time before anything else looks at
@@ -146,7 +156,15 @@ impl App {
         )
         .await
         .map_err(|_| Error::BodyTimeout)??;
+        drop(receiving);
         check_content_type(&parts.headers)?;
+        // A place among the webhooks being processed is taken only now that
+        // the body is here: a client that never finishes its body holds none.
+        // Past the cap, a 503 now beats a queue that grows.
+        let Some(_permit) = self.caps.webhook() else {
+            metrics::record_shed();
+            return Err(Error::Overloaded);
+        };
 
         let span = Span::current();
         // Logged even when verification fails: it is what Svix's dashboard
@@ -262,8 +280,10 @@ pub async fn run(
                 let activity = Activity::new();
                 let app = Arc::clone(&app);
                 let requests = Arc::clone(&activity);
-                let service = service_fn(move |request| {
+                let service = service_fn(move |mut request: Request<Incoming>| {
                     let app = Arc::clone(&app);
+                    // The handler counts this connection's bodies in flight.
+                    request.extensions_mut().insert(Arc::clone(&requests));
                     let guard = requests.request_started();
                     async move {
                         let response = app.handle(request).await;

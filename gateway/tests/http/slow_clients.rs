@@ -250,3 +250,101 @@ async fn webhooks_past_the_in_flight_cap_are_answered_503_at_once() {
     assert_eq!(held.await.unwrap(), StatusCode::OK);
     webhook_is_answered(&app, "msg_after_shed").await;
 }
+
+/// Opens a connection and sends a signed webhook's head with a body that
+/// stops after its first byte.
+async fn stalled_body(app: &TestApp, msg_id: &str) -> TcpStream {
+    let body = fixture("user.created.json");
+    let mut head = String::from("POST /clerk HTTP/1.1\r\nHost: gateway\r\n");
+    for (name, value) in signed_headers(SECRET, msg_id, now(), &body) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..1]).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn stalled_bodies_hold_no_place_among_the_webhooks_in_flight() {
+    let app = TestApp::spawn_with(FakeSync::start().await, |config| {
+        config.limits.max_in_flight = 4;
+        config.limits.body_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for n in 0..20 {
+        stalled.push(stalled_body(&app, &format!("msg_stalled_{n}")).await);
+    }
+    // Let the gateway read every head and start waiting for the bodies.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for n in 0..10 {
+        webhook_is_answered(&app, &format!("msg_real_{n}")).await;
+    }
+    assert_eq!(app.upstream.received().len(), 10, "only the real webhooks");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn one_connection_cannot_hold_more_bodies_than_its_share() {
+    use bytes::Bytes;
+    use futures::StreamExt as _;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let app = TestApp::spawn_with(FakeSync::start().await, |config| {
+        config.limits.max_bodies_per_connection = 4;
+        config.limits.body_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+
+    // Twelve streams whose bodies never finish, on one connection.
+    let body = fixture("user.created.json");
+    let mut calls = Vec::new();
+    for n in 0..12 {
+        let never_ends = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::copy_from_slice(&body[..1]),
+        ))])
+        .chain(futures::stream::pending());
+        let mut request = http::Request::post(format!("http://{}/clerk", app.addr));
+        for (name, value) in signed_headers(SECRET, &format!("msg_h2_{n}"), now(), &body) {
+            request = request.header(name, value);
+        }
+        let request = request.body(StreamBody::new(never_ends)).unwrap();
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
+            sender.send_request(request).await.map(|r| r.status())
+        }));
+    }
+    // Past the connection's share, streams are answered 503 at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused = 0;
+    let mut waiting = 0;
+    for call in &calls {
+        if call.is_finished() {
+            refused += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    assert_eq!((refused, waiting), (8, 4));
+    for call in calls.into_iter().filter(|call| call.is_finished()) {
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    // Other clients are answered meanwhile.
+    webhook_is_answered(&app, "msg_beside_h2").await;
+}
