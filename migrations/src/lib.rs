@@ -12,7 +12,8 @@
 //!   deduplication atomic with the write it guards; indexed by `processed_at`
 //!   so old rows are pruned cheaply.
 //! - `quarantined_events`: verified deliveries that cannot be applied, with
-//!   their raw body, for operators to inspect, retry or drop.
+//!   their raw body and the user they are about, for operators to inspect,
+//!   retry or drop.
 //! - `user_changes` and `feed_head`: the change feed's log (one entry per
 //!   user, at the position of its latest change) and its position counter.
 //!
@@ -46,6 +47,7 @@ mod m20261128_200001_create_change_feed;
 mod m20261129_000001_apply_batch_function;
 mod m20261203_000001_apply_batch_function_v3;
 mod m20261203_000002_apply_batch_function_v4;
+mod m20261203_000003_quarantine_user;
 
 /// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
 /// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
@@ -68,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_apply_batch_function::Migration),
             Box::new(m20261203_000001_apply_batch_function_v3::Migration),
             Box::new(m20261203_000002_apply_batch_function_v4::Migration),
+            Box::new(m20261203_000003_quarantine_user::Migration),
         ]
     }
 }

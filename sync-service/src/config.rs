@@ -120,6 +120,18 @@ pub struct Config {
     #[arg(long, env = "LEDGER_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=36_500), global = true)]
     pub ledger_retention_days: u64,
 
+    /// Days a quarantined delivery is kept after it was last seen; older
+    /// records are dropped in the background (records about a deleted user
+    /// go with the user).
+    #[arg(long, env = "SYNC_QUARANTINE_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650), global = true)]
+    pub quarantine_retention_days: u64,
+
+    /// Most bytes of bodies the quarantine holds; past it, new deliveries are
+    /// refused with RESOURCE_EXHAUSTED (the gateway answers 503 and Svix
+    /// retries) until an operator retries or drops some.
+    #[arg(long, env = "SYNC_QUARANTINE_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1_048_576..), global = true)]
+    pub quarantine_max_bytes: u64,
+
     /// Bearer tokens that may apply events (and read): the gateway's and a
     /// backfill's. Comma- or space-separated, so that a new token can be
     /// added before the old one is removed. Prefer the environment variable:
@@ -284,6 +296,11 @@ impl Config {
     /// How long applied event ids are kept in the ledger.
     pub fn ledger_retention(&self) -> Duration {
         Duration::from_secs(self.ledger_retention_days.saturating_mul(24 * 3600))
+    }
+
+    /// How long a quarantined delivery is kept after it was last seen.
+    pub fn quarantine_retention(&self) -> Duration {
+        Duration::from_secs(self.quarantine_retention_days.saturating_mul(24 * 3600))
     }
 
     /// The gRPC message size limit, in bytes.

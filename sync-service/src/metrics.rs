@@ -111,6 +111,8 @@ struct Metrics {
     grpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     db_pool: Family<PoolLabels, Gauge>,
     quarantined: Family<Unlabelled, Gauge>,
+    quarantined_bytes: Family<Unlabelled, Gauge>,
+    quarantine_max_bytes: Gauge,
     change_feed_head: Family<Unlabelled, Gauge>,
     user_cache: Family<CacheLabels, Counter>,
     grpc_connections: Gauge,
@@ -170,6 +172,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Verified events held in quarantine, sampled every health-check interval",
         quarantined.clone(),
     );
+    let quarantined_bytes = Family::default();
+    registry.register(
+        "quarantined_bytes",
+        "Bytes of the bodies held in quarantine, sampled every health-check interval",
+        quarantined_bytes.clone(),
+    );
+    let quarantine_max_bytes = Gauge::default();
+    registry.register(
+        "quarantine_max_bytes",
+        "The quarantine's size cap (SYNC_QUARANTINE_MAX_BYTES): past it, new deliveries are refused",
+        quarantine_max_bytes.clone(),
+    );
     let change_feed_head = Family::default();
     registry.register(
         "change_feed_head",
@@ -216,6 +230,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         grpc_duration,
         db_pool,
         quarantined,
+        quarantined_bytes,
+        quarantine_max_bytes,
         change_feed_head,
         user_cache,
         grpc_connections,
@@ -269,11 +285,22 @@ pub fn set_db_pool(pool: &'static str, in_use: u32, idle: u32) {
 
 /// Sets how many events sit in quarantine (the database watcher in
 /// `server.rs` counts them every health-check interval).
-pub fn set_quarantined(count: u64) {
+pub fn set_quarantined(count: u64, bytes: u64) {
     METRICS
         .quarantined
         .get_or_create(&Unlabelled)
         .set(i64::try_from(count).unwrap_or(i64::MAX));
+    METRICS
+        .quarantined_bytes
+        .get_or_create(&Unlabelled)
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+/// Sets the quarantine's size cap, once at start-up.
+pub fn set_quarantine_max_bytes(bytes: u64) {
+    METRICS
+        .quarantine_max_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 /// Sets the change feed's head: the position of the newest committed change
@@ -534,7 +561,7 @@ mod tests {
             "{text}"
         );
         set_change_feed_head(42);
-        set_quarantined(3);
+        set_quarantined(3, 300);
         let text = render();
         assert!(
             text.contains("\nclerk_sync_service_change_feed_head 42\n"),

@@ -120,8 +120,15 @@ pub async fn serve(
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let quarantine = QuarantineService {
         store: store.clone(),
+        store_private_metadata: config.store_private_metadata,
+        max_bytes: config.quarantine_max_bytes,
     };
-    let prune_task = tokio::spawn(prune_ledger(store.clone(), config.ledger_retention()));
+    metrics::set_quarantine_max_bytes(config.quarantine_max_bytes);
+    let prune_task = tokio::spawn(prune(
+        store.clone(),
+        config.ledger_retention(),
+        config.quarantine_retention(),
+    ));
     let limits = std::sync::Arc::new(config.limits.clone());
     let directory = DirectoryService {
         store,
@@ -271,8 +278,8 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
 /// Samples what every replica reads alike from the shared database, for the
 /// metrics: the quarantine's size and the change feed's head.
 async fn sample_shared_state(store: &Store, limit: Duration) {
-    match tokio::time::timeout(limit, store.count_quarantined()).await {
-        Ok(Ok(count)) => metrics::set_quarantined(count),
+    match tokio::time::timeout(limit, store.quarantine_size()).await {
+        Ok(Ok((count, bytes))) => metrics::set_quarantined(count, bytes),
         Ok(Err(error)) => tracing::warn!(%error, "cannot count quarantined events"),
         Err(_) => tracing::warn!("counting quarantined events timed out"),
     }
@@ -283,21 +290,33 @@ async fn sample_shared_state(store: &Store, limit: Duration) {
     }
 }
 
-/// How often the ledger is pruned.
+/// How often the ledger and the quarantine are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Ledger rows deleted per statement.
 const PRUNE_BATCH: u64 = 1000;
 
-/// Deletes ledger rows older than `retention`, at start and then hourly.
-/// Failures are logged and retried at the next tick: pruning is housekeeping.
-async fn prune_ledger(store: Store, retention: Duration) {
+/// Deletes ledger rows older than `ledger_retention`, and quarantine records
+/// last seen before `quarantine_retention` or about a deleted user, at start
+/// and then hourly. Failures are logged and retried at the next tick:
+/// pruning is housekeeping.
+async fn prune(store: Store, ledger_retention: Duration, quarantine_retention: Duration) {
     let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         ticker.tick().await;
-        match store.prune_ledger_older_than(retention, PRUNE_BATCH).await {
+        match store
+            .prune_ledger_older_than(ledger_retention, PRUNE_BATCH)
+            .await
+        {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "ledger pruned"),
             Err(error) => tracing::warn!(%error, "ledger pruning failed"),
+        }
+        let before = clerk_sync_common::time::now_millis()
+            - i64::try_from(quarantine_retention.as_millis()).unwrap_or(i64::MAX);
+        match store.prune_quarantine(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "quarantine pruned"),
+            Err(error) => tracing::warn!(%error, "quarantine pruning failed"),
         }
     }
 }

@@ -11,7 +11,7 @@ use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{EventId, Millis, page_size, timestamp_from_millis},
+    domain::{EventId, Millis, UserId, page_size, timestamp_from_millis},
     error::Error,
     store::{NewQuarantined, Quarantined, Store},
 };
@@ -27,6 +27,11 @@ const TOKEN_VERSION: &str = "q1";
 #[derive(Clone, Debug)]
 pub(crate) struct QuarantineService {
     pub(crate) store: Store,
+    /// Whether private metadata is kept: when not, it is not kept in a
+    /// quarantined body either.
+    pub(crate) store_private_metadata: bool,
+    /// The most body bytes the quarantine holds (`SYNC_QUARANTINE_MAX_BYTES`).
+    pub(crate) max_bytes: u64,
 }
 
 #[tonic::async_trait]
@@ -36,7 +41,16 @@ impl v1::quarantine_service_server::QuarantineService for QuarantineService {
         &self,
         request: Request<QuarantineRequest>,
     ) -> Result<Response<QuarantineResponse>, Status> {
-        let delivery = parse_quarantine(request.into_inner())?;
+        let delivery = parse_quarantine(request.into_inner(), self.store_private_metadata)?;
+        let (_, held) = self.store.quarantine_size().await?;
+        if held.saturating_add(delivery.body.len() as u64) > self.max_bytes {
+            return Err(Error::Exhausted(format!(
+                "the quarantine is full ({held} bytes of bodies, SYNC_QUARANTINE_MAX_BYTES {}): \
+                 retry later; an operator must retry or drop quarantined events",
+                self.max_bytes
+            ))
+            .into());
+        }
         let stored = self.store.quarantine(delivery).await?;
         tracing::warn!(
             reason = %stored.reason,
@@ -98,8 +112,12 @@ impl v1::quarantine_service_server::QuarantineService for QuarantineService {
 
 /// Parses a Quarantine request. The type and reason are free text from the
 /// gateway: U+0000 and other control characters are removed (PostgreSQL
-/// refuses U+0000) and they are cut to a bounded length.
-fn parse_quarantine(request: QuarantineRequest) -> Result<NewQuarantined, Error> {
+/// refuses U+0000) and they are cut to a bounded length. The body is kept as
+/// [`kept_body`] says.
+fn parse_quarantine(
+    request: QuarantineRequest,
+    store_private_metadata: bool,
+) -> Result<NewQuarantined, Error> {
     let event_id = EventId::parse(request.event_id, "event_id")?;
     let reason = clean_text(&request.reason, MAX_REASON_LEN);
     if reason.trim().is_empty() {
@@ -108,14 +126,84 @@ fn parse_quarantine(request: QuarantineRequest) -> Result<NewQuarantined, Error>
     let delivered_at = request
         .delivered_at
         .ok_or_else(|| Error::invalid("delivered_at", "is required"))?;
+    let kept = kept_body(request.body, store_private_metadata);
+    let reason = if kept.withheld {
+        clean_text(
+            &format!(
+                "{reason} (body not kept: it could not be read to remove private_metadata, \
+                 which SYNC_STORE_PRIVATE_METADATA does not keep)"
+            ),
+            MAX_REASON_LEN,
+        )
+    } else {
+        reason
+    };
     Ok(NewQuarantined {
         event_id,
         event_type: Some(clean_text(&request.event_type, MAX_EVENT_TYPE_LEN))
             .filter(|event_type| !event_type.is_empty()),
         reason,
-        body: request.body,
+        body: kept.body,
         svix_timestamp: delivered_at.seconds,
+        user_id: kept.user_id,
     })
+}
+
+/// What the quarantine keeps of a body.
+struct KeptBody {
+    body: Vec<u8>,
+    /// The user a `user.*` delivery is about (`data.id`).
+    user_id: Option<UserId>,
+    /// Whether the body was left out because it could not be read.
+    withheld: bool,
+}
+
+/// The body as the quarantine keeps it: without `data.private_metadata`
+/// unless private metadata is stored (it must never reach the database
+/// otherwise, quarantine included), and with the user it is about read out,
+/// so that deleting the user erases the record. A body that cannot be read
+/// as JSON is kept as it came when private metadata is stored or when it
+/// cannot hold any (no `private_metadata` key, no `\u` escape that could
+/// spell one), and not at all otherwise. A body rewritten here is no longer
+/// the signed bytes: `quarantine retry` trusts records as the write-token
+/// holder that stored them.
+fn kept_body(body: Vec<u8>, store_private_metadata: bool) -> KeptBody {
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        let may_hold_some = contains(b"private_metadata") || contains(b"\\u");
+        let withheld = !store_private_metadata && may_hold_some;
+        return KeptBody {
+            body: if withheld { Vec::new() } else { body },
+            user_id: None,
+            withheld,
+        };
+    };
+    let is_user_event = json
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|kind| kind.starts_with("user."));
+    let data = json
+        .get_mut("data")
+        .and_then(serde_json::Value::as_object_mut);
+    let user_id = data
+        .as_ref()
+        .filter(|_| is_user_event)
+        .and_then(|data| data.get("id")?.as_str().map(str::to_owned))
+        .and_then(|id| UserId::parse(id, "data.id").ok());
+    let stripped = match data {
+        Some(data) if !store_private_metadata => data.remove("private_metadata").is_some(),
+        _ => false,
+    };
+    let body = if stripped {
+        serde_json::to_vec(&json).unwrap_or_default()
+    } else {
+        body
+    };
+    KeptBody {
+        body,
+        user_id,
+        withheld: false,
+    }
 }
 
 /// `text` without control characters (newlines and tabs aside), cut to at
@@ -199,7 +287,7 @@ mod tests {
                 nanos: 0,
             }),
         };
-        let parsed = parse_quarantine(request.clone()).unwrap();
+        let parsed = parse_quarantine(request.clone(), true).unwrap();
         assert_eq!(parsed.event_type.as_deref(), Some("user.created"));
         assert_eq!(parsed.svix_timestamp, 5);
         for (broken, field) in [
@@ -225,8 +313,65 @@ mod tests {
                 "delivered_at",
             ),
         ] {
-            let err = parse_quarantine(broken).unwrap_err();
+            let err = parse_quarantine(broken, true).unwrap_err();
             assert!(err.to_string().starts_with(field), "{err}");
         }
+    }
+
+    #[test]
+    fn private_metadata_is_kept_out_of_the_quarantine_unless_it_is_stored() {
+        let body = serde_json::json!({
+            "type": "user.updated",
+            "data": {
+                "id": "user_2x",
+                "email_addresses": [],
+                "private_metadata": {"ssn": "078-05-1120", "key": "sk_live_abc"},
+            },
+        })
+        .to_string()
+        .into_bytes();
+
+        let kept = kept_body(body.clone(), false);
+        let text = String::from_utf8(kept.body).unwrap();
+        assert!(
+            !text.contains("078-05-1120") && !text.contains("sk_live"),
+            "{text}"
+        );
+        assert!(!text.contains("private_metadata"), "{text}");
+        assert!(text.contains("email_addresses"), "{text}");
+        assert_eq!(kept.user_id.as_ref().map(UserId::as_str), Some("user_2x"));
+        assert!(!kept.withheld);
+
+        // Stored: the body is kept byte for byte.
+        let kept = kept_body(body.clone(), true);
+        assert_eq!(kept.body, body);
+        assert_eq!(kept.user_id.as_ref().map(UserId::as_str), Some("user_2x"));
+
+        // Unreadable: not kept, and the reason says so.
+        let request = QuarantineRequest {
+            event_id: "msg_deep".into(),
+            event_type: "user.created".into(),
+            reason: "too deep".into(),
+            body: b"{\"data\": {\"private_metadata\": [[[".to_vec(),
+            delivered_at: Some(Timestamp {
+                seconds: 5,
+                nanos: 0,
+            }),
+        };
+        let parsed = parse_quarantine(request.clone(), false).unwrap();
+        assert!(parsed.body.is_empty());
+        assert!(parsed.reason.contains("body not kept"), "{}", parsed.reason);
+        assert_eq!(parsed.user_id, None);
+        assert_eq!(
+            parse_quarantine(request.clone(), true).unwrap().body,
+            request.body
+        );
+        // Unreadable but holding none: kept as it came.
+        let harmless = b"{\"type\":\"user.updated\",\0\xff}".to_vec();
+        assert_eq!(kept_body(harmless.clone(), false).body, harmless);
+
+        // Only user events name a user.
+        let organization = br#"{"type": "organization.created", "data": {"id": "org_1"}}"#;
+        assert_eq!(kept_body(organization.to_vec(), false).user_id, None);
     }
 }

@@ -39,7 +39,7 @@ use sea_orm::{
 };
 
 use crate::{
-    domain::{Event, Outcome},
+    domain::{Change, Event, Outcome},
     error::Error,
 };
 use cache::ReadCache;
@@ -248,7 +248,29 @@ impl Store {
         if outcomes.contains(&Outcome::Applied) {
             self.signal.ring();
         }
+        self.erase_quarantined_of_deleted(events, &outcomes).await;
         Ok(outcomes)
+    }
+
+    /// Erases the quarantine records about the users `events` just deleted:
+    /// their bodies hold personal data the deletion erased everywhere else.
+    /// A failure is logged; the periodic prune erases them then.
+    async fn erase_quarantined_of_deleted(&self, events: &[Event], outcomes: &[Outcome]) {
+        let deleted: Vec<&str> = events
+            .iter()
+            .zip(outcomes)
+            .filter(|(event, outcome)| {
+                **outcome == Outcome::Applied && matches!(event.change, Change::Delete { .. })
+            })
+            .map(|(event, _)| event.user_id().as_str())
+            .collect();
+        match self.erase_quarantined_of(&deleted).await {
+            Ok(0) => {}
+            Ok(erased) => tracing::info!(erased, "quarantine records of deleted users erased"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot erase the quarantine records of deleted users yet")
+            }
+        }
     }
 }
 

@@ -1,7 +1,14 @@
 //! The quarantine: verified deliveries that cannot be applied, stored with
-//! their raw body so nothing authentic is lost. One conditional upsert keyed
-//! by event id records a delivery, so a redelivery (or two gateways at once)
+//! their body so nothing authentic is lost. One conditional upsert keyed by
+//! event id records a delivery, so a redelivery (or two gateways at once)
 //! updates the record it already has instead of adding one.
+//!
+//! Bodies hold personal data, so the quarantine keeps them no longer than
+//! the directory would: deleting a user erases the records about them (at
+//! once after the deletion commits, and by the periodic sweep should that
+//! fail), records are dropped after their retention, and the quarantine
+//! refuses new records (the gateway answers 503 and Svix retries) once its
+//! bodies reach a size cap.
 
 use sea_orm::{
     ActiveValue::Set,
@@ -14,9 +21,11 @@ use clerk_sync_common::time::now_millis;
 
 use super::{Store, entity::quarantined_events as quarantined};
 use crate::{
-    domain::{EventId, Millis},
+    domain::{EventId, Millis, UserId},
     error::Error,
 };
+
+use super::entity::users;
 
 /// A delivery to quarantine, parsed at the gRPC edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +40,8 @@ pub struct NewQuarantined {
     pub body: Vec<u8>,
     /// The signed svix-timestamp, Unix seconds.
     pub svix_timestamp: i64,
+    /// The user the delivery is about, when its body names one.
+    pub user_id: Option<UserId>,
 }
 
 /// A quarantine record as stored.
@@ -117,6 +128,7 @@ impl Store {
             first_seen_at: Set(now),
             last_seen_at: Set(now),
             seen_count: Set(1),
+            user_id: Set(delivery.user_id.map(|id| id.as_str().to_owned())),
         };
         let stored_count = Expr::col((quarantined::Entity, quarantined::Column::SeenCount));
         let mut insert = quarantined::Entity::insert(row)
@@ -128,6 +140,7 @@ impl Store {
                         quarantined::Column::SvixTimestamp,
                         quarantined::Column::Reason,
                         quarantined::Column::LastSeenAt,
+                        quarantined::Column::UserId,
                     ])
                     .value(quarantined::Column::SeenCount, stored_count.add(1))
                     .to_owned(),
@@ -208,10 +221,64 @@ impl Store {
         Ok(())
     }
 
-    /// How many deliveries are quarantined.
-    pub async fn count_quarantined(&self) -> Result<u64, Error> {
-        use sea_orm::PaginatorTrait;
-        Ok(quarantined::Entity::find().count(&self.reads).await?)
+    /// How many deliveries are quarantined, and the bytes of their bodies.
+    pub async fn quarantine_size(&self) -> Result<(u64, u64), Error> {
+        #[derive(FromQueryResult)]
+        struct Size {
+            records: i64,
+            bytes: i64,
+        }
+        let size = quarantined::Entity::find()
+            .select_only()
+            .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "records")
+            .column_as(
+                Expr::cust(r#"CAST(COALESCE(SUM(LENGTH("body")), 0) AS BIGINT)"#),
+                "bytes",
+            )
+            .into_model::<Size>()
+            .one(&self.reads)
+            .await?
+            .ok_or_else(|| Error::Corrupt("an aggregate returned no row".into()))?;
+        Ok((
+            size.records.try_into().unwrap_or_default(),
+            size.bytes.try_into().unwrap_or_default(),
+        ))
+    }
+
+    /// Erases the records about `users` (just deleted); returns how many.
+    pub async fn erase_quarantined_of(&self, users: &[&str]) -> Result<u64, Error> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let mut erased = 0;
+        // Chunks stay under every backend's bind-parameter limit.
+        for chunk in users.chunks(1000) {
+            erased += quarantined::Entity::delete_many()
+                .filter(quarantined::Column::UserId.is_in(chunk.iter().copied()))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+        }
+        Ok(erased)
+    }
+
+    /// Drops records last seen before `before` (Unix milliseconds) and any
+    /// record about a deleted user; returns how many.
+    pub async fn prune_quarantine(&self, before: Millis) -> Result<u64, Error> {
+        let deleted_users = users::Entity::find()
+            .select_only()
+            .column(users::Column::Id)
+            .filter(users::Column::DeletedAt.is_not_null())
+            .into_query();
+        let pruned = quarantined::Entity::delete_many()
+            .filter(
+                quarantined::Column::LastSeenAt
+                    .lt(before)
+                    .or(quarantined::Column::UserId.in_subquery(deleted_users)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(pruned.rows_affected)
     }
 }
 

@@ -24,6 +24,7 @@ mod metrics;
 mod outage;
 mod pools;
 mod properties;
+mod quarantine;
 mod queries;
 mod read_cache;
 mod security;

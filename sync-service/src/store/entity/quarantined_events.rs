@@ -20,6 +20,9 @@ pub(crate) struct Model {
     /// Unix milliseconds.
     pub(crate) last_seen_at: i64,
     pub(crate) seen_count: i64,
+    /// The user the delivery is about, when its body names one: deleting
+    /// the user erases the record.
+    pub(crate) user_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
