@@ -26,6 +26,36 @@ use crate::{
 /// top of the request's own four: 28 levels stay under 90.
 pub const MAX_METADATA_DEPTH: usize = 28;
 
+/// What the sync-service takes: its message size limit, and whether it keeps
+/// Clerk's `private_metadata` (what it would drop is not sent, so it can
+/// never block an event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Carriage {
+    /// The gRPC message limit, in bytes.
+    pub max_message_bytes: usize,
+    /// Whether `private_metadata` is forwarded.
+    pub private_metadata: bool,
+}
+
+/// Readies a mapped event for the sync-service, whichever path it came by
+/// (a webhook, `quarantine retry`, a backfill): drops `private_metadata`
+/// unless it is forwarded, then refuses what could not be carried
+/// ([`check_carriable`]).
+pub fn prepare(mut event: UserEvent, carriage: Carriage) -> Result<UserEvent, Error> {
+    if !carriage.private_metadata {
+        let user = match &mut event {
+            UserEvent::Created(event) => event.user.as_mut(),
+            UserEvent::Updated(event) => event.user.as_mut(),
+            UserEvent::Deleted(_) => None,
+        };
+        if let Some(user) = user {
+            user.private_metadata = None;
+        }
+    }
+    check_carriable(&event, carriage.max_message_bytes)?;
+    Ok(event)
+}
+
 /// Runs the pipeline on a verified `body`: `Ok(None)` for an event type the
 /// directory does not track, `Ok(Some(outcome))` once the sync-service has
 /// committed it. Errors a retry cannot fix are the ones for which
@@ -33,7 +63,7 @@ pub const MAX_METADATA_DEPTH: usize = 28;
 /// metrics label as soon as the body is parsed.
 pub async fn forward(
     upstream: &Upstream,
-    max_message_bytes: usize,
+    carriage: Carriage,
     body: &[u8],
     delivery: &Delivery<'_>,
     event_type: &mut Option<&'static str>,
@@ -48,7 +78,7 @@ pub async fn forward(
     match UserEvent::from_clerk(event, delivery)? {
         None => Ok(None),
         Some(user_event) => {
-            check_carriable(&user_event, max_message_bytes)?;
+            let user_event = prepare(user_event, carriage)?;
             let started = Instant::now();
             let forwarded = upstream.forward(user_event, delivery.id).await;
             metrics::record_forward(started.elapsed(), forwarded.as_ref().err());
@@ -68,8 +98,9 @@ pub fn event_type_of(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<TypeOnly>(body).ok()?.event_type
 }
 
-/// Refuses what the sync-service could not decode: metadata nested deeper
-/// than [`MAX_METADATA_DEPTH`] or a message over the gRPC size limit.
+/// Refuses what the sync-service could not decode: metadata (public or
+/// private) nested deeper than [`MAX_METADATA_DEPTH`] or a message over the
+/// gRPC size limit.
 pub fn check_carriable(event: &UserEvent, max_message_bytes: usize) -> Result<(), Error> {
     let (user, event_size) = match event {
         UserEvent::Created(event) => (event.user.as_ref(), event.encoded_len()),
@@ -78,14 +109,21 @@ pub fn check_carriable(event: &UserEvent, max_message_bytes: usize) -> Result<()
     };
     // The request wraps the event in field 1: a tag byte and a length prefix.
     let size = 1 + prost::length_delimiter_len(event_size) + event_size;
-    if let Some(depth) = user
-        .and_then(|user: &User| user.public_metadata.as_ref())
-        .map(struct_depth)
-        .filter(|depth| *depth > MAX_METADATA_DEPTH)
-    {
-        return Err(Error::Unmappable(format!(
-            "public_metadata is nested {depth} levels deep; at most {MAX_METADATA_DEPTH} can be forwarded"
-        )));
+    let metadata = user.into_iter().flat_map(|user: &User| {
+        [
+            ("public_metadata", user.public_metadata.as_ref()),
+            ("private_metadata", user.private_metadata.as_ref()),
+        ]
+    });
+    for (field, value) in metadata {
+        if let Some(depth) = value
+            .map(struct_depth)
+            .filter(|depth| *depth > MAX_METADATA_DEPTH)
+        {
+            return Err(Error::Unmappable(format!(
+                "{field} is nested {depth} levels deep; at most {MAX_METADATA_DEPTH} can be forwarded"
+            )));
+        }
     }
     if size > max_message_bytes {
         return Err(Error::Unmappable(format!(
@@ -159,6 +197,32 @@ mod tests {
         ));
         // Not a needless limit: about 33 levels cannot be decoded at all.
         assert!(!decodes(&created_with_metadata(34)));
+    }
+
+    #[test]
+    fn private_metadata_is_dropped_unless_forwarded_and_checked_when_it_is() {
+        let deep = clerk_sync_api::json::struct_from_json(nested(40));
+        let mut event = created_with_metadata(1);
+        if let UserEvent::Created(created) = &mut event {
+            created.user.as_mut().unwrap().private_metadata = Some(deep);
+        }
+        let carriage = |private_metadata| Carriage {
+            max_message_bytes: usize::MAX,
+            private_metadata,
+        };
+
+        let UserEvent::Created(prepared) = prepare(event.clone(), carriage(false)).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(prepared.user.unwrap().private_metadata, None);
+
+        let refused = prepare(event, carriage(true)).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("private_metadata is nested 40 levels"),
+            "{refused}"
+        );
     }
 
     #[test]

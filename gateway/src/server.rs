@@ -3,8 +3,9 @@
 //!
 //! [`run`] takes an already bound listener and a shutdown future from its
 //! caller, so the binary passes the signal handler and tests pass a channel.
-//! The webhook handler is the pipeline: in-flight cap → size and time limit →
-//! content type → signature → parse → forward ([`pipeline`]); a verified
+//! The webhook handler is the pipeline: the connection's body cap → size and
+//! time limit → content type → in-flight cap → signature → parse → forward
+//! ([`pipeline`]); a verified
 //! delivery no retry can fix is quarantined and acknowledged, and every other
 //! failure leaves through [`Error::into_response`]. Connections are watched
 //! for idle and stalled clients ([`limits`]).
@@ -36,7 +37,8 @@ use tracing::{Instrument, Span, field};
 use crate::{
     Config, Error,
     limits::{Activity, Caps, Limits, Watchdog, Watched, shed},
-    metrics, pipeline,
+    metrics,
+    pipeline::{self, Carriage},
     quarantine::Quarantine,
     sync_service::SyncService,
     upstream::Upstream,
@@ -60,6 +62,8 @@ pub struct App {
     quarantine: Quarantine,
     /// Connection and load limits.
     limits: Arc<Limits>,
+    /// What the sync-service takes.
+    carriage: Carriage,
     /// Open connections and webhooks in flight.
     caps: Caps,
 }
@@ -80,6 +84,10 @@ impl App {
             body_limit: config.body_limit,
             quarantine: Quarantine::new(&sync_service, config.limits.max_message_bytes),
             limits: Arc::new(config.limits.clone()),
+            carriage: Carriage {
+                max_message_bytes: config.limits.max_message_bytes,
+                private_metadata: config.sync_service.private_metadata,
+            },
             caps: Caps::new(&config.limits),
         })
     }
@@ -180,15 +188,7 @@ impl App {
             .verifier
             .verify(&parts.headers, &body, SystemTime::now())
             .inspect_err(metrics::record_verification_failure)?;
-        match pipeline::forward(
-            &self.upstream,
-            self.limits.max_message_bytes,
-            &body,
-            &delivery,
-            event_type,
-        )
-        .await
-        {
+        match pipeline::forward(&self.upstream, self.carriage, &body, &delivery, event_type).await {
             Ok(None) => tracing::info!("event type not synced; acknowledged"),
             Ok(Some(outcome)) => {
                 tracing::info!(outcome = outcome.as_str_name(), "event forwarded");

@@ -62,6 +62,21 @@ pub struct SyncServiceSettings {
     )]
     pub token: Option<BearerToken>,
 
+    /// Forward Clerk's private_metadata: set it where the sync-service
+    /// stores it (the sync-service's own variable). Off, it is dropped here,
+    /// so what the sync-service would not keep never travels and can never
+    /// block an event.
+    #[arg(
+        long = "forward-private-metadata", value_name = "BOOL",
+        env = "SYNC_STORE_PRIVATE_METADATA",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub private_metadata: bool,
+
     /// CA certificate(s) (PEM) to trust for `https://` sync-service URLs,
     /// for a private CA; the system's roots are trusted otherwise.
     #[arg(
@@ -119,6 +134,7 @@ impl SyncServiceSettings {
         Self {
             urls,
             token: None,
+            private_metadata: false,
             ca: None,
             client_cert: None,
             client_key: None,

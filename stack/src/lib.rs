@@ -130,6 +130,8 @@ pub async fn run(config: StackConfig, shutdown: impl Future<Output = ()>) -> any
     let upstream: http::Uri = format!("http://{sync_address}").parse()?;
     let mut gateway_config = clerk_sync_gateway::Config::new(secrets, vec![upstream]);
     gateway_config.listen = gateway_address;
+    // Both halves agree on private metadata: what is not stored is not sent.
+    gateway_config.sync_service.private_metadata = config.store_private_metadata;
     if !(config.read_tokens.is_empty() && config.write_tokens.is_empty()) {
         // Calls need tokens: the gateway half gets one of its own.
         let token = generate_token()?;

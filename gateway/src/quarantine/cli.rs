@@ -10,7 +10,8 @@ use clerk_sync_api::v1::QuarantinedEvent;
 
 use super::Quarantine;
 use crate::{
-    Error, pipeline,
+    Error,
+    pipeline::{self, Carriage},
     sync_service::{SyncService, SyncServiceSettings},
     upstream::Upstream,
     verify::Delivery,
@@ -61,6 +62,10 @@ pub async fn run(
     let service = SyncService::new(settings)?;
     let upstream = Upstream::new(&service);
     let quarantine = Quarantine::new(&service, max_message_bytes);
+    let carriage = Carriage {
+        max_message_bytes,
+        private_metadata: settings.private_metadata,
+    };
     let write_error = |error: std::io::Error| Error::Io(error);
     match command {
         QuarantineCommand::List { limit } => {
@@ -90,7 +95,7 @@ pub async fn run(
             };
             let mut still_refused = 0;
             for id in ids {
-                match retry(&quarantine, &upstream, max_message_bytes, &id).await {
+                match retry(&quarantine, &upstream, carriage, &id).await {
                     Ok(outcome) => {
                         writeln!(out, "{id}: {outcome}; dropped from the quarantine")
                             .map_err(write_error)?;
@@ -131,7 +136,7 @@ async fn list(quarantine: &Quarantine, limit: usize) -> Result<Vec<QuarantinedEv
 async fn retry(
     quarantine: &Quarantine,
     upstream: &Upstream,
-    max_message_bytes: usize,
+    carriage: Carriage,
     event_id: &str,
 ) -> Result<&'static str, Error> {
     let event = quarantine.get(event_id).await?;
@@ -139,14 +144,7 @@ async fn retry(
         id: &event.event_id,
         timestamp: event.delivered_at.map_or(0, |at| at.seconds),
     };
-    let forwarded = pipeline::forward(
-        upstream,
-        max_message_bytes,
-        &event.body,
-        &delivery,
-        &mut None,
-    )
-    .await;
+    let forwarded = pipeline::forward(upstream, carriage, &event.body, &delivery, &mut None).await;
     match forwarded {
         Ok(outcome) => {
             quarantine.drop(event_id).await?;

@@ -197,6 +197,65 @@ async fn metadata_too_deep_for_protobuf_is_quarantined_not_forwarded() {
     );
 }
 
+fn banned_with_deep_private_metadata() -> String {
+    let mut metadata = serde_json::json!("leaf");
+    for _ in 0..40 {
+        metadata = serde_json::json!({ "deeper": metadata });
+    }
+    serde_json::json!({
+        "type": "user.updated",
+        "data": {"id": "user_banned", "updated_at": 5, "banned": true, "private_metadata": metadata},
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn private_metadata_the_sync_service_does_not_keep_never_blocks_an_event() {
+    let app = TestApp::spawn().await;
+
+    let response = app
+        .deliver("msg_banned", banned_with_deep_private_metadata())
+        .await;
+
+    // Forwarded without it: the ban is applied.
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(app.upstream.quarantined().is_empty());
+    let received = app.upstream.received();
+    let [received] = received.as_slice() else {
+        panic!("{received:?}")
+    };
+    let clerk_sync_gateway::clerk::UserEvent::Updated(updated) = &received.event else {
+        panic!("{received:?}")
+    };
+    let user = updated.user.as_ref().unwrap();
+    assert!(user.banned);
+    assert_eq!(user.private_metadata, None);
+}
+
+#[tokio::test]
+async fn private_metadata_too_deep_is_quarantined_when_it_is_forwarded() {
+    let app = TestApp::spawn_with(FakeSync::start().await, |config| {
+        config.sync_service.private_metadata = true;
+    })
+    .await;
+
+    let response = app
+        .deliver("msg_banned", banned_with_deep_private_metadata())
+        .await;
+
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(app.upstream.received().is_empty());
+    let quarantined = app.upstream.quarantined();
+    assert_eq!(quarantined.len(), 1);
+    assert!(
+        quarantined[0]
+            .reason
+            .contains("private_metadata is nested 40 levels"),
+        "{}",
+        quarantined[0].reason
+    );
+}
+
 #[tokio::test]
 async fn a_poisoned_delivery_is_503_while_the_quarantine_is_unavailable() {
     let app = TestApp::spawn().await;
