@@ -8,7 +8,9 @@
 //! - [`tls`]: reading the PEM files TLS settings name.
 //! - [`redact`]: URLs with their passwords masked, for logs and banners.
 //! - [`time`]: Unix milliseconds ⇄ protobuf `Timestamp`.
+//! - [`io`]: write forwarding for socket wrappers.
 
+pub mod io;
 pub mod redact;
 pub mod runtime;
 pub mod settings;
