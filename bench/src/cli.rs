@@ -33,6 +33,10 @@ pub enum Command {
     /// Wait until the sync-service answers its health check SERVING: how
     /// long a start-up takes, counted from this command's start.
     Ready(ReadyArgs),
+    /// Hold what a hostile client can against the sync-service's gRPC port
+    /// (idle connections, declared-large streams, watchers that never read)
+    /// and print the servers' memory.
+    Attack(AttackArgs),
     /// Serve `200 {}` over HTTP/1.1 on 127.0.0.1:0; prints the address.
     #[command(hide = true)]
     ServeHyperBaseline,
@@ -194,6 +198,45 @@ pub struct ReadyArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+}
+
+/// What `attack` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttackKind {
+    /// Connections that send the HTTP/2 preface and nothing more.
+    Idle,
+    /// Health-check streams each declaring a 4 MB message.
+    Streams,
+    /// WatchUsers snapshot streams that never read.
+    Watchers,
+}
+
+/// `attack` settings.
+#[derive(Clone, Debug, Args)]
+pub struct AttackArgs {
+    /// What to hold.
+    #[arg(long, value_enum)]
+    pub kind: AttackKind,
+
+    /// The sync-service (plain http, an IP address and port).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Uri,
+
+    /// Connections (idle) or streams (streams, watchers).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub count: u32,
+
+    /// Seconds to hold them.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub hold: u64,
+
+    /// Server process ids whose memory is printed (comma-separated).
+    #[arg(long, value_name = "PIDS", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+
+    /// Read token for `watchers` (sent as `authorization: Bearer …`).
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
+    pub token: Option<String>,
 }
 
 /// `baselines` settings.

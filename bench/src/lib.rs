@@ -9,8 +9,10 @@
 //!   sync-service's start-up;
 //! - [`phases::baselines`] measures a bare hyper server and a no-op tonic
 //!   server ([`baselines`]), started as child processes, with the same load;
+//! - [`attack`] holds what a hostile client can against the gRPC port;
 //! - [`procstat`] reports peak RSS and CPU per request of server processes.
 
+pub mod attack;
 pub mod baselines;
 pub mod cli;
 pub mod load;
@@ -65,6 +67,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ready(args) => {
             phases::ready(&args).await?;
             true
+        }
+        Command::Attack(args) => {
+            let held_off = attack::attack(&args).await?;
+            if !held_off {
+                eprintln!("error: the server did not end every attacking connection or stream");
+            }
+            held_off
         }
         Command::ServeHyperBaseline => {
             baselines::serve_on_loopback(baselines::serve_hyper).await?;
