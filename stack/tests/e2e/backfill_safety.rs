@@ -64,6 +64,24 @@ async fn nobody_tombstoned(stack: &Stack, clerk: &FakeClerk, count: u64) {
     assert!(clerk.lookups().is_empty(), "{:?}", clerk.lookups());
 }
 
+/// Runs a reconcile pass that must stop after `requests` list requests,
+/// with nobody tombstoned, and returns its error (the fake's faults reset).
+async fn refused_pass(stack: &Stack, clerk: &FakeClerk, requests: usize) -> BackfillError {
+    let error = reconcile(stack, clerk, &[]).await.unwrap_err();
+    assert_eq!(clerk.served().len(), requests, "{error}");
+    nobody_tombstoned(stack, clerk, USERS).await;
+    clerk.reset_requests();
+    error
+}
+
+/// The listing error that stopped a run.
+fn listing_error(error: &BackfillError) -> &ListingError {
+    match error {
+        BackfillError::Listing { source, .. } => source,
+        error => panic!("not a listing error: {error}"),
+    }
+}
+
 fn assert_message(error: &BackfillError, parts: &[&str]) {
     let message = error.to_string();
     for part in parts {
@@ -74,21 +92,13 @@ fn assert_message(error: &BackfillError, parts: &[&str]) {
 async fn an_empty_page_while_clerk_counts_users_tombstones_nobody(backend: Backend) {
     let (stack, clerk) = filled(backend).await;
     clerk.fail(1, Fault::Body(Bytes::from_static(b"[]")));
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BackfillError::Listing {
-                source: ListingError::ShortOfCount {
-                    listed: 0,
-                    before: 300,
-                    after: 300
-                },
-                ..
-            }
-        ),
-        "{error}"
-    );
+    let error = refused_pass(&stack, &clerk, 1).await;
+    let expected = ListingError::ShortOfCount {
+        listed: 0,
+        before: 300,
+        after: 300,
+    };
+    assert_eq!(listing_error(&error).to_string(), expected.to_string());
     assert_message(
         &error,
         &[
@@ -97,104 +107,70 @@ async fn an_empty_page_while_clerk_counts_users_tombstones_nobody(backend: Backe
             "nothing was tombstoned",
         ],
     );
-    assert_eq!(clerk.served().len(), 1);
-    nobody_tombstoned(&stack, &clerk, USERS).await;
     stack.stop().await;
 }
 
 async fn a_truncated_page_mid_listing_tombstones_nobody(backend: Backend) {
     let (stack, clerk) = filled(backend).await;
     clerk.fail(2, Fault::Truncate(20));
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BackfillError::Listing {
-                source: ListingError::ShortOfCount { listed: 120, .. },
-                ..
-            }
-        ),
-        "{error}"
-    );
+    let error = refused_pass(&stack, &clerk, 2).await;
+    assert!(matches!(
+        listing_error(&error),
+        ListingError::ShortOfCount { listed: 120, .. }
+    ));
     assert_message(
         &error,
         &["after 120 distinct users", "--resume-after user_00119"],
     );
-    assert_eq!(clerk.served().len(), 2);
-    nobody_tombstoned(&stack, &clerk, USERS).await;
     stack.stop().await;
 }
 
 async fn counts_that_disagree_with_the_listing_stop_it(backend: Backend) {
     let (stack, clerk) = filled(backend).await;
 
-    // The count changes wildly during the listing.
+    // The count changes wildly during the listing: 3 full pages and the
+    // empty end are listed.
     clerk.lie_about_counts(&[300, 3_000]);
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BackfillError::Listing {
-                source: ListingError::CountMoved {
-                    before: 300,
-                    after: 3_000
-                },
-                ..
-            }
-        ),
-        "{error}"
-    );
+    let error = refused_pass(&stack, &clerk, 4).await;
+    assert!(matches!(
+        listing_error(&error),
+        ListingError::CountMoved {
+            before: 300,
+            after: 3_000
+        }
+    ));
     assert_message(&error, &["300 users before", "3000 after"]);
-    assert_eq!(clerk.served().len(), 4, "3 full pages and the empty end");
 
     // The count says more than the listing brings.
-    clerk.reset_requests();
     clerk.lie_about_counts(&[600, 600]);
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
+    let error = refused_pass(&stack, &clerk, 4).await;
     assert_message(&error, &["after 300 distinct users", "Clerk counts 600"]);
 
     // The count says far less: the listing stops instead of listing on.
-    clerk.reset_requests();
     clerk.lie_about_counts(&[30]);
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BackfillError::Listing {
-                source: ListingError::PastCount {
-                    listed: 200,
-                    count: 30
-                },
-                ..
-            }
-        ),
-        "{error}"
-    );
-    assert_eq!(clerk.served().len(), 2);
-    nobody_tombstoned(&stack, &clerk, USERS).await;
+    let error = refused_pass(&stack, &clerk, 2).await;
+    assert!(matches!(
+        listing_error(&error),
+        ListingError::PastCount {
+            listed: 200,
+            count: 30
+        }
+    ));
     stack.stop().await;
 }
 
 async fn an_api_that_ignores_the_cursor_stops_at_the_second_page(backend: Backend) {
     let (stack, clerk) = filled(backend).await;
     clerk.ignore_cursor();
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BackfillError::Listing {
-                source: ListingError::NoNewUser { page: 100, .. },
-                ..
-            }
-        ),
-        "{error}"
-    );
+    let error = refused_pass(&stack, &clerk, 2).await;
+    assert!(matches!(
+        listing_error(&error),
+        ListingError::NoNewUser { page: 100, .. }
+    ));
     assert_message(
         &error,
         &["after user_00099", "does not move on with starting_after"],
     );
-    assert_eq!(clerk.served().len(), 2);
-    nobody_tombstoned(&stack, &clerk, USERS).await;
     stack.stop().await;
 }
 
@@ -204,42 +180,27 @@ async fn oversized_pages_stop_the_listing(backend: Backend) {
     // More users than the limit asked for.
     let page = serde_json::to_vec(&clerk_users(101)).unwrap();
     clerk.fail(1, Fault::Body(Bytes::from(page)));
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BackfillError::Listing {
-                source: ListingError::BadPage(_),
-                ..
-            }
-        ),
-        "{error}"
-    );
+    let error = refused_pass(&stack, &clerk, 1).await;
+    assert!(matches!(listing_error(&error), ListingError::BadPage(_)));
     assert_message(&error, &["more users than the 100 asked for"]);
-    assert_eq!(clerk.served().len(), 1);
 
     // A 30 MB body of ten million `{}`: refused at its size bound, and not
     // asked for again.
-    clerk.reset_requests();
     let mut huge = Vec::with_capacity(30_000_002);
     huge.push(b'[');
     huge.extend(std::iter::repeat_n(*b"{},", 10_000_000).flatten());
     huge.pop();
     huge.push(b']');
     clerk.fail(1, Fault::Body(Bytes::from(huge)));
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
+    let error = refused_pass(&stack, &clerk, 1).await;
     assert!(matches!(error, BackfillError::Clerk { .. }), "{error}");
     assert_message(&error, &["/v1/users", "larger than"]);
-    assert_eq!(clerk.served().len(), 1);
 
     // A page of `{}` within every bound: no user on it is new.
-    clerk.reset_requests();
     let empties = format!("[{}]", vec!["{}"; 100].join(","));
     clerk.fail(1, Fault::Body(Bytes::from(empties)));
-    let error = reconcile(&stack, &clerk, &[]).await.unwrap_err();
+    let error = refused_pass(&stack, &clerk, 1).await;
     assert_message(&error, &["without a single new one"]);
-    assert_eq!(clerk.served().len(), 1);
-    nobody_tombstoned(&stack, &clerk, USERS).await;
     stack.stop().await;
 }
 
