@@ -38,7 +38,8 @@ pub(crate) fn clerk_users(count: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Parses a backfill command line exactly as the binary does.
+/// Parses a backfill command line exactly as the binary does (2 retries
+/// unless `extra` says otherwise).
 pub(crate) fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str]) -> Config {
     let sync_service = stack.sync_service_args();
     let mut argv = vec!["clerk-sync-gateway"];
@@ -49,9 +50,10 @@ pub(crate) fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str])
         CLERK_KEY,
         "--clerk-api-url",
         &clerk.url,
-        "--max-retries",
-        "2",
     ]);
+    if !extra.contains(&"--max-retries") {
+        argv.extend(["--max-retries", "2"]);
+    }
     argv.extend_from_slice(extra);
     Config::try_parse_from(argv).unwrap()
 }

@@ -2,9 +2,11 @@
 //! found: an empty page answered 200, a truncated page, counts that disagree
 //! with the listing, a cursor ignored, oversized pages, users hidden from the
 //! listing, a user the sync-service refuses, a pass that would tombstone a
-//! large share of the directory. Each case asserts that nobody is wrongly
-//! tombstoned (every user is still served), that the error names what is
-//! wrong, and that the requests and the time spent stay bounded.
+//! large share of the directory; and a connection to the sync-service broken
+//! mid-pass.
+//! Each probe asserts that nobody is wrongly tombstoned (every user is still
+//! served), that the error names what is wrong, and that the requests and the
+//! time spent stay bounded.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use clerk_sync_gateway::backfill::{BackfillError, Rejection, Summary, listing::L
 
 use crate::backfill::{backfill_command, clerk_users, run_backfill};
 use crate::fake_clerk::{FakeClerk, Fault};
-use crate::helpers::{Backend, Stack};
+use crate::helpers::{Backend, Stack, TcpProxy};
 
 crate::on_both_backends!(
     an_empty_page_while_clerk_counts_users_tombstones_nobody,
@@ -24,6 +26,7 @@ crate::on_both_backends!(
     users_clerk_still_returns_are_applied_not_tombstoned,
     a_user_the_sync_service_refuses_is_named_and_skipped,
     a_pass_over_the_tombstone_share_stops_unless_forced,
+    a_connection_broken_mid_pass_is_retried,
 );
 
 /// Users in the directory and in Clerk before each probe.
@@ -313,5 +316,46 @@ async fn a_pass_over_the_tombstone_share_stops_unless_forced(backend: Backend) {
     assert!(stack.get_user("user_00029").await.is_err());
     assert!(stack.get_user("user_00030").await.is_ok());
     drop(clerk);
+    stack.stop().await;
+}
+
+async fn a_connection_broken_mid_pass_is_retried(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let clerk = FakeClerk::start(clerk_users(1_000)).await;
+    // The backfill reaches the sync-service through a proxy that resets its
+    // connections mid-call, as a sync-service restart does: the calls in
+    // flight fail with UNKNOWN ("transport error"), later ones with
+    // UNAVAILABLE until it is back. One user at a time, so the pass is
+    // still applying when the connection breaks.
+    let proxy = TcpProxy::start(stack.sync_address).await;
+    let mut config = backfill_command(
+        &stack,
+        &clerk,
+        &[
+            "--page-size",
+            "50",
+            "--concurrency",
+            "1",
+            "--max-retries",
+            "6",
+        ],
+    );
+    config.sync_service.urls = vec![format!("http://{}", proxy.address).parse().unwrap()];
+    let pass = tokio::spawn(async move { run_backfill(&config).await });
+    while stack.all_users_paged().await.len() < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.cut().await;
+    let at_cut = stack.all_users_paged().await.len();
+    assert!(
+        at_cut < 1_000,
+        "the pass had applied every user before the cut"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore().await;
+    let summary = pass.await.unwrap().unwrap();
+    assert!(summary.complete, "{summary}");
+    assert_eq!((summary.fetched, summary.rejected), (1_000, 0), "{summary}");
+    assert_eq!(stack.all_users_paged().await.len(), 1_000);
     stack.stop().await;
 }
