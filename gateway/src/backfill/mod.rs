@@ -565,7 +565,7 @@ impl Backfill {
                     Ok(mapped) => fresh.push(mapped),
                     Err(error) => {
                         let user_id = listing::user_id(raw).unwrap_or_default();
-                        self.reject(&user_id, format!("unusable: {error}"));
+                        self.reject(&user_id, format!("unusable: {error}"), "");
                     }
                 }
             }
@@ -588,13 +588,13 @@ impl Backfill {
         }
     }
 
-    /// Counts a user that is skipped, names it in the summary (the first
-    /// few) and logs it (the first many).
-    fn reject(&mut self, user_id: &str, why: String) {
+    /// Counts a user that is skipped, names it with `why` in the summary
+    /// (the first few) and logs it with `detail` (the first many).
+    fn reject(&mut self, user_id: &str, why: String, detail: &str) {
         self.summary.rejected += 1;
         if self.logs_left > 0 {
             self.logs_left -= 1;
-            tracing::warn!(user_id, why, "user skipped");
+            tracing::warn!(user_id, why, detail, "user skipped");
             if self.logs_left == 0 {
                 tracing::warn!("further skipped users are counted, not logged");
             }
@@ -634,8 +634,7 @@ impl Backfill {
                             resume: resume.clone(),
                         });
                     }
-                    tracing::warn!(user_id, code = ?status.code(), reason = status.message(), "the sync-service refused a user");
-                    self.reject(&user_id, format!("sync-service: {:?}", status.code()));
+                    self.reject(&user_id, refusal(&status), status.message());
                 }
                 Err(source) => {
                     return Err(BackfillError::SyncService {
@@ -805,7 +804,7 @@ impl Backfill {
             }
             Ok(_) => {}
             Err(Error::Upstream(status)) if refused_for_the_user(status.code()) => {
-                self.reject(&user_id, format!("sync-service: {:?}", status.code()));
+                self.reject(&user_id, refusal(&status), status.message());
             }
             Err(error) => return Err(BackfillError::Reconcile(error)),
         }
@@ -837,7 +836,7 @@ impl Backfill {
             }
             Ok(mapped) => self.apply(vec![mapped], &Resume::default()).await,
             Err(error) => {
-                self.reject(user_id, format!("unusable: {error}"));
+                self.reject(user_id, format!("unusable: {error}"), "");
                 Ok(())
             }
         }
@@ -851,6 +850,11 @@ fn cursor_refused(status: StatusCode) -> bool {
         status,
         StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY
     )
+}
+
+/// How a refusal is named in the summary.
+fn refusal(status: &tonic::Status) -> String {
+    format!("sync-service: {:?}", status.code())
 }
 
 /// Whether a gRPC `code` refuses one user's data rather than the call: the
