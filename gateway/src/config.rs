@@ -290,7 +290,9 @@ mod tests {
         };
         assert!(args.reconcile && !args.dry_run);
         assert_eq!(args.clerk_api_url, "https://api.clerk.com");
-        assert_eq!((args.page_size, args.resume_from), (500, 0));
+        assert_eq!((args.page_size, args.resume_after.as_deref()), (500, None));
+        assert_eq!(args.max_tombstone_share.of(1_000), 50);
+        assert!(!args.force);
         assert!(!format!("{config:?}").contains("Secret123"));
     }
 
@@ -312,7 +314,9 @@ mod tests {
             ),
             (&["--page-size", "501"], "--page-size"),
             (&["--page-size", "0"], "--page-size"),
-            (&["--resume-from", "minus3"], "--resume-from"),
+            (&["--resume-from", "400"], "--resume-after USER_ID"),
+            (&["--resume-after", "user 1"], "--resume-after"),
+            (&["--max-tombstone-share", "120"], "--max-tombstone-share"),
             (&["--max-retries", "many"], "--max-retries"),
             (&["--concurrency", "0"], "--concurrency"),
         ] {

@@ -1,5 +1,6 @@
 //! The part of Clerk's Backend API that backfill needs: listing users, a
-//! page at a time, with the secret key as a bearer token, and counting them.
+//! page at a time by the `starting_after` cursor, counting them, and asking
+//! for one user, with the secret key as a bearer token.
 //!
 //! HTTP client: hyper-util's pooled client over hyper-rustls (rustls with
 //! ring, as tonic uses, and the system's trust store), the hyper stack the gateway already runs on, rather
@@ -7,12 +8,14 @@
 //! handled here, once: 429 waits what `Retry-After` says; 5xx answers,
 //! timeouts and network errors are retried a bounded number of times with
 //! doubling waits; 401/403 stop at once (a bad key does not get better).
+//! Every answer is read up to a bound ([`page_body_limit`] for a page of
+//! users): a larger one is an error, never retried.
 
 use std::{fmt, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -94,8 +97,11 @@ const MAX_THROTTLED: u32 = 30;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Wait before the first retry of a failure; doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// Largest answer read (a page of 500 users is a few MB).
-const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Largest answer read per user asked for (Clerk caps each metadata object
+/// at 8 KB; a user with many identifiers stays well below this).
+const MAX_USER_BYTES: usize = 64 * 1024;
+/// Largest answer read to a request for one object or a count.
+const MAX_OBJECT_BYTES: usize = 2 * MAX_USER_BYTES;
 /// Deadline of one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -147,14 +153,37 @@ impl ClerkApi {
         })
     }
 
-    /// One page of users in creation order: the raw JSON array Clerk sent
-    /// (`GET /v1/users?limit=…&offset=…&order_by=+created_at`).
-    pub async fn list_users(&self, offset: u64, limit: u32) -> Result<Bytes, ClerkApiError> {
-        self.get(
-            "/v1/users",
-            &format!("limit={limit}&offset={offset}&order_by=%2Bcreated_at"),
-        )
-        .await
+    /// One page of users in creation order after the user `after` (from the
+    /// first without): the raw JSON array Clerk sent
+    /// (`GET /v1/users?limit=…&order_by=+created_at&starting_after=…`).
+    pub async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Bytes, ClerkApiError> {
+        let mut query = format!("limit={limit}&order_by=%2Bcreated_at");
+        if let Some(after) = after {
+            query.push_str("&starting_after=");
+            query.push_str(&percent_encode(after));
+        }
+        self.get("/v1/users", &query, page_body_limit(limit)).await
+    }
+
+    /// One user (`GET /v1/users/{user_id}`): its raw JSON, or `None` when
+    /// Clerk answers 404 (it has no such user).
+    pub async fn get_user(&self, user_id: &str) -> Result<Option<Bytes>, ClerkApiError> {
+        let path = format!("/v1/users/{}", percent_encode(user_id));
+        match self
+            .get_path("/v1/users/{user_id}", &path, "", MAX_OBJECT_BYTES)
+            .await
+        {
+            Ok(body) => Ok(Some(body)),
+            Err(ClerkApiError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// How many users the instance has (`GET /v1/users/count`), for progress.
@@ -164,7 +193,7 @@ impl ClerkApi {
             total_count: u64,
         }
         const PATH: &str = "/v1/users/count";
-        let body = self.get(PATH, "").await?;
+        let body = self.get(PATH, "", MAX_OBJECT_BYTES).await?;
         serde_json::from_slice::<Count>(&body)
             .map(|count| count.total_count)
             .map_err(|e| ClerkApiError::InvalidAnswer {
@@ -174,11 +203,27 @@ impl ClerkApi {
     }
 
     /// GETs `path?query`, retrying as the module documentation says.
-    async fn get(&self, path: &'static str, query: &str) -> Result<Bytes, ClerkApiError> {
+    async fn get(
+        &self,
+        path: &'static str,
+        query: &str,
+        max_body: usize,
+    ) -> Result<Bytes, ClerkApiError> {
+        self.get_path(path, path, query, max_body).await
+    }
+
+    /// GETs `target?query`; errors name the endpoint `path`.
+    async fn get_path(
+        &self,
+        path: &'static str,
+        target: &str,
+        query: &str,
+        max_body: usize,
+    ) -> Result<Bytes, ClerkApiError> {
         let url = if query.is_empty() {
-            format!("{}{path}", self.base)
+            format!("{}{target}", self.base)
         } else {
-            format!("{}{path}?{query}", self.base)
+            format!("{}{target}?{query}", self.base)
         };
         let (mut failures, mut throttled) = (0u32, 0u32);
         loop {
@@ -191,8 +236,8 @@ impl ClerkApi {
                     url: self.base.clone(),
                     reason: e.to_string(),
                 })?;
-            let failure = match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request)).await
-            {
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request, max_body));
+            let failure = match answer.await {
                 Ok(Ok((status, headers, body))) => match status {
                     status if status.is_success() => return Ok(body),
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -221,7 +266,13 @@ impl ClerkApi {
                         });
                     }
                 },
-                Ok(Err(reason)) => ClerkApiError::Unreachable {
+                Ok(Err(Failure::TooLarge)) => {
+                    return Err(ClerkApiError::InvalidAnswer {
+                        path,
+                        reason: format!("the answer is larger than {max_body} bytes"),
+                    });
+                }
+                Ok(Err(Failure::Network(reason))) => ClerkApiError::Unreachable {
                     url: self.base.clone(),
                     reason,
                 },
@@ -240,24 +291,58 @@ impl ClerkApi {
         }
     }
 
-    /// Sends a request and reads the whole answer.
+    /// Sends a request and reads the whole answer, up to `max_body` bytes.
     async fn exchange(
         &self,
         request: Request<Empty<Bytes>>,
-    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+        max_body: usize,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), Failure> {
         let response = self
             .client
             .request(request)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| Failure::Network(error_chain(&e)))?;
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_BODY)
+        let body = Limited::new(body, max_body)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    Failure::TooLarge
+                } else {
+                    Failure::Network(format!("reading the answer: {e}"))
+                }
+            })?
             .to_bytes();
         Ok((parts.status, parts.headers, body))
     }
+}
+
+/// Why an exchange brought no answer.
+enum Failure {
+    /// The connection or the body failed (retried).
+    Network(String),
+    /// The body is larger than allowed (not retried: it would be again).
+    TooLarge,
+}
+
+/// Largest answer read to a request for `limit` users.
+pub fn page_body_limit(limit: u32) -> usize {
+    MAX_OBJECT_BYTES + limit as usize * MAX_USER_BYTES
+}
+
+/// `text` with every byte but RFC 3986's unreserved ones percent-encoded,
+/// for a query value or a path segment.
+fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// `Retry-After` as seconds or as an HTTP date, capped.
@@ -349,6 +434,12 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_millis(500));
         assert_eq!(backoff(4), Duration::from_secs(2));
         assert_eq!(backoff(40), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn cursors_are_percent_encoded() {
+        assert_eq!(percent_encode("user_2abc-Z.~"), "user_2abc-Z.~");
+        assert_eq!(percent_encode("a&b=c d\u{1}é"), "a%26b%3Dc%20d%01%C3%A9");
     }
 
     #[test]

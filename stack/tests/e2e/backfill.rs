@@ -2,14 +2,15 @@
 //! the real gateway configuration parser and the real sync-service: thousands
 //! of users over many pages, a 429 and a 500 mid-way, users deleted and
 //! created during the listing, webhooks that are newer than the listing,
-//! reconcile, reruns, dry runs, a bad key and a resumed run.
+//! reconcile, reruns, dry runs, a bad key and a resumed run. The probes of
+//! a misbehaving Clerk API are in `backfill_safety`.
 
 use std::{future::pending, time::Duration};
 
 use clap::Parser as _;
 use clerk_sync_gateway::{
     Config,
-    backfill::{self, BackfillError, Summary},
+    backfill::{self, BackfillError, Resume, Summary},
     config::Command,
 };
 use http::StatusCode;
@@ -26,9 +27,9 @@ crate::on_both_backends!(
 );
 
 /// Clerk creation times: one user a second from this instant.
-const EPOCH_MS: i64 = 1_700_000_000_000;
+pub(crate) const EPOCH_MS: i64 = 1_700_000_000_000;
 
-fn clerk_users(count: usize) -> Vec<Value> {
+pub(crate) fn clerk_users(count: usize) -> Vec<Value> {
     (0..count)
         .map(|i| {
             let created = EPOCH_MS + i as i64 * 1000;
@@ -37,8 +38,9 @@ fn clerk_users(count: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Parses a backfill command line exactly as the binary does.
-fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str]) -> Config {
+/// Parses a backfill command line exactly as the binary does (2 retries
+/// unless `extra` says otherwise).
+pub(crate) fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str]) -> Config {
     let sync_service = stack.sync_service_args();
     let mut argv = vec!["clerk-sync-gateway"];
     argv.extend(sync_service.iter().map(String::as_str));
@@ -48,14 +50,15 @@ fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str]) -> Config 
         CLERK_KEY,
         "--clerk-api-url",
         &clerk.url,
-        "--max-retries",
-        "2",
     ]);
+    if !extra.contains(&"--max-retries") {
+        argv.extend(["--max-retries", "2"]);
+    }
     argv.extend_from_slice(extra);
     Config::try_parse_from(argv).unwrap()
 }
 
-async fn run_backfill(config: &Config) -> Result<Summary, BackfillError> {
+pub(crate) async fn run_backfill(config: &Config) -> Result<Summary, BackfillError> {
     let Some(Command::Backfill(args)) = &config.command else {
         panic!("not a backfill command line");
     };
@@ -63,7 +66,7 @@ async fn run_backfill(config: &Config) -> Result<Summary, BackfillError> {
 }
 
 /// Delivers `user` as a signed `user.updated` webhook.
-async fn webhook(stack: &Stack, msg_id: &str, user: &Value) {
+pub(crate) async fn webhook(stack: &Stack, msg_id: &str, user: &Value) {
     let body = json!({
         "type": "user.updated",
         "object": "event",
@@ -106,13 +109,17 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     // Pages of 200: 13 list requests or so. A 429 and a 500 mid-way.
     clerk.fail(3, Fault::Throttle(1));
     clerk.fail(6, Fault::ServerError);
-    // Before the 5th request: a user the cursor passed is deleted (every
-    // later user shifts down one place), user 2000 is deleted ahead of the
-    // cursor, and a user signs up (appended: newest created_at).
+    // Before the 5th request (the one after user 599): a user the cursor
+    // passed is deleted, so is the cursor's own user (Clerk refuses the
+    // cursor; the request is asked again after user 598), user 2000 is
+    // deleted ahead of the cursor, and a user signs up (appended: newest
+    // created_at). The fake refuses offsets past 500, as Clerk's time out.
     clerk.before_request(
         5,
         Box::new(|users: &mut Vec<Value>| {
-            users.retain(|u| u["id"] != "user_00100" && u["id"] != "user_02000");
+            users.retain(|u| {
+                !["user_00100", "user_00599", "user_02000"].contains(&u["id"].as_str().unwrap())
+            });
             let created = EPOCH_MS + 10_000_000;
             users.push(clerk_user("user_signup", created, created + 1));
         }),
@@ -121,8 +128,9 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     let config = backfill_command(&stack, &clerk, &["--page-size", "200", "--reconcile"]);
     let summary = run_backfill(&config).await.unwrap();
 
-    // Listed: 2,400 - user 2000 + the sign-up; user 100 was listed before it
-    // went. User 5's listing is older than the webhook's version: stale.
+    // Listed: 2,400 - user 2000 + the sign-up; users 100 and 599 were
+    // listed before they went. User 5's listing is older than the webhook's
+    // version: stale.
     assert_eq!(
         summary,
         Summary {
@@ -133,11 +141,17 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
             stale: 1,
             deleted_locally: 0,
             rejected: 0,
+            rejections: vec![],
             tombstoned: 2,
+            missed_by_listing: 0,
             quarantined: 0,
             complete: true,
         }
     );
+    // Only the two tombstoned users were asked for by id.
+    let mut lookups = clerk.lookups();
+    lookups.sort();
+    assert_eq!(lookups, ["user_02000", "user_gone"]);
 
     // Every user Clerk holds now is in the directory, mapped like a webhook:
     // the shift did not make the listing skip anyone.
@@ -168,7 +182,8 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     }
     // Reconcile: the two Clerk lost are tombstoned; the sign-up during the
     // listing is not; the user deleted behind the cursor stays until its
-    // user.deleted webhook arrives (the listing saw it alive).
+    // user.deleted webhook arrives (the listing saw it alive), and so does
+    // user 599.
     for gone in ["user_gone", "user_02000"] {
         assert_eq!(
             stack.get_user(gone).await.unwrap_err().code(),
@@ -178,23 +193,34 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
     }
     assert!(stack.get_user("user_fresh").await.is_ok());
     assert!(stack.get_user("user_00100").await.is_ok());
-    // Clerk's 2,399, user 100 and the fresh sign-up.
-    assert_eq!(directory.len(), 2_399 + 1 + 1);
+    assert!(stack.get_user("user_00599").await.is_ok());
+    // Clerk's 2,398, users 100 and 599 and the fresh sign-up.
+    assert_eq!(directory.len(), 2_398 + 2 + 1);
+
+    // The refused cursor was asked again after the user before it; no
+    // request used an offset.
+    let served = clerk.served();
+    let refused = served
+        .iter()
+        .position(|s| s.status == StatusCode::NOT_FOUND)
+        .unwrap();
+    assert_eq!(served[refused].after.as_deref(), Some("user_00599"));
+    assert_eq!(served[refused + 1].after.as_deref(), Some("user_00598"));
+    assert!(served.len() <= 20, "{} list requests", served.len());
 
     // The 429 was honoured: the retry came a Retry-After (1 s) later; the
     // 500 was retried.
-    let served = clerk.served();
     let throttled = served
         .iter()
         .position(|s| s.status == StatusCode::TOO_MANY_REQUESTS)
         .unwrap();
     assert!(served[throttled + 1].at - served[throttled].at >= Duration::from_millis(990));
-    assert_eq!(served[throttled + 1].offset, served[throttled].offset);
+    assert_eq!(served[throttled + 1].after, served[throttled].after);
     let failed = served
         .iter()
         .position(|s| s.status == StatusCode::INTERNAL_SERVER_ERROR)
         .unwrap();
-    assert_eq!(served[failed + 1].offset, served[failed].offset);
+    assert_eq!(served[failed + 1].after, served[failed].after);
     assert_eq!(served[failed + 1].status, StatusCode::OK);
 
     // A rerun changes nothing: every user is a duplicate of the first run's
@@ -210,7 +236,7 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
             summary.stale,
             summary.tombstoned
         ),
-        (2_399, 0, 2_399, 0, 0)
+        (2_398, 0, 2_398, 0, 0)
     );
     stack.stop().await;
 }
@@ -233,10 +259,12 @@ async fn dry_run_reports_and_writes_nothing(backend: Backend) {
     .await;
     let before = stack.all_users_paged().await;
 
+    // The directory holds 3 users, so the 1 to tombstone is 33 % of it:
+    // over the default share, hence --force.
     let config = backfill_command(
         &stack,
         &clerk,
-        &["--page-size", "120", "--reconcile", "--dry-run"],
+        &["--page-size", "120", "--reconcile", "--dry-run", "--force"],
     );
     let summary = run_backfill(&config).await.unwrap();
     assert_eq!(
@@ -297,40 +325,46 @@ async fn a_bad_key_stops_and_an_interrupted_run_resumes(backend: Backend) {
     }
     let config = backfill_command(&stack, &clerk, &["--page-size", "100", "--reconcile"]);
     let error = run_backfill(&config).await.unwrap_err();
-    let BackfillError::Clerk { resume_from, .. } = &error else {
+    let BackfillError::Clerk {
+        resume: Resume(Some(resume_after)),
+        ..
+    } = &error
+    else {
         panic!("{error}");
     };
-    let resume_from = *resume_from;
+    let resume_after = resume_after.clone();
+    assert_eq!(resume_after, "user_00299", "the last user of the 3rd page");
     assert!(
         error
             .to_string()
-            .contains(&format!("--resume-from {resume_from}")),
+            .contains("rerun with --resume-after user_00299 to continue"),
         "{error}"
     );
     assert!(error.to_string().contains("500"), "{error}");
-    let partial = stack.all_users_paged().await.len() as u64;
-    assert!(
-        partial >= resume_from && partial < 1_000,
-        "{partial} users after {resume_from}"
-    );
+    assert_eq!(stack.all_users_paged().await.len(), 300);
 
     // Resuming where it said: the rest arrives, without starting over.
     clerk.reset_requests();
-    let offset = resume_from.to_string();
     let config = backfill_command(
         &stack,
         &clerk,
-        &["--page-size", "100", "--resume-from", &offset],
+        &["--page-size", "100", "--resume-after", &resume_after],
     );
     let summary = run_backfill(&config).await.unwrap();
     assert!(!summary.complete, "a resumed listing is not complete");
-    assert_eq!(summary.fetched, 1_000 - resume_from);
-    assert_eq!(summary.applied, 1_000 - partial);
-    assert_eq!(clerk.served().first().unwrap().offset as u64, resume_from);
+    assert_eq!((summary.fetched, summary.applied), (700, 700));
+    assert_eq!(
+        clerk.served().first().unwrap().after.as_deref(),
+        Some("user_00299")
+    );
     assert_eq!(stack.all_users_paged().await.len(), 1_000);
 
-    // Reconcile refuses a listing that does not start at 0.
-    let config = backfill_command(&stack, &clerk, &["--resume-from", &offset, "--reconcile"]);
+    // Reconcile refuses a listing that does not start at the first user.
+    let config = backfill_command(
+        &stack,
+        &clerk,
+        &["--resume-after", &resume_after, "--reconcile"],
+    );
     let error = run_backfill(&config).await.unwrap_err();
     assert!(
         error

@@ -1,7 +1,10 @@
-//! A local stand-in for Clerk's Backend API: `GET /v1/users` (offset paging
-//! in created_at order, bare JSON array) and `GET /v1/users/count`, behind a
-//! bearer key, with faults (429 with Retry-After, 500) and changes to the
-//! user list injected at chosen requests.
+//! A local stand-in for Clerk's Backend API: `GET /v1/users` (paging by the
+//! `starting_after` cursor in created_at order, bare JSON array; deep
+//! offsets refused as Clerk's time out), `GET /v1/users/count` and
+//! `GET /v1/users/{id}`, behind a bearer key, with faults (429 with
+//! Retry-After, 500, a page of chosen bytes, a truncated page), changes to
+//! the user list injected at chosen requests, and the misbehaviours probes
+//! found: a cursor ignored, counts that lie, users hidden from the listing.
 
 use std::{
     collections::HashMap,
@@ -26,13 +29,20 @@ use tokio::net::TcpListener;
 pub(crate) const CLERK_KEY: &str = "sk_test_fakeKeyForTests0123456789";
 
 /// What the fake answers a list request with instead of users.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Fault {
     /// 429 with `Retry-After: seconds`.
     Throttle(u64),
     /// 500 with a Clerk error body.
     ServerError,
+    /// 200 with these bytes as the page.
+    Body(Bytes),
+    /// 200 with only the first this many users of the right page.
+    Truncate(usize),
 }
+
+/// Offsets from here on are refused, as Clerk's deep offsets time out.
+pub(crate) const DEEP_OFFSET: usize = 500;
 
 /// Changes the user list before the list request with this number is served.
 pub(crate) type Mutation = Box<dyn FnMut(&mut Vec<Value>) + Send>;
@@ -40,7 +50,8 @@ pub(crate) type Mutation = Box<dyn FnMut(&mut Vec<Value>) + Send>;
 /// A served (or refused) list request.
 #[derive(Clone, Debug)]
 pub(crate) struct Served {
-    pub(crate) offset: usize,
+    /// The `starting_after` cursor, if any.
+    pub(crate) after: Option<String>,
     pub(crate) status: StatusCode,
     pub(crate) at: Instant,
 }
@@ -54,6 +65,14 @@ struct State {
     faults: HashMap<u32, Fault>,
     mutations: HashMap<u32, Mutation>,
     served: Vec<Served>,
+    /// Serve every page from the start, whatever the cursor says.
+    ignore_cursor: bool,
+    /// Answers of the next count requests, instead of the truth.
+    counts: Vec<u64>,
+    /// Users left out of listings (and counts) but returned by id.
+    hidden: Vec<String>,
+    /// `GET /v1/users/{id}` requests so far.
+    lookups: Vec<String>,
 }
 
 /// The running fake.
@@ -147,6 +166,26 @@ impl FakeClerk {
             .insert(request, mutation);
     }
 
+    /// Serves every page from the start from now on (a cursor ignored).
+    pub(crate) fn ignore_cursor(&self) {
+        self.state.lock().unwrap().ignore_cursor = true;
+    }
+
+    /// Answers the next count requests with `counts`, in order.
+    pub(crate) fn lie_about_counts(&self, counts: &[u64]) {
+        self.state.lock().unwrap().counts = counts.to_vec();
+    }
+
+    /// Leaves `ids` out of listings and counts; still returns them by id.
+    pub(crate) fn hide_from_listing(&self, ids: &[&str]) {
+        self.state.lock().unwrap().hidden = ids.iter().map(|id| id.to_string()).collect();
+    }
+
+    /// Ids asked for with `GET /v1/users/{id}` so far.
+    pub(crate) fn lookups(&self) -> Vec<String> {
+        self.state.lock().unwrap().lookups.clone()
+    }
+
     /// Every list request so far.
     pub(crate) fn served(&self) -> Vec<Served> {
         self.state.lock().unwrap().served.clone()
@@ -164,6 +203,10 @@ impl FakeClerk {
         state.faults.clear();
         state.mutations.clear();
         state.served.clear();
+        state.ignore_cursor = false;
+        state.counts.clear();
+        state.hidden.clear();
+        state.lookups.clear();
     }
 }
 
@@ -185,62 +228,152 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Byt
         .unwrap_or("")
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.replace("%2B", "+")))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
         .collect();
     let mut state = state.lock().unwrap();
     match request.uri().path() {
-        "/v1/users/count" => json_response(
-            StatusCode::OK,
-            json!({"object": "total_count", "total_count": state.users.len()}),
-        ),
-        "/v1/users" => {
-            assert_eq!(
-                query.get("order_by").map(String::as_str),
-                Some("+created_at")
-            );
-            let limit: usize = query["limit"].parse().unwrap();
-            let offset: usize = query["offset"].parse().unwrap();
-            assert!((1..=500).contains(&limit), "Clerk allows limit 1..=500");
-            state.requests += 1;
-            let number = state.requests;
-            if let Some(mut mutation) = state.mutations.remove(&number) {
-                mutation(&mut state.users);
-            }
-            let (status, body) = match state.faults.get(&number) {
-                Some(Fault::Throttle(seconds)) => {
-                    let mut response = json_response(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        json!({"errors": [{"message": "Too many requests", "code": "too_many_requests"}]}),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, seconds.to_string().parse().unwrap());
-                    state.served.push(Served {
-                        offset,
-                        status: StatusCode::TOO_MANY_REQUESTS,
-                        at: Instant::now(),
-                    });
-                    return response;
-                }
-                Some(Fault::ServerError) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"errors": [{"message": "Internal error", "code": "internal_clerk_error"}]}),
-                ),
-                None => {
-                    let end = (offset + limit).min(state.users.len());
-                    let page = state.users.get(offset..end).unwrap_or(&[]).to_vec();
-                    (StatusCode::OK, Value::Array(page))
-                }
+        "/v1/users/count" => {
+            let total = if state.counts.is_empty() {
+                (state.users.len() - listed_hidden(&state)) as u64
+            } else {
+                state.counts.remove(0)
             };
-            state.served.push(Served {
-                offset,
-                status,
-                at: Instant::now(),
-            });
-            json_response(status, body)
+            json_response(
+                StatusCode::OK,
+                json!({"object": "total_count", "total_count": total}),
+            )
         }
-        _ => json_response(StatusCode::NOT_FOUND, json!({"errors": []})),
+        "/v1/users" => list(&mut state, &query),
+        path => match path.strip_prefix("/v1/users/") {
+            Some(id) => {
+                let id = percent_decode(id);
+                state.lookups.push(id.clone());
+                match state.users.iter().find(|u| u["id"] == *id.as_str()) {
+                    Some(user) => json_response(StatusCode::OK, user.clone()),
+                    None => not_found("user"),
+                }
+            }
+            None => json_response(StatusCode::NOT_FOUND, json!({"errors": []})),
+        },
     }
+}
+
+/// Hidden users that are in the list (they are left out of counts).
+fn listed_hidden(state: &State) -> usize {
+    state
+        .users
+        .iter()
+        .filter(|u| state.hidden.iter().any(|id| u["id"] == *id.as_str()))
+        .count()
+}
+
+fn list(state: &mut State, query: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    assert_eq!(
+        query.get("order_by").map(String::as_str),
+        Some("+created_at")
+    );
+    let limit: usize = query["limit"].parse().unwrap();
+    assert!((1..=500).contains(&limit), "Clerk allows limit 1..=500");
+    let offset: usize = query.get("offset").map_or(0, |o| o.parse().unwrap());
+    let after = query.get("starting_after").cloned();
+    state.requests += 1;
+    let number = state.requests;
+    if let Some(mut mutation) = state.mutations.remove(&number) {
+        mutation(&mut state.users);
+    }
+    let served = |state: &mut State, status| {
+        state.served.push(Served {
+            after: after.clone(),
+            status,
+            at: Instant::now(),
+        });
+    };
+    if offset >= DEEP_OFFSET || (offset > 0 && after.is_some()) {
+        served(state, StatusCode::UNPROCESSABLE_ENTITY);
+        return clerk_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "offset is too deep or combined with starting_after: paginate with starting_after",
+        );
+    }
+    let visible: Vec<&Value> = state
+        .users
+        .iter()
+        .filter(|u| !state.hidden.iter().any(|id| u["id"] == *id.as_str()))
+        .collect();
+    let start = match after.as_deref() {
+        _ if state.ignore_cursor => Some(0),
+        None => Some(offset),
+        Some(after) => visible.iter().position(|u| u["id"] == after).map(|i| i + 1),
+    };
+    let Some(start) = start else {
+        served(state, StatusCode::NOT_FOUND);
+        return not_found("starting_after user");
+    };
+    let end = (start + limit).min(visible.len());
+    let mut page: Vec<Value> = visible
+        .get(start..end)
+        .unwrap_or(&[])
+        .iter()
+        .map(|u| (*u).clone())
+        .collect();
+    let response = match state.faults.get(&number).cloned() {
+        Some(Fault::Throttle(seconds)) => {
+            served(state, StatusCode::TOO_MANY_REQUESTS);
+            let mut response = clerk_error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.to_string().parse().unwrap());
+            return response;
+        }
+        Some(Fault::ServerError) => {
+            clerk_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+        }
+        Some(Fault::Body(bytes)) => {
+            let mut response = json_response(StatusCode::OK, Value::Null);
+            *response.body_mut() = Full::new(bytes);
+            response
+        }
+        Some(Fault::Truncate(n)) => {
+            page.truncate(n);
+            json_response(StatusCode::OK, Value::Array(page))
+        }
+        None => json_response(StatusCode::OK, Value::Array(page)),
+    };
+    served(state, response.status());
+    response
+}
+
+fn percent_decode(text: &str) -> String {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        match (byte, tail.get(..2)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).unwrap();
+                bytes.push(u8::from_str_radix(hex, 16).unwrap());
+                rest = &tail[2..];
+            }
+            _ => {
+                bytes.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8(bytes).unwrap()
+}
+
+fn not_found(what: &str) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"errors": [{"message": format!("{what} not found"), "code": "resource_not_found"}]}),
+    )
+}
+
+fn clerk_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        json!({"errors": [{"message": message, "code": "fake_error"}]}),
+    )
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {

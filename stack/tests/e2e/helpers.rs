@@ -64,7 +64,7 @@ pub(crate) struct Stack {
     database_url: String,
     /// Set for a stack whose sync-service requires mutual TLS and tokens.
     certs: Option<TestCerts>,
-    sync_address: SocketAddr,
+    pub(crate) sync_address: SocketAddr,
     sync: Option<Running<anyhow::Result<()>>>,
     gateway_address: SocketAddr,
     gateway: Option<Running<Result<(), clerk_sync_gateway::Error>>>,

@@ -3,6 +3,7 @@
 //! gRPC; `operability` checks the metrics and logs of the same traffic.
 
 mod backfill;
+mod backfill_safety;
 mod fake_clerk;
 mod helpers;
 mod hostile;
