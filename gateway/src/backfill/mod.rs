@@ -65,6 +65,8 @@ use tonic::{Code, transport::Channel};
 use crate::{
     Error,
     clerk::{ClerkEvent, ClerkUser, Envelope, UserEvent},
+    limits::Limits,
+    pipeline::{self, Carriage},
     sync_service::{SyncService, SyncServiceSettings},
     upstream::Upstream,
     verify::Delivery,
@@ -427,6 +429,13 @@ pub async fn run(
         directory: directory.directory_client(),
         directory_service: directory,
         args: args.clone(),
+        // The sync-service's default message limit: a backfill has no
+        // --max-message-bytes of its own, and a user over the real one is
+        // refused by name like any other.
+        carriage: Carriage {
+            max_message_bytes: Limits::DEFAULT_MAX_MESSAGE_BYTES,
+            private_metadata: settings.private_metadata,
+        },
         logs_left: LOGGED_REJECTIONS,
         summary: Summary {
             dry_run: args.dry_run,
@@ -472,6 +481,8 @@ struct Backfill {
     /// The channel `directory` uses, with the directory's longer deadline.
     directory_service: SyncService,
     args: BackfillArgs,
+    /// What the sync-service takes: every user is readied as a webhook is.
+    carriage: Carriage,
     /// Rejections still logged one by one (a bad page must not flood logs).
     logs_left: u32,
     summary: Summary,
@@ -561,7 +572,7 @@ impl Backfill {
             }
             let mut fresh = Vec::with_capacity(users.fresh.len());
             for raw in users.fresh {
-                match map_user(raw) {
+                match map_user(raw, self.carriage) {
                     Ok(mapped) => fresh.push(mapped),
                     Err(error) => {
                         let user_id = listing::user_id(raw).unwrap_or_default();
@@ -820,7 +831,7 @@ impl Backfill {
         );
         let mapped = serde_json::from_slice::<&RawValue>(body)
             .map_err(Error::InvalidJson)
-            .and_then(map_user)
+            .and_then(|raw| map_user(raw, self.carriage))
             .and_then(|mapped| {
                 if mapped.user_id == user_id {
                     Ok(mapped)
@@ -910,8 +921,9 @@ fn retryable(error: &Error) -> bool {
     }
 }
 
-/// Maps a listed user like the `data` of a `user.updated` webhook.
-fn map_user(raw: &RawValue) -> Result<Mapped, Error> {
+/// Maps a listed user like the `data` of a `user.updated` webhook, readied
+/// for the sync-service by the webhooks' own step ([`pipeline::prepare`]).
+fn map_user(raw: &RawValue, carriage: Carriage) -> Result<Mapped, Error> {
     let user: ClerkUser<'_> = serde_json::from_str(raw.get()).map_err(Error::InvalidJson)?;
     let user_id = user
         .id
@@ -929,6 +941,7 @@ fn map_user(raw: &RawValue) -> Result<Mapped, Error> {
         data: user,
     });
     let event = UserEvent::from_clerk(event, &delivery)?.ok_or(Error::MissingField("id"))?;
+    let event = pipeline::prepare(event, carriage)?;
     Ok(Mapped {
         user_id,
         updated_at,

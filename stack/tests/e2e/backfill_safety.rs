@@ -25,6 +25,7 @@ crate::on_both_backends!(
     oversized_pages_stop_the_listing,
     users_clerk_still_returns_are_applied_not_tombstoned,
     a_user_the_sync_service_refuses_is_named_and_skipped,
+    listed_users_are_readied_like_webhooks,
     a_pass_over_the_tombstone_share_stops_unless_forced,
     a_connection_broken_mid_pass_is_retried,
 );
@@ -265,6 +266,38 @@ async fn a_user_the_sync_service_refuses_is_named_and_skipped(backend: Backend) 
         assert_eq!((summary.applied, summary.unchanged), (applied, unchanged));
     }
     assert_eq!(stack.all_users_paged().await.len(), 299);
+    stack.stop().await;
+}
+
+async fn listed_users_are_readied_like_webhooks(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let mut users = clerk_users(USERS as usize);
+    let deep = (0..40).fold(
+        serde_json::json!("leaf"),
+        |inner, _| serde_json::json!({ "deeper": inner }),
+    );
+    // Private metadata the sync-service does not keep is dropped, so the
+    // ban is applied; public metadata too deep to decode is refused by name.
+    users[10]["private_metadata"] = deep.clone();
+    users[10]["banned"] = true.into();
+    users[20]["public_metadata"] = deep;
+    let banned = users[10]["id"].as_str().unwrap().to_owned();
+    let too_deep = users[20]["id"].as_str().unwrap().to_owned();
+    let clerk = FakeClerk::start(users).await;
+
+    let summary = reconcile(&stack, &clerk, &[]).await.unwrap();
+    assert!(summary.complete, "{summary}");
+    assert_eq!(summary.rejected, 1, "{summary}");
+    assert_eq!(summary.rejections[0].user_id, too_deep);
+    assert!(
+        summary.rejections[0]
+            .why
+            .contains("public_metadata is nested 40 levels"),
+        "{summary}"
+    );
+    let user = stack.get_user(&banned).await.unwrap();
+    assert!(user.banned);
+    assert_eq!(stack.all_users_paged().await.len() as u64, USERS - 1);
     stack.stop().await;
 }
 
