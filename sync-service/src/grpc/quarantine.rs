@@ -149,6 +149,12 @@ fn parse_quarantine(
     })
 }
 
+/// Whether `w` is a JSON `\u` escape of an ASCII letter, digit or `_`
+/// (`\u005f`, `\u0070`, …): what could spell `private_metadata` unseen.
+fn escapes_a_key_letter(w: &[u8]) -> bool {
+    matches!(w, [b'\\', b'u', b'0', b'0', b'3'..=b'7', last] if last.is_ascii_hexdigit())
+}
+
 /// What the quarantine keeps of a body.
 struct KeptBody {
     body: Vec<u8>,
@@ -163,14 +169,14 @@ struct KeptBody {
 /// otherwise, quarantine included), and with the user it is about read out,
 /// so that deleting the user erases the record. A body that cannot be read
 /// as JSON is kept as it came when private metadata is stored or when it
-/// cannot hold any (no `private_metadata` key, no `\u` escape that could
-/// spell one), and not at all otherwise. A body rewritten here is no longer
+/// cannot hold any (no `private_metadata`, and no `\u` escape of a letter
+/// that could spell it), and not at all otherwise. A body rewritten here is no longer
 /// the signed bytes: `quarantine retry` trusts records as the write-token
 /// holder that stored them.
 fn kept_body(body: Vec<u8>, store_private_metadata: bool) -> KeptBody {
     let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-        let may_hold_some = contains(b"private_metadata") || contains(b"\\u");
+        let may_hold_some = body.windows(16).any(|w| w == b"private_metadata")
+            || body.windows(6).any(escapes_a_key_letter);
         let withheld = !store_private_metadata && may_hold_some;
         return KeptBody {
             body: if withheld { Vec::new() } else { body },
@@ -366,9 +372,17 @@ mod tests {
             parse_quarantine(request.clone(), true).unwrap().body,
             request.body
         );
-        // Unreadable but holding none: kept as it came.
-        let harmless = b"{\"type\":\"user.updated\",\0\xff}".to_vec();
-        assert_eq!(kept_body(harmless.clone(), false).body, harmless);
+        // Unreadable but holding none: kept as it came (a lone surrogate
+        // escape spells no key).
+        for harmless in [
+            b"{\"type\":\"user.updated\",\0\xff}".to_vec(),
+            br#"{"data":{"first_name":"\ud800"}}"#.to_vec(),
+        ] {
+            assert_eq!(kept_body(harmless.clone(), false).body, harmless);
+        }
+        // An escaped key could hide it: not kept.
+        let hidden = br#"{"data":{"priv\u0061te_metadata":{"ssn":"1"}},"x":"\ud800"}"#;
+        assert!(kept_body(hidden.to_vec(), false).withheld);
 
         // Only user events name a user.
         let organization = br#"{"type": "organization.created", "data": {"id": "org_1"}}"#;
