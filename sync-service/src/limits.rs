@@ -15,6 +15,9 @@
 //! - **Messages**: each service decodes at most what its largest request
 //!   can be (see `server.rs`), so what a client declares is refused by its
 //!   length prefix rather than buffered.
+//! - **Watchers**: the change feed's settings (watchers per server and per
+//!   token, each one's buffer and stall timeout) live here too; the feed
+//!   (`grpc/feed.rs`) enforces them.
 //!
 //! The first two are enforced by the socket itself ([`Guarded`]): its reads
 //! fail once its [`Activity`] says the connection is past its deadline, and
