@@ -127,7 +127,7 @@ pub struct Limits {
     #[arg(
         long = "max-watchers", value_name = "N",
         env = "SYNC_SERVICE_MAX_WATCHERS",
-        default_value_t = 1024,
+        default_value_t = 256,
         value_parser = parse_count,
         global = true
     )]
@@ -147,7 +147,7 @@ pub struct Limits {
     #[arg(
         long = "watch-buffer-bytes", value_name = "BYTES",
         env = "SYNC_SERVICE_WATCH_BUFFER_BYTES",
-        default_value_t = 1024 * 1024,
+        default_value_t = 64 * 1024,
         value_parser = clap::value_parser!(u32).range(4096..=1_073_741_824),
         global = true
     )]
@@ -478,9 +478,9 @@ mod tests {
             http2_keepalive_timeout: Duration::from_secs(10),
             http2_max_streams: 128,
             request_timeout: Duration::from_secs(30),
-            max_watchers: 1024,
+            max_watchers: 256,
             max_watchers_per_token: 64,
-            watch_buffer_bytes: 1024 * 1024,
+            watch_buffer_bytes: 64 * 1024,
             watch_stall_timeout: Duration::from_secs(30),
         }
     }
