@@ -208,10 +208,7 @@ impl Drop for TestApp {
 }
 
 pub(crate) fn ts(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    clerk_sync_common::time::timestamp_from_millis(ms)
 }
 
 pub(crate) fn meta(event_id: &str, at_ms: i64) -> v1::EventMeta {
