@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/clerk/sync/v1/sync.proto",
     "proto/clerk/sync/v1/directory.proto",
     "proto/clerk/sync/v1/quarantine.proto",
+    "proto/clerk/sync/v1/reconcile.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

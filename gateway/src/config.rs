@@ -1,7 +1,7 @@
 //! The gateway's command line: flags with environment fallbacks and defaults
 //! that work on a developer machine, assembled from the settings of the
 //! modules that use them ([`SyncServiceSettings`], [`Limits`],
-//! [`BackfillArgs`], [`QuarantineCommand`]) plus the server's own.
+//! [`BackfillCommand`], [`QuarantineCommand`]) plus the server's own.
 //!
 //! Values are parsed into their final types, so a bad one stops start-up
 //! with one line naming the setting instead of failing on the first request.
@@ -16,7 +16,7 @@ use clerk_sync_common::{
 use http::Uri;
 
 use crate::{
-    backfill::BackfillArgs, limits::Limits, quarantine::cli::QuarantineCommand,
+    backfill::BackfillCommand, limits::Limits, quarantine::cli::QuarantineCommand,
     sync_service::SyncServiceSettings, verify::WebhookSecrets,
 };
 
@@ -122,8 +122,9 @@ pub enum Command {
     },
     /// Fill the directory from Clerk's Backend API (every user, through the
     /// sync-service with the webhook rules), optionally tombstoning local
-    /// users Clerk no longer lists; then exit.
-    Backfill(BackfillArgs),
+    /// users Clerk no longer lists; once, or every `--every`. `backfill
+    /// status` lists the recorded passes.
+    Backfill(Box<BackfillCommand>),
 }
 
 impl Config {
@@ -285,9 +286,10 @@ mod tests {
         assert_eq!(config.sync_service.urls, ["http://a:1"]);
         assert_eq!(config.sync_service.timeout, Duration::from_millis(900));
         assert!(config.webhook_secrets.is_none());
-        let Some(Command::Backfill(args)) = &config.command else {
+        let Some(Command::Backfill(command)) = &config.command else {
             panic!("{config:?}")
         };
+        let args = &command.args;
         assert!(args.reconcile && !args.dry_run);
         assert_eq!(args.clerk_api_url, "https://api.clerk.com");
         assert_eq!((args.page_size, args.resume_after.as_deref()), (500, None));
@@ -328,6 +330,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("--clerk-secret-key"), "{error}");
+    }
+
+    #[test]
+    fn schedules_resyncs_and_status_parse_and_refuse_what_cannot_go_together() {
+        let command = |config: Config| match config.command {
+            Some(Command::Backfill(command)) => command,
+            other => panic!("{other:?}"),
+        };
+        let scheduled = command(backfill(&["--reconcile", "--every", "6h"]).unwrap());
+        assert_eq!(scheduled.args.every, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(scheduled.args.lease_secs, Duration::from_secs(60));
+        let resync = command(backfill(&["--user", "user_a,user_b", "--user", "user_c"]).unwrap());
+        assert_eq!(resync.args.users, ["user_a", "user_b", "user_c"]);
+
+        // `backfill status` needs no Clerk key.
+        let status = command(
+            Config::try_parse_from(["clerk-sync-gateway", "backfill", "status", "--limit", "5"])
+                .unwrap(),
+        );
+        assert!(matches!(
+            status.action,
+            Some(crate::backfill::BackfillAction::Status { limit: 5 })
+        ));
+
+        for (args, named) in [
+            (&["--every", "0s"][..], "--every"),
+            (&["--every", "soon"], "--every"),
+            (&["--every", "6h", "--dry-run"], "--dry-run"),
+            (
+                &["--every", "6h", "--resume-after", "user_1"],
+                "--resume-after",
+            ),
+            (&["--user", "user_1", "--reconcile"], "--reconcile"),
+            (&["--user", "user 1"], "--user"),
+            (&["--lease-secs", "1"], "--lease-secs"),
+            (&["--holder", ""], "--holder"),
+            (&["--reconcile", "status"], "status"),
+        ] {
+            let error = backfill(args).unwrap_err().to_string();
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
     }
 
     #[test]

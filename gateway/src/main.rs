@@ -17,12 +17,11 @@ async fn main() -> ExitCode {
     let mut config = Config::parse();
     init_tracing(config.log_format);
 
-    if let Some(Command::Backfill(args)) = &config.command {
-        return match backfill::run(&config.sync_service, args, shutdown_signal()).await {
-            Ok(summary) => {
-                println!("backfill done: {summary}");
-                ExitCode::SUCCESS
-            }
+    if let Some(Command::Backfill(command)) = &config.command {
+        let out = &mut std::io::stdout();
+        return match backfill::command(&config.sync_service, command, shutdown_signal(), out).await
+        {
+            Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");
                 ExitCode::FAILURE

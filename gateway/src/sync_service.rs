@@ -238,6 +238,11 @@ impl SyncService {
         self.timeout
     }
 
+    /// The channel itself, for clients of the other services.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Applies events.
     pub fn sync_client(&self) -> UserSyncServiceClient<Channel> {
         UserSyncServiceClient::new(self.channel.clone())

@@ -16,6 +16,8 @@
 //!   retry or drop.
 //! - `user_changes` and `feed_head`: the change feed's log (one entry per
 //!   user, at the position of its latest change) and its position counter.
+//! - `reconcile_passes` and `reconcile_lease`: every backfill pass (status,
+//!   cursor, counts) and the lease that lets one run at a time.
 //!
 //! On PostgreSQL the function `clerk_sync_apply_batch` applies a batch of
 //! events in one round trip ([`APPLY_BATCH_FUNCTION`]).
@@ -48,6 +50,7 @@ mod m20261129_000001_apply_batch_function;
 mod m20261203_000001_apply_batch_function_v3;
 mod m20261203_000002_apply_batch_function_v4;
 mod m20261203_000003_quarantine_user;
+mod m20261203_000004_reconcile_passes;
 
 /// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
 /// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
@@ -71,6 +74,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_apply_batch_function_v3::Migration),
             Box::new(m20261203_000002_apply_batch_function_v4::Migration),
             Box::new(m20261203_000003_quarantine_user::Migration),
+            Box::new(m20261203_000004_reconcile_passes::Migration),
         ]
     }
 }

@@ -37,7 +37,10 @@ const OPEN_PREFIXES: [&str; 3] = [
 ];
 
 /// gRPC path prefixes the read role may call.
-const READ_PREFIXES: [&str; 1] = ["/clerk.sync.v1.UserDirectoryService/"];
+const READ_PREFIXES: [&str; 2] = [
+    "/clerk.sync.v1.UserDirectoryService/",
+    "/clerk.sync.v1.ReconcileService/ListPasses",
+];
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -36,6 +36,7 @@ use tonic::Code;
 use crate::{
     domain::{Event, Outcome},
     error::Error,
+    store::{ReconcileHealth, Repairs},
 };
 
 /// Events by type and what applying them did.
@@ -85,6 +86,14 @@ struct CacheLabels {
     result: &'static str,
 }
 
+/// What a backfill pass repaired.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    /// `missed` (a user the directory lacked), `stale` (a user it held an
+    /// older copy of) or `tombstoned` (a user Clerk no longer has).
+    kind: &'static str,
+}
+
 /// The build, as an info metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -118,6 +127,9 @@ struct Metrics {
     grpc_connections: Gauge,
     grpc_connections_refused: Counter,
     watchers: Gauge,
+    reconcile_last_success: Family<Unlabelled, Gauge>,
+    reconcile_interval: Family<Unlabelled, Gauge>,
+    reconcile_repaired: Family<RepairLabels, Counter>,
 }
 
 /// Latency buckets, 0.25 ms to ~8 s.
@@ -214,6 +226,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Open WatchUsers streams on this server",
         watchers.clone(),
     );
+    let reconcile_last_success = Family::default();
+    registry.register(
+        "reconcile_last_success_timestamp_seconds",
+        "When the last complete backfill pass from the first user ended (before the first, when the first scheduled pass started), sampled every health-check interval",
+        reconcile_last_success.clone(),
+    );
+    let reconcile_interval = Family::default();
+    registry.register(
+        "reconcile_interval_seconds",
+        "The newest scheduled backfill pass's interval (--every), sampled every health-check interval",
+        reconcile_interval.clone(),
+    );
+    let reconcile_repaired = Family::default();
+    registry.register(
+        "reconcile_repaired",
+        "Users backfill passes repaired, by kind: missed (the directory lacked them), stale (it held an older copy), tombstoned (Clerk no longer has them): webhook deliveries that were lost",
+        reconcile_repaired.clone(),
+    );
     registry.register(
         "build",
         "The running sync-service's version",
@@ -237,6 +267,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         grpc_connections,
         grpc_connections_refused,
         watchers,
+        reconcile_last_success,
+        reconcile_interval,
+        reconcile_repaired,
     }
 });
 
@@ -527,6 +560,32 @@ impl<B> Drop for MeteredBody<B> {
         if let Some(call) = self.call.take() {
             call.finish(Code::Cancelled);
         }
+    }
+}
+
+/// Sets the reconcile gauges from the recorded passes (the database watcher
+/// in `server.rs` reads them every health-check interval).
+pub(crate) fn set_reconcile_health(health: ReconcileHealth) {
+    let set = |family: &Family<Unlabelled, Gauge>, ms: Option<i64>| {
+        if let Some(ms) = ms {
+            family.get_or_create(&Unlabelled).set(ms.div_euclid(1000));
+        }
+    };
+    set(&METRICS.reconcile_last_success, health.last_success_ms);
+    set(&METRICS.reconcile_interval, health.every_ms);
+}
+
+/// Counts what a report of a backfill pass repaired.
+pub(crate) fn record_repairs(repairs: Repairs) {
+    for (kind, count) in [
+        ("missed", repairs.missed),
+        ("stale", repairs.stale),
+        ("tombstoned", repairs.tombstoned),
+    ] {
+        METRICS
+            .reconcile_repaired
+            .get_or_create(&RepairLabels { kind })
+            .inc_by(count);
     }
 }
 

@@ -6,6 +6,7 @@ use std::{future::Future, time::Duration};
 
 use clerk_sync_api::v1::{
     quarantine_service_server::QuarantineServiceServer,
+    reconcile_service_server::ReconcileServiceServer,
     user_directory_service_server::UserDirectoryServiceServer,
     user_sync_service_server::UserSyncServiceServer,
 };
@@ -17,7 +18,7 @@ use crate::{
     config::Config,
     grpc::{
         directory::DirectoryService, feed::Watchers, quarantine::QuarantineService,
-        sync::SyncService,
+        reconcile::ReconcileService, sync::SyncService,
     },
     ingest::Ingestor,
     limits::{self, CallTrackingLayer},
@@ -129,6 +130,9 @@ pub async fn serve(
         config.ledger_retention(),
         config.quarantine_retention(),
     ));
+    let reconcile = ReconcileService {
+        store: store.clone(),
+    };
     let limits = std::sync::Arc::new(config.limits.clone());
     let directory = DirectoryService {
         store,
@@ -188,6 +192,11 @@ pub async fn serve(
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
+        .add_service(
+            ReconcileServiceServer::new(reconcile)
+                .max_decoding_message_size(SMALL_REQUEST_BYTES)
+                .max_encoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
 
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
@@ -237,11 +246,12 @@ async fn prune_deletions(store: Store, retention: Duration) {
 /// the metrics on the same tick (every replica reads the shared tables, so
 /// all report one number).
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
-    const SERVICES: [&str; 4] = [
+    const SERVICES: [&str; 5] = [
         "",
         "clerk.sync.v1.UserSyncService",
         "clerk.sync.v1.UserDirectoryService",
         "clerk.sync.v1.QuarantineService",
+        "clerk.sync.v1.ReconcileService",
     ];
     let mut last = None;
     let mut ticker = tokio::time::interval(interval);
@@ -276,7 +286,8 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
 }
 
 /// Samples what every replica reads alike from the shared database, for the
-/// metrics: the quarantine's size and the change feed's head.
+/// metrics: the quarantine's size, the change feed's head and the backfill
+/// passes' health.
 async fn sample_shared_state(store: &Store, limit: Duration) {
     match tokio::time::timeout(limit, store.quarantine_size()).await {
         Ok(Ok((count, bytes))) => metrics::set_quarantined(count, bytes),
@@ -287,6 +298,11 @@ async fn sample_shared_state(store: &Store, limit: Duration) {
         Ok(Ok(position)) => metrics::set_change_feed_head(position),
         Ok(Err(error)) => tracing::warn!(%error, "cannot read the change feed's head"),
         Err(_) => tracing::warn!("reading the change feed's head timed out"),
+    }
+    match tokio::time::timeout(limit, store.reconcile_health()).await {
+        Ok(Ok(health)) => metrics::set_reconcile_health(health),
+        Ok(Err(error)) => tracing::warn!(%error, "cannot read the backfill passes"),
+        Err(_) => tracing::warn!("reading the backfill passes timed out"),
     }
 }
 

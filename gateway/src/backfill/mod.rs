@@ -40,20 +40,22 @@
 
 pub mod clerk_api;
 pub mod listing;
+pub mod passes;
 
 use std::{
+    collections::HashMap,
     fmt,
     io::IsTerminal as _,
     time::{Duration, Instant},
 };
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use clerk_sync_api::v1::{
-    BatchGetUsersRequest, EventMeta, ListUsersRequest, Outcome, UserDeleted,
-    user_directory_service_client::UserDirectoryServiceClient,
+    BatchGetUsersRequest, BeginPassRequest, EventMeta, ListUsersRequest, Outcome, PassCounts,
+    PassStatus, User, UserDeleted, user_directory_service_client::UserDirectoryServiceClient,
 };
 use clerk_sync_common::{
-    settings::SecretParser,
+    settings::{MAX_SETTING_SECS, SecretParser},
     time::{millis_from_timestamp, now_millis, timestamp_from_millis},
 };
 use futures::{StreamExt as _, stream};
@@ -73,6 +75,8 @@ use crate::{
 };
 use clerk_api::{ClerkApi, ClerkApiError, SecretKey, backoff};
 use listing::{Listing, ListingError};
+use passes::{Begun, Passes, Report};
+use tokio::sync::watch;
 
 /// Reconcile spares users changed this shortly before the listing started.
 pub const RECONCILE_MARGIN: Duration = Duration::from_secs(300);
@@ -102,9 +106,10 @@ pub struct BackfillArgs {
         long = "clerk-secret-key", value_name = "KEY",
         env = "CLERK_SECRET_KEY",
         hide_env_values = true,
+        required = true,
         value_parser = SecretParser::new("--clerk-secret-key (CLERK_SECRET_KEY)", SecretKey::parse)
     )]
-    pub clerk_secret_key: SecretKey,
+    pub clerk_secret_key: Option<SecretKey>,
 
     /// Base URL of Clerk's Backend API.
     #[arg(
@@ -172,6 +177,56 @@ pub struct BackfillArgs {
     #[arg(long, value_name = "N", env = "BACKFILL_CONCURRENCY", default_value_t = 16,
         value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
+
+    /// Run forever: a pass, then the next one after this interval (plus up
+    /// to a tenth of it at random), e.g. `6h`. Passes from every scheduler,
+    /// CronJob and person run one at a time.
+    #[arg(long, value_name = "DURATION", env = "BACKFILL_EVERY",
+        value_parser = parse_every,
+        conflicts_with_all = ["dry_run", "resume_after", "users"])]
+    pub every: Option<Duration>,
+
+    /// Resync only these users (repeatable): fetch each from Clerk and
+    /// apply it, or tombstone it when Clerk answers 404.
+    #[arg(long = "user", value_name = "USER_ID", env = "BACKFILL_USERS",
+        value_delimiter = ',', value_parser = parse_user_id,
+        conflicts_with_all = ["reconcile", "resume_after"])]
+    pub users: Vec<String>,
+
+    /// How long a pass's lease on the sync-service lasts unless renewed
+    /// (every third of it): a holder that dies blocks others this long.
+    #[arg(long, value_name = "SECONDS", env = "BACKFILL_LEASE_SECS", default_value = "60",
+        value_parser = parse_lease)]
+    pub lease_secs: Duration,
+
+    /// Who this pass says runs it (`backfill status` shows it); default
+    /// host name and process id.
+    #[arg(long, value_name = "NAME", env = "BACKFILL_HOLDER", value_parser = parse_holder)]
+    pub holder: Option<String>,
+}
+
+/// `clerk-sync-gateway backfill [status]`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackfillCommand {
+    /// What else to do than a pass.
+    #[command(subcommand)]
+    pub action: Option<BackfillAction>,
+    /// The pass's settings.
+    #[command(flatten)]
+    pub args: BackfillArgs,
+}
+
+/// `backfill` sub-commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BackfillAction {
+    /// List recent passes (newest first) with their status, cursor and
+    /// counts, as the sync-service recorded them.
+    Status {
+        /// Most passes to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
 }
 
 fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
@@ -187,7 +242,7 @@ fn parse_clerk_api_url(text: &str) -> Result<Uri, String> {
     }
 }
 
-fn parse_resume_after(text: &str) -> Result<String, String> {
+fn parse_user_id(text: &str) -> Result<String, String> {
     let id = text.trim();
     if id.is_empty() {
         return Err("expected a Clerk user id (user_…)".to_owned());
@@ -196,6 +251,47 @@ fn parse_resume_after(text: &str) -> Result<String, String> {
         return Err("expected a Clerk user id: at most 256 bytes, no spaces".to_owned());
     }
     Ok(id.to_owned())
+}
+
+fn parse_resume_after(text: &str) -> Result<String, String> {
+    parse_user_id(text)
+}
+
+fn parse_every(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected a duration such as 6h, 30m or 90s ({e})"))?;
+    if every < Duration::from_secs(1) || every.as_secs() > MAX_SETTING_SECS {
+        return Err("expected a duration from 1s to ten years".to_owned());
+    }
+    Ok(every)
+}
+
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(secs @ 2..=3600) => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "expected whole seconds from 2 to 3600, got {text:?}"
+        )),
+    }
+}
+
+fn parse_holder(text: &str) -> Result<String, String> {
+    let holder = text.trim();
+    if holder.is_empty() || holder.len() > 256 || holder.chars().any(char::is_control) {
+        return Err("expected a name of 1 to 256 bytes without control characters".to_owned());
+    }
+    Ok(holder.to_owned())
+}
+
+/// This process, as a pass names its holder: host name and process id.
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 fn refuse_resume_from(_: &str) -> Result<String, String> {
@@ -270,7 +366,7 @@ pub enum BackfillError {
         resume: Resume,
     },
     /// The sync-service failed for good.
-    #[error("sync-service: {source}; {resume}")]
+    #[error("sync-service: {}; {resume}", crate::error::chain(source))]
     SyncService {
         /// What failed.
         source: Error,
@@ -297,6 +393,24 @@ pub enum BackfillError {
         live: u64,
         /// The allowed share.
         share: Share,
+    },
+    /// `--user`: Clerk could not be asked about a user.
+    #[error("cannot fetch {user_id:?} from Clerk: {source}")]
+    Resync {
+        /// The user.
+        user_id: String,
+        /// What failed.
+        source: ClerkApiError,
+    },
+    /// The pass's lease expired unrenewed and another pass took it: this
+    /// one stopped, and the other continues after its cursor.
+    #[error(
+        "pass {pass} lost its lease to another pass (the sync-service was out of reach for \
+         longer than the lease); it stopped and the other pass continues after its cursor"
+    )]
+    LeaseLost {
+        /// The pass that stopped.
+        pass: u64,
     },
     /// Stopped by a signal.
     #[error("interrupted; {resume}")]
@@ -327,6 +441,11 @@ pub struct Summary {
     pub fetched: u64,
     /// Users written (dry run: that would be written: new or newer).
     pub applied: u64,
+    /// Of `applied`: users the directory did not have (lost webhooks, or a
+    /// first fill).
+    pub repaired_missed: u64,
+    /// Of `applied`: users the directory held an older copy of.
+    pub repaired_stale: u64,
     /// Users the directory already held at this version (a rerun).
     pub unchanged: u64,
     /// Users the directory holds a newer version of (a webhook won).
@@ -352,6 +471,23 @@ pub struct Summary {
     pub complete: bool,
 }
 
+impl Summary {
+    /// The counts a recorded pass reports.
+    pub fn counts(&self) -> PassCounts {
+        PassCounts {
+            fetched: self.fetched,
+            applied: self.applied,
+            unchanged: self.unchanged,
+            stale: self.stale,
+            tombstoned: self.tombstoned,
+            rejected: self.rejected,
+            quarantined: self.quarantined,
+            repaired_missed: self.repaired_missed,
+            repaired_stale: self.repaired_stale,
+        }
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (applied, tombstoned) = if self.dry_run {
@@ -361,8 +497,8 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "{}fetched {}, {applied} {}, unchanged {}, stale {} ({} deleted locally), rejected {}, \
-             {tombstoned} {}, quarantined {}",
+            "{}fetched {}, {applied} {} ({} missing, {} older locally), unchanged {}, stale {} \
+             ({} deleted locally), rejected {}, {tombstoned} {}, quarantined {}",
             if self.dry_run {
                 "dry run (nothing written): "
             } else {
@@ -370,6 +506,8 @@ impl fmt::Display for Summary {
             },
             self.fetched,
             self.applied,
+            self.repaired_missed,
+            self.repaired_stale,
             self.unchanged,
             self.stale,
             self.deleted_locally,
@@ -403,89 +541,221 @@ impl fmt::Display for Summary {
 /// The shutdown future a run watches.
 type Shutdown<'a, F> = std::pin::Pin<&'a mut F>;
 
-/// Runs a backfill against the sync-service `settings` name, with `args`,
-/// stopping (with where to resume) when `shutdown` completes.
+/// Runs `command`: a pass (once, or with `--every` forever), a resync of
+/// `--user`s, or `status`; writes the summary or the passes to `out`.
+pub async fn command(
+    settings: &SyncServiceSettings,
+    command: &BackfillCommand,
+    shutdown: impl Future<Output = ()>,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<(), BackfillError> {
+    let written = match &command.action {
+        Some(BackfillAction::Status { limit }) => status(settings, *limit).await?,
+        None if command.args.every.is_some() => {
+            schedule(settings, &command.args, shutdown).await?;
+            String::new()
+        }
+        None => format!(
+            "backfill done: {}\n",
+            run(settings, &command.args, shutdown).await?
+        ),
+    };
+    out.write_all(written.as_bytes())
+        .map_err(|e| BackfillError::Setup(format!("cannot write the report: {e}")))
+}
+
+/// The newest `limit` passes the sync-service recorded, one line each.
+pub async fn status(settings: &SyncServiceSettings, limit: u32) -> Result<String, BackfillError> {
+    let service = SyncService::new(settings).map_err(|e| BackfillError::Setup(e.to_string()))?;
+    // Listing takes no lease; two retries ride out a restarting service.
+    let passes = Passes::new(&service, Duration::from_secs(60), 2)
+        .list(limit as i32)
+        .await
+        .map_err(|source| BackfillError::SyncService {
+            source,
+            resume: Resume::default(),
+        })?;
+    Ok(passes::render(&passes))
+}
+
+/// Runs a pass, then the next one every `--every` (plus up to a tenth of it
+/// at random, so schedulers started together drift apart), until `shutdown`
+/// completes. A failed pass is recorded and logged; the schedule goes on.
+pub async fn schedule(
+    settings: &SyncServiceSettings,
+    args: &BackfillArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BackfillError> {
+    let every = args
+        .every
+        .ok_or_else(|| BackfillError::Setup("--every is required to schedule".to_owned()))?;
+    tokio::pin!(shutdown);
+    loop {
+        match recorded_pass(settings, args, true, &mut shutdown).await {
+            Ok(Some(summary)) => tracing::info!(%summary, "backfill pass complete"),
+            Ok(None) => {}
+            Err(BackfillError::Interrupted { .. }) => return Ok(()),
+            Err(error @ BackfillError::Setup(_)) => return Err(error),
+            Err(error) => tracing::error!(%error, "backfill pass failed"),
+        }
+        let wait = every + every.mul_f64(jitter() / 10.0);
+        tracing::info!(next_pass_in_secs = wait.as_secs(), "backfill scheduled");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.as_mut() => return Ok(()),
+        }
+    }
+}
+
+/// A random fraction in [0, 1).
+fn jitter() -> f64 {
+    (getrandom::u64().unwrap_or(0) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs one backfill pass (or, with `--user`, resyncs those users) against
+/// the sync-service `settings` name, stopping (with where to resume) when
+/// `shutdown` completes. A pass that writes takes the sync-service's lease
+/// first, waiting while another pass runs, and is recorded there.
 pub async fn run(
     settings: &SyncServiceSettings,
     args: &BackfillArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, BackfillError> {
-    if args.reconcile && args.resume_after.is_some() {
-        return Err(BackfillError::Setup(
-            "--reconcile needs a complete listing; --resume-after skips its start".to_owned(),
-        ));
-    }
-    let api = ClerkApi::new(
-        &args.clerk_api_url,
-        &args.clerk_secret_key,
-        args.max_retries,
-    )
-    .map_err(|e| BackfillError::Setup(e.to_string()))?;
-    let service = SyncService::new(settings).map_err(|e| BackfillError::Setup(e.to_string()))?;
-    let directory = service.with_timeout(service.timeout().max(DIRECTORY_TIMEOUT));
-    let mut run = Backfill {
-        api,
-        upstream: Upstream::new(&service),
-        directory: directory.directory_client(),
-        directory_service: directory,
-        args: args.clone(),
-        // The sync-service's default message limit: a backfill has no
-        // --max-message-bytes of its own, and a user over the real one is
-        // refused by name like any other.
-        carriage: Carriage {
-            max_message_bytes: Limits::DEFAULT_MAX_MESSAGE_BYTES,
-            private_metadata: settings.private_metadata,
-        },
-        logs_left: LOGGED_REJECTIONS,
-        summary: Summary {
-            dry_run: args.dry_run,
-            ..Summary::default()
-        },
-    };
     tokio::pin!(shutdown);
-    let started_at = now_millis();
-    // Judging the listing needs the count; progress only wants it.
-    let judged = args.resume_after.is_none();
-    let count_before = run.count(judged && args.reconcile).await?;
-    let mut listing = Listing::new(args.page_size, count_before);
-    let progress = Progress::new(count_before);
-    run.list_and_apply(&mut listing, &progress, &mut shutdown)
-        .await?;
-    progress.finish();
-    if judged && count_before.is_some() {
-        let resume = Resume(listing.cursor(0).map(str::to_owned));
-        if let Some(count_after) = run.count(args.reconcile).await? {
-            listing
-                .check_complete(count_after)
-                .map_err(|source| BackfillError::Listing { source, resume })?;
-            run.summary.complete = true;
+    if !args.users.is_empty() {
+        let mut run = Backfill::new(settings, args)?;
+        run.resync(&args.users, &mut shutdown).await?;
+        return Ok(run.summary);
+    }
+    if args.dry_run {
+        // Writes nothing, so it neither waits for nor blocks a pass.
+        let mut run = Backfill::new(settings, args)?;
+        run.pass(args.resume_after.clone(), args.reconcile, &mut shutdown)
+            .await?;
+        return Ok(run.summary);
+    }
+    match recorded_pass(settings, args, false, &mut shutdown).await? {
+        Some(summary) => Ok(summary),
+        None => unreachable!("only a scheduled pass gives way to another"),
+    }
+}
+
+/// A pass under the sync-service's lease, recorded there: it starts where
+/// an abandoned predecessor stopped (unless `--resume-after` says), reports
+/// its cursor and counts with every renewal, and records how it ended.
+/// `None` when, `scheduled`, it waited for another holder's pass that then
+/// completed from the first user: this round is done.
+async fn recorded_pass<F: Future<Output = ()>>(
+    settings: &SyncServiceSettings,
+    args: &BackfillArgs,
+    scheduled: bool,
+    shutdown: &mut Shutdown<'_, F>,
+) -> Result<Option<Summary>, BackfillError> {
+    let mut run = Backfill::new(settings, args)?;
+    let passes = Passes::new(&run.service, args.lease_secs, args.max_retries);
+    let request = BeginPassRequest {
+        holder: args.holder.clone().unwrap_or_else(default_holder),
+        lease: None,
+        reconcile: args.reconcile,
+        every: args.every.and_then(|every| every.try_into().ok()),
+        resume_after: args.resume_after.clone().unwrap_or_default(),
+    };
+    let began = passes
+        .begin(request, scheduled, shutdown)
+        .await
+        .map_err(|source| BackfillError::SyncService {
+            source,
+            resume: Resume(args.resume_after.clone()),
+        })?;
+    let pass = match began {
+        None => {
+            return Err(BackfillError::Interrupted {
+                resume: Resume(args.resume_after.clone()),
+            });
         }
+        Some(Begun::CoveredBy(pass)) => {
+            tracing::info!(
+                pass = pass.id,
+                holder = pass.holder,
+                "another holder's pass completed while this one waited; this round is done"
+            );
+            return Ok(None);
+        }
+        Some(Begun::Granted(pass)) => pass,
+    };
+    let resume_after = Some(pass.resumed_after.clone()).filter(|after| !after.is_empty());
+    let reconcile = args.reconcile && resume_after.is_none();
+    if args.reconcile && !reconcile {
+        tracing::info!(
+            pass = pass.id,
+            resumed_after = resume_after.as_deref(),
+            "continuing an abandoned pass's listing: reconcile waits for a pass from the first user"
+        );
     }
-    if args.reconcile {
-        run.reconcile(
-            &listing,
-            started_at - RECONCILE_MARGIN.as_millis() as i64,
-            &mut shutdown,
-        )
-        .await?;
+    let (report, latest) = watch::channel(Report {
+        cursor: resume_after.clone(),
+        counts: PassCounts::default(),
+    });
+    run.report = Some(report);
+    let lease = passes.keep(pass, latest);
+    let pass_id = lease.pass.id;
+    let result = {
+        let stop = async {
+            tokio::select! {
+                () = shutdown.as_mut() => {}
+                () = lease.lost() => {}
+            }
+        };
+        tokio::pin!(stop);
+        run.pass(resume_after, reconcile, &mut stop).await
+    };
+    let lost = lease.is_lost();
+    let (status, error) = match &result {
+        Ok(()) => (PassStatus::Complete, None),
+        Err(BackfillError::Interrupted { .. }) if lost => (
+            PassStatus::Abandoned,
+            Some("its lease was lost to another pass".to_owned()),
+        ),
+        Err(BackfillError::Interrupted { .. }) => {
+            (PassStatus::Abandoned, Some("interrupted".to_owned()))
+        }
+        Err(error) => (PassStatus::Failed, Some(error.to_string())),
+    };
+    match passes.end(lease, status, error).await {
+        Ok(pass) => tracing::info!(pass = pass.id, status = ?status, "backfill pass recorded"),
+        Err(error) => tracing::warn!(
+            pass = pass_id,
+            %error,
+            "cannot record how the pass ended; once its lease expires the next pass records it \
+             abandoned"
+        ),
     }
-    Ok(run.summary)
+    match result {
+        Err(BackfillError::Interrupted { .. }) if lost => {
+            Err(BackfillError::LeaseLost { pass: pass_id })
+        }
+        result => result.map(|()| Some(run.summary)),
+    }
 }
 
 /// The state of one run.
 struct Backfill {
     api: ClerkApi,
     upstream: Upstream,
+    /// The sync-service, with the directory's longer deadline.
+    service: SyncService,
     /// Reads the directory for reconcile and dry runs.
     directory: UserDirectoryServiceClient<Channel>,
-    /// The channel `directory` uses, with the directory's longer deadline.
-    directory_service: SyncService,
     args: BackfillArgs,
     /// What the sync-service takes: every user is readied as a webhook is.
     carriage: Carriage,
     /// Rejections still logged one by one (a bad page must not flood logs).
     logs_left: u32,
     summary: Summary,
+    /// The last user listed and applied.
+    cursor: Option<String>,
+    /// Where a recorded pass reports its progress.
+    report: Option<watch::Sender<Report>>,
 }
 
 /// A listed user, mapped for the sync-service.
@@ -497,6 +767,92 @@ struct Mapped {
 }
 
 impl Backfill {
+    fn new(settings: &SyncServiceSettings, args: &BackfillArgs) -> Result<Self, BackfillError> {
+        if args.reconcile && args.resume_after.is_some() {
+            return Err(BackfillError::Setup(
+                "--reconcile needs a complete listing; --resume-after skips its start".to_owned(),
+            ));
+        }
+        let key = args.clerk_secret_key.as_ref().ok_or_else(|| {
+            BackfillError::Setup("--clerk-secret-key (CLERK_SECRET_KEY) is required".to_owned())
+        })?;
+        let api = ClerkApi::new(&args.clerk_api_url, key, args.max_retries)
+            .map_err(|e| BackfillError::Setup(e.to_string()))?;
+        let service =
+            SyncService::new(settings).map_err(|e| BackfillError::Setup(e.to_string()))?;
+        let upstream = Upstream::new(&service);
+        let service = service.with_timeout(service.timeout().max(DIRECTORY_TIMEOUT));
+        Ok(Self {
+            api,
+            upstream,
+            directory: service.directory_client(),
+            service,
+            args: args.clone(),
+            // The sync-service's default message limit: a backfill has no
+            // --max-message-bytes of its own, and a user over the real one is
+            // refused by name like any other.
+            carriage: Carriage {
+                max_message_bytes: Limits::DEFAULT_MAX_MESSAGE_BYTES,
+                private_metadata: settings.private_metadata,
+            },
+            logs_left: LOGGED_REJECTIONS,
+            summary: Summary {
+                dry_run: args.dry_run,
+                ..Summary::default()
+            },
+            cursor: None,
+            report: None,
+        })
+    }
+
+    /// Lists Clerk's users after `resume_after` (from the first without)
+    /// and applies them; with `reconcile`, then tombstones what Clerk lost.
+    async fn pass<F: Future<Output = ()>>(
+        &mut self,
+        resume_after: Option<String>,
+        reconcile: bool,
+        shutdown: &mut Shutdown<'_, F>,
+    ) -> Result<(), BackfillError> {
+        let started_at = now_millis();
+        // Judging the listing needs the count; progress only wants it.
+        let judged = resume_after.is_none();
+        let count_before = self.count(judged && reconcile).await?;
+        let mut listing = Listing::new(self.args.page_size, count_before);
+        let progress = Progress::new(count_before);
+        self.cursor = resume_after;
+        self.list_and_apply(&mut listing, &progress, shutdown)
+            .await?;
+        progress.finish();
+        if judged && count_before.is_some() {
+            let resume = Resume(listing.cursor(0).map(str::to_owned));
+            if let Some(count_after) = self.count(reconcile).await? {
+                listing
+                    .check_complete(count_after)
+                    .map_err(|source| BackfillError::Listing { source, resume })?;
+                self.summary.complete = true;
+            }
+        }
+        if reconcile {
+            self.reconcile(
+                &listing,
+                started_at - RECONCILE_MARGIN.as_millis() as i64,
+                shutdown,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the cursor and counts to the pass's lease renewals.
+    fn report(&self) {
+        if let Some(report) = &self.report {
+            report.send_replace(Report {
+                cursor: self.cursor.clone(),
+                counts: self.summary.counts(),
+            });
+        }
+    }
+
     /// Clerk's user count: required (an error when Clerk does not answer),
     /// or only wanted (`None` then).
     async fn count(&self, required: bool) -> Result<Option<u64>, BackfillError> {
@@ -522,7 +878,7 @@ impl Backfill {
         shutdown: &mut Shutdown<'_, F>,
     ) -> Result<(), BackfillError> {
         let limit = self.args.page_size;
-        let mut after = self.args.resume_after.clone();
+        let mut after = self.cursor.clone();
         // How far a refused cursor stepped back from the last listed user.
         let mut back = 0;
         loop {
@@ -592,6 +948,10 @@ impl Backfill {
                 () = shutdown.as_mut() => return Err(BackfillError::Interrupted { resume }),
             }
             progress.page(self.summary.fetched, listing.cursor(0));
+            if let Some(last) = listing.cursor(0) {
+                self.cursor = Some(last.to_owned());
+            }
+            self.report();
             if page.len() < limit as usize {
                 return Ok(());
             }
@@ -621,6 +981,10 @@ impl Backfill {
     /// Applies `users` through the sync-service, a few at a time.
     async fn apply(&mut self, users: Vec<Mapped>, resume: &Resume) -> Result<(), BackfillError> {
         let batch = users.len();
+        // What the directory held before, to tell a repair from a rerun.
+        let local = self
+            .local_versions(users.iter().map(|u| u.user_id.as_str()), resume)
+            .await?;
         // A handle of its own: the outcomes are counted into `self` meanwhile.
         let upstream = self.upstream.clone();
         let upstream = &upstream;
@@ -635,7 +999,7 @@ impl Backfill {
         let mut refused = 0;
         while let Some((user_id, outcome)) = outcomes.next().await {
             match outcome {
-                Ok(outcome) => self.count_outcome(outcome),
+                Ok(outcome) => self.count_outcome(outcome, local.contains_key(&user_id)),
                 Err(Error::Upstream(status)) if refused_for_the_user(status.code()) => {
                     refused += 1;
                     if refused == batch && batch >= WHOLE_BATCH_REFUSED {
@@ -658,9 +1022,11 @@ impl Backfill {
         Ok(())
     }
 
-    fn count_outcome(&mut self, outcome: Outcome) {
+    /// Counts what applying a user did; `held`: whether the directory had
+    /// it before.
+    fn count_outcome(&mut self, outcome: Outcome, held: bool) {
         match outcome {
-            Outcome::Applied => self.summary.applied += 1,
+            Outcome::Applied => self.count_repair(held),
             Outcome::Duplicate => self.summary.unchanged += 1,
             Outcome::Stale => self.summary.stale += 1,
             Outcome::UserDeleted => {
@@ -673,33 +1039,78 @@ impl Backfill {
 
     /// Dry run: compares `users` with the directory instead of applying.
     async fn classify(&mut self, users: Vec<Mapped>, resume: &Resume) -> Result<(), BackfillError> {
-        for chunk in users.chunks(BATCH_GET) {
-            let ids = chunk.iter().map(|u| u.user_id.clone()).collect();
-            let request = self.directory_service.request(BatchGetUsersRequest { ids });
-            let local = self
-                .directory_service
-                .deadline(self.directory.batch_get_users(request), Error::Upstream)
-                .await
-                .map_err(|source| BackfillError::SyncService {
-                    source,
-                    resume: resume.clone(),
-                })?
-                .users;
-            for user in chunk {
-                let stored = local
-                    .iter()
-                    .find(|l| l.id == user.user_id)
-                    .and_then(|l| l.updated_at.as_ref())
-                    .and_then(millis_from_timestamp);
-                match stored {
-                    Some(stored) if stored == user.updated_at => self.summary.unchanged += 1,
-                    Some(stored) if stored > user.updated_at => self.summary.stale += 1,
-                    // Missing (or deleted) locally, or older.
-                    _ => self.summary.applied += 1,
-                }
+        let local = self
+            .local_versions(users.iter().map(|u| u.user_id.as_str()), resume)
+            .await?;
+        for user in users {
+            match local.get(&user.user_id) {
+                Some(&stored) if stored == user.updated_at => self.summary.unchanged += 1,
+                Some(&stored) if stored > user.updated_at => self.summary.stale += 1,
+                stored => self.count_repair(stored.is_some()),
             }
         }
         Ok(())
+    }
+
+    /// Counts a user written (or, dry run, to be written) over an older
+    /// local copy (`held`) or none.
+    fn count_repair(&mut self, held: bool) {
+        self.summary.applied += 1;
+        if held {
+            self.summary.repaired_stale += 1;
+        } else {
+            self.summary.repaired_missed += 1;
+        }
+    }
+
+    /// The `updated_at` (Unix ms) of each of `users` the directory holds
+    /// live.
+    async fn local_versions<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        resume: &Resume,
+    ) -> Result<HashMap<String, i64>, BackfillError> {
+        let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        let mut versions = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH_GET) {
+            let users = match self.batch_get(chunk.to_vec()).await {
+                // An id the directory cannot hold (too long, say) refuses
+                // the whole batch: ask one by one, and such ids are absent.
+                Err(Error::Upstream(status)) if status.code() == Code::InvalidArgument => {
+                    let mut users = Vec::new();
+                    for id in chunk {
+                        match self.batch_get(vec![id.clone()]).await {
+                            Ok(found) => users.extend(found),
+                            Err(Error::Upstream(status))
+                                if status.code() == Code::InvalidArgument => {}
+                            Err(source) => return Err(self.sync_service_error(source, resume)),
+                        }
+                    }
+                    users
+                }
+                Err(source) => return Err(self.sync_service_error(source, resume)),
+                Ok(users) => users,
+            };
+            versions.extend(users.into_iter().filter_map(|user| {
+                let stored = user.updated_at.as_ref().and_then(millis_from_timestamp)?;
+                Some((user.id, stored))
+            }));
+        }
+        Ok(versions)
+    }
+
+    async fn batch_get(&self, ids: Vec<String>) -> Result<Vec<User>, Error> {
+        let request = self.service.request(BatchGetUsersRequest { ids });
+        let mut directory = self.directory.clone();
+        let call = directory.batch_get_users(request);
+        Ok(self.service.deadline(call, Error::Upstream).await?.users)
+    }
+
+    fn sync_service_error(&self, source: Error, resume: &Resume) -> BackfillError {
+        BackfillError::SyncService {
+            source,
+            resume: resume.clone(),
+        }
     }
 
     /// The directory's live users and, of them, those `listing` lacks whose
@@ -712,13 +1123,13 @@ impl Backfill {
         let (mut live, mut missing) = (0, Vec::new());
         let mut page_token = String::new();
         loop {
-            let request = self.directory_service.request(ListUsersRequest {
+            let request = self.service.request(ListUsersRequest {
                 page_size: 1000,
                 page_token,
                 ..ListUsersRequest::default()
             });
             let page = self
-                .directory_service
+                .service
                 .deadline(self.directory.list_users(request), Error::Upstream)
                 .await
                 .map_err(BackfillError::Reconcile)?;
@@ -780,11 +1191,67 @@ impl Backfill {
             };
             match answer {
                 Ok(None) => self.tombstone(user_id, deleted_at).await?,
-                Ok(Some(body)) => self.apply_missed(&user_id, &body).await?,
+                Ok(Some(body)) => {
+                    self.summary.missed_by_listing += 1;
+                    tracing::warn!(
+                        user_id,
+                        "Clerk still has a user its listing lacked: applied, not tombstoned"
+                    );
+                    self.apply_fetched(&user_id, &body).await?;
+                }
                 Err(error @ ClerkApiError::Unauthorized(_)) => {
                     return Err(BackfillError::Unauthorized(error));
                 }
                 Err(error) => return Err(BackfillError::ReconcileClerk(error)),
+            }
+            self.report();
+        }
+        Ok(())
+    }
+
+    /// `--user`: fetches each of `users` from Clerk and applies it, or
+    /// tombstones it when Clerk answers 404 and the directory holds it.
+    async fn resync<F: Future<Output = ()>>(
+        &mut self,
+        users: &[String],
+        shutdown: &mut Shutdown<'_, F>,
+    ) -> Result<(), BackfillError> {
+        for user_id in users {
+            let answer = tokio::select! {
+                answer = self.api.get_user(user_id) => answer,
+                () = shutdown.as_mut() => {
+                    return Err(BackfillError::Interrupted { resume: Resume::default() });
+                }
+            };
+            match answer {
+                Ok(Some(body)) => {
+                    self.summary.fetched += 1;
+                    self.apply_fetched(user_id, &body).await?;
+                }
+                Ok(None) => {
+                    let held = self
+                        .local_versions([user_id.as_str()], &Resume::default())
+                        .await?;
+                    if held.is_empty() {
+                        self.reject(
+                            user_id,
+                            "neither Clerk nor the directory has it".to_owned(),
+                            "",
+                        );
+                    } else {
+                        self.tombstone(user_id.clone(), timestamp_from_millis(now_millis()))
+                            .await?;
+                    }
+                }
+                Err(error @ ClerkApiError::Unauthorized(_)) => {
+                    return Err(BackfillError::Unauthorized(error));
+                }
+                Err(source) => {
+                    return Err(BackfillError::Resync {
+                        user_id: user_id.clone(),
+                        source,
+                    });
+                }
             }
         }
         Ok(())
@@ -822,13 +1289,8 @@ impl Backfill {
         Ok(())
     }
 
-    /// Applies a user the listing lacked but Clerk returned by id.
-    async fn apply_missed(&mut self, user_id: &str, body: &[u8]) -> Result<(), BackfillError> {
-        self.summary.missed_by_listing += 1;
-        tracing::warn!(
-            user_id,
-            "Clerk still has a user its listing lacked: applied, not tombstoned"
-        );
+    /// Applies a user Clerk returned by id (`body`).
+    async fn apply_fetched(&mut self, user_id: &str, body: &[u8]) -> Result<(), BackfillError> {
         let mapped = serde_json::from_slice::<&RawValue>(body)
             .map_err(Error::InvalidJson)
             .and_then(|raw| map_user(raw, self.carriage))

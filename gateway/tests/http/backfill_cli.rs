@@ -9,6 +9,8 @@ use tokio::{
     net::TcpListener,
 };
 
+use crate::fake_sync::FakeSync;
+
 fn gateway(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clerk-sync-gateway"));
     command
@@ -117,16 +119,21 @@ async fn refusing_clerk() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_clerk_refuses_stops_the_backfill_with_one_clear_line() {
     let clerk = refusing_clerk().await;
+    let sync = FakeSync::start().await;
+    let sync_url = sync.url().to_string();
     let output = tokio::task::spawn_blocking(move || {
         gateway(&["backfill", "--clerk-api-url", &clerk])
             .env("CLERK_SECRET_KEY", "sk_test_Secret123")
-            // Nothing listens here: the key is refused before it matters.
-            .env("SYNC_SERVICE_URL", "http://127.0.0.1:9")
+            .env("SYNC_SERVICE_URL", sync_url)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
+    // The pass took the lease, so it is recorded as failed, with the reason.
+    let [ended] = sync.ended_passes().try_into().unwrap();
+    assert_eq!(ended.status(), clerk_sync_api::v1::PassStatus::Failed);
+    assert!(ended.error.contains("401"), "{ended:?}");
     assert_eq!(output.status.code(), Some(1));
     let errors = error_lines(&output);
     assert_eq!(errors.len(), 1, "{errors:?}");

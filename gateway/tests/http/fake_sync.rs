@@ -1,5 +1,6 @@
-//! An in-test `UserSyncService` and `QuarantineService` on port 0 that record
-//! what the gateway sends and can be told to fail, to stall, or to stop and come
+//! An in-test `UserSyncService`, `QuarantineService` and `ReconcileService`
+//! (which grants every backfill pass its lease) on port 0 that record what
+//! the gateway sends and can be told to fail, to stall, or to stop and come
 //! back on the same port.
 
 use std::{
@@ -9,11 +10,14 @@ use std::{
 
 use clerk_sync_api::v1::{
     ApplyUserCreatedRequest, ApplyUserCreatedResponse, ApplyUserDeletedRequest,
-    ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse,
-    DropQuarantinedRequest, DropQuarantinedResponse, GetQuarantinedRequest, GetQuarantinedResponse,
-    ListQuarantinedRequest, ListQuarantinedResponse, Outcome, QuarantineRequest,
-    QuarantineResponse, QuarantinedEvent,
+    ApplyUserDeletedResponse, ApplyUserUpdatedRequest, ApplyUserUpdatedResponse, BeginPassRequest,
+    BeginPassResponse, DropQuarantinedRequest, DropQuarantinedResponse, EndPassRequest,
+    EndPassResponse, GetQuarantinedRequest, GetQuarantinedResponse, ListPassesRequest,
+    ListPassesResponse, ListQuarantinedRequest, ListQuarantinedResponse, Outcome, PassStatus,
+    QuarantineRequest, QuarantineResponse, QuarantinedEvent, ReconcilePass, RenewPassRequest,
+    RenewPassResponse,
     quarantine_service_server::{QuarantineService, QuarantineServiceServer},
+    reconcile_service_server::{ReconcileService, ReconcileServiceServer},
     user_sync_service_server::{UserSyncService, UserSyncServiceServer},
 };
 use clerk_sync_gateway::{clerk::UserEvent, upstream::EVENT_ID_METADATA};
@@ -46,6 +50,7 @@ struct Hold {
 struct Shared {
     received: Vec<Received>,
     quarantined: Vec<QuarantineRequest>,
+    ended_passes: Vec<EndPassRequest>,
     quarantine_fails_with: Option<Code>,
     fail_with: Option<(Code, String)>,
     outcome: Option<Outcome>,
@@ -164,6 +169,59 @@ impl QuarantineService for FakeService {
     }
 }
 
+#[tonic::async_trait]
+impl ReconcileService for FakeService {
+    async fn begin_pass(
+        &self,
+        request: Request<BeginPassRequest>,
+    ) -> Result<Response<BeginPassResponse>, Status> {
+        Ok(Response::new(BeginPassResponse {
+            granted: true,
+            pass: Some(ReconcilePass {
+                id: 1,
+                holder: request.into_inner().holder,
+                status: PassStatus::Running.into(),
+                ..ReconcilePass::default()
+            }),
+        }))
+    }
+
+    async fn renew_pass(
+        &self,
+        request: Request<RenewPassRequest>,
+    ) -> Result<Response<RenewPassResponse>, Status> {
+        Ok(Response::new(RenewPassResponse {
+            pass: Some(ReconcilePass {
+                id: request.into_inner().pass_id,
+                ..ReconcilePass::default()
+            }),
+        }))
+    }
+
+    async fn end_pass(
+        &self,
+        request: Request<EndPassRequest>,
+    ) -> Result<Response<EndPassResponse>, Status> {
+        let request = request.into_inner();
+        lock(&self.shared).ended_passes.push(request.clone());
+        Ok(Response::new(EndPassResponse {
+            pass: Some(ReconcilePass {
+                id: request.pass_id,
+                status: request.status,
+                error: request.error,
+                ..ReconcilePass::default()
+            }),
+        }))
+    }
+
+    async fn list_passes(
+        &self,
+        _: Request<ListPassesRequest>,
+    ) -> Result<Response<ListPassesResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+}
+
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -212,13 +270,15 @@ impl FakeSync {
             shared: Arc::clone(&self.shared),
         };
         let service = UserSyncServiceServer::new(fake.clone());
-        let quarantine = QuarantineServiceServer::new(fake);
+        let quarantine = QuarantineServiceServer::new(fake.clone());
+        let reconcile = ReconcileServiceServer::new(fake);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(service)
                 .add_service(quarantine)
+                .add_service(reconcile)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 })
@@ -233,6 +293,11 @@ impl FakeSync {
         let running = self.running.take().expect("running");
         let _ = running.stop.send(());
         running.task.await.unwrap();
+    }
+
+    /// Every EndPass call received, in arrival order.
+    pub(crate) fn ended_passes(&self) -> Vec<EndPassRequest> {
+        lock(&self.shared).ended_passes.clone()
     }
 
     /// Every Quarantine call received, in arrival order.

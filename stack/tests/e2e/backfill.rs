@@ -59,10 +59,10 @@ pub(crate) fn backfill_command(stack: &Stack, clerk: &FakeClerk, extra: &[&str])
 }
 
 pub(crate) async fn run_backfill(config: &Config) -> Result<Summary, BackfillError> {
-    let Some(Command::Backfill(args)) = &config.command else {
+    let Some(Command::Backfill(command)) = &config.command else {
         panic!("not a backfill command line");
     };
-    backfill::run(&config.sync_service, args, pending()).await
+    backfill::run(&config.sync_service, &command.args, pending()).await
 }
 
 /// Delivers `user` as a signed `user.updated` webhook.
@@ -137,6 +137,8 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
             dry_run: false,
             fetched: 2_400,
             applied: 2_399,
+            repaired_missed: 2_399,
+            repaired_stale: 0,
             unchanged: 0,
             stale: 1,
             deleted_locally: 0,

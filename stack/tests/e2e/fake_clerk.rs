@@ -11,7 +11,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -73,6 +73,8 @@ struct State {
     hidden: Vec<String>,
     /// `GET /v1/users/{id}` requests so far.
     lookups: Vec<String>,
+    /// How long each list request waits before it is answered.
+    page_delay: Duration,
 }
 
 /// The running fake.
@@ -135,9 +137,15 @@ impl FakeClerk {
                     continue;
                 };
                 let state = shared.clone();
-                let service = service_fn(move |request| {
+                let service = service_fn(move |request: Request<Incoming>| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&state, request)) }
+                    async move {
+                        if request.uri().path() == "/v1/users" {
+                            let delay = state.lock().unwrap().page_delay;
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, Infallible>(answer(&state, request))
+                    }
                 });
                 tokio::spawn(async move {
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -164,6 +172,28 @@ impl FakeClerk {
             .unwrap()
             .mutations
             .insert(request, mutation);
+    }
+
+    /// Makes every list request wait `delay` before it is answered.
+    pub(crate) fn slow_pages(&self, delay: Duration) {
+        self.state.lock().unwrap().page_delay = delay;
+    }
+
+    /// Replaces the users Clerk holds (kept in created_at order).
+    pub(crate) fn change_users(&self, change: impl FnOnce(&mut Vec<Value>)) {
+        let mut state = self.state.lock().unwrap();
+        change(&mut state.users);
+        state.users.sort_by_key(|user| {
+            (
+                user["created_at"].as_i64(),
+                user["id"].as_str().map(str::to_owned),
+            )
+        });
+    }
+
+    /// List requests served so far (they number faults and mutations).
+    pub(crate) fn list_requests(&self) -> u32 {
+        self.state.lock().unwrap().requests
     }
 
     /// Serves every page from the start from now on (a cursor ignored).

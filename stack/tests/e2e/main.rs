@@ -4,6 +4,7 @@
 
 mod backfill;
 mod backfill_safety;
+mod backfill_schedule;
 mod fake_clerk;
 mod helpers;
 mod hostile;

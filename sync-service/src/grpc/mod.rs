@@ -4,4 +4,5 @@
 pub(crate) mod directory;
 pub(crate) mod feed;
 pub(crate) mod quarantine;
+pub(crate) mod reconcile;
 pub(crate) mod sync;

@@ -214,7 +214,7 @@ fn kept_body(body: Vec<u8>, store_private_metadata: bool) -> KeptBody {
 
 /// `text` without control characters (newlines and tabs aside), cut to at
 /// most `max` bytes on a character boundary.
-fn clean_text(text: &str, max: usize) -> String {
+pub(crate) fn clean_text(text: &str, max: usize) -> String {
     let mut cleaned = String::with_capacity(text.len().min(max));
     for c in text.chars() {
         if c.is_control() && c != '\n' && c != '\t' {

@@ -27,6 +27,7 @@ mod page;
 mod prune;
 mod quarantine;
 mod read;
+mod reconcile;
 mod rows;
 mod script;
 
@@ -49,6 +50,9 @@ use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::users;
 pub use page::{ListQuery, Page};
 pub use quarantine::{NewQuarantined, Quarantined};
+pub(crate) use reconcile::{
+    Begun, NewPass, Pass, PassStatus, Progress, ReconcileHealth, Repairs, counts,
+};
 
 /// Prepared statements kept per connection: every row count of every batch
 /// statement, with room to spare (sqlx's default of 100 thrashes).

@@ -27,6 +27,7 @@ mod properties;
 mod quarantine;
 mod queries;
 mod read_cache;
+mod reconcile;
 mod security;
 mod semantics;
 mod upgrade;

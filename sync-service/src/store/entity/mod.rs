@@ -3,6 +3,8 @@
 pub(crate) mod feed_head;
 pub(crate) mod processed_events;
 pub(crate) mod quarantined_events;
+pub(crate) mod reconcile_lease;
+pub(crate) mod reconcile_passes;
 pub(crate) mod user_changes;
 pub(crate) mod user_email_addresses;
 pub(crate) mod users;
