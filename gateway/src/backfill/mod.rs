@@ -1100,10 +1100,15 @@ impl Backfill {
     }
 
     async fn batch_get(&self, ids: Vec<String>) -> Result<Vec<User>, Error> {
-        let request = self.service.request(BatchGetUsersRequest { ids });
-        let mut directory = self.directory.clone();
-        let call = directory.batch_get_users(request);
-        Ok(self.service.deadline(call, Error::Upstream).await?.users)
+        retrying(self.args.max_retries, || async {
+            let request = self
+                .service
+                .request(BatchGetUsersRequest { ids: ids.clone() });
+            let mut directory = self.directory.clone();
+            let call = directory.batch_get_users(request);
+            Ok(self.service.deadline(call, Error::Upstream).await?.users)
+        })
+        .await
     }
 
     fn sync_service_error(&self, source: Error, resume: &Resume) -> BackfillError {
@@ -1123,16 +1128,18 @@ impl Backfill {
         let (mut live, mut missing) = (0, Vec::new());
         let mut page_token = String::new();
         loop {
-            let request = self.service.request(ListUsersRequest {
-                page_size: 1000,
-                page_token,
-                ..ListUsersRequest::default()
-            });
-            let page = self
-                .service
-                .deadline(self.directory.list_users(request), Error::Upstream)
-                .await
-                .map_err(BackfillError::Reconcile)?;
+            let page = retrying(self.args.max_retries, || async {
+                let request = self.service.request(ListUsersRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    ..ListUsersRequest::default()
+                });
+                let mut directory = self.directory.clone();
+                let call = directory.list_users(request);
+                self.service.deadline(call, Error::Upstream).await
+            })
+            .await
+            .map_err(BackfillError::Reconcile)?;
             live += page.users.len() as u64;
             missing.extend(
                 page.users
@@ -1352,12 +1359,22 @@ async fn forward_retrying(
     event_id: &str,
     max_retries: u32,
 ) -> Result<Outcome, Error> {
+    retrying(max_retries, || upstream.forward(event.clone(), event_id)).await
+}
+
+/// Runs the sync-service `call` again while it fails in a way the service
+/// may recover from ([`retryable`]), up to `max_retries` times, waiting
+/// twice as long each time from 250 ms.
+async fn retrying<T, F: Future<Output = Result<T, Error>>>(
+    max_retries: u32,
+    mut call: impl FnMut() -> F,
+) -> Result<T, Error> {
     let mut attempt = 0;
     loop {
-        match upstream.forward(event.clone(), event_id).await {
+        match call().await {
             Err(error) if attempt < max_retries && retryable(&error) => {
                 attempt += 1;
-                tracing::warn!(%error, event_id, attempt, "sync-service call failed; retrying");
+                tracing::warn!(%error, attempt, "sync-service call failed; retrying");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             result => return result,

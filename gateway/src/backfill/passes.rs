@@ -13,7 +13,7 @@ use clerk_sync_common::time::{millis_from_timestamp, now_millis};
 use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 
-use super::{Shutdown, retryable};
+use super::{Shutdown, retrying};
 use crate::{Error, sync_service::SyncService};
 
 /// Where a pass got: its cursor and counts, as the renewals report them.
@@ -228,24 +228,11 @@ impl Passes {
     where
         Fut: Future<Output = Result<tonic::Response<Res>, tonic::Status>>,
     {
-        let mut attempt = 0;
-        loop {
-            let answer = self
-                .service
-                .deadline(
-                    call(self.client.clone(), self.service.request(request.clone())),
-                    Error::Upstream,
-                )
-                .await;
-            match answer {
-                Err(error) if attempt < self.max_retries && retryable(&error) => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "sync-service call failed; retrying");
-                    tokio::time::sleep(super::clerk_api::backoff(attempt)).await;
-                }
-                answer => return answer,
-            }
-        }
+        retrying(self.max_retries, || {
+            let answer = call(self.client.clone(), self.service.request(request.clone()));
+            self.service.deadline(answer, Error::Upstream)
+        })
+        .await
     }
 
     fn lease_duration(&self) -> prost_types::Duration {
