@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/clerk/sync/v1/directory.proto",
     "proto/clerk/sync/v1/quarantine.proto",
     "proto/clerk/sync/v1/reconcile.proto",
+    "proto/clerk/sync/v1/organization.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

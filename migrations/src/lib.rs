@@ -18,6 +18,8 @@
 //!   user, at the position of its latest change) and its position counter.
 //! - `reconcile_passes` and `reconcile_lease`: every backfill pass (status,
 //!   cursor, counts) and the lease that lets one run at a time.
+//! - `organizations` and `organization_memberships`: Clerk's organizations
+//!   and their members' roles and permissions, with tombstones like users.
 //!
 //! On PostgreSQL the function `clerk_sync_apply_batch` applies a batch of
 //! events in one round trip ([`APPLY_BATCH_FUNCTION`]).
@@ -51,6 +53,7 @@ mod m20261203_000001_apply_batch_function_v3;
 mod m20261203_000002_apply_batch_function_v4;
 mod m20261203_000003_quarantine_user;
 mod m20261203_000004_reconcile_passes;
+mod m20261203_000005_organizations;
 
 /// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
 /// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
@@ -75,6 +78,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000002_apply_batch_function_v4::Migration),
             Box::new(m20261203_000003_quarantine_user::Migration),
             Box::new(m20261203_000004_reconcile_passes::Migration),
+            Box::new(m20261203_000005_organizations::Migration),
         ]
     }
 }

@@ -37,8 +37,9 @@ const OPEN_PREFIXES: [&str; 3] = [
 ];
 
 /// gRPC path prefixes the read role may call.
-const READ_PREFIXES: [&str; 2] = [
+const READ_PREFIXES: [&str; 3] = [
     "/clerk.sync.v1.UserDirectoryService/",
+    "/clerk.sync.v1.OrganizationDirectoryService/",
     "/clerk.sync.v1.ReconcileService/ListPasses",
 ];
 

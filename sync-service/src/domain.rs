@@ -43,7 +43,7 @@ impl EventId {
     }
 }
 
-fn parse_id(value: String, field: &str) -> Result<String, Error> {
+pub(crate) fn parse_id(value: String, field: &str) -> Result<String, Error> {
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -94,13 +94,13 @@ pub fn page_size(requested: i32) -> Result<u32, Error> {
     }
 }
 
-fn optional_time(ts: Option<Timestamp>, field: &str) -> Result<Option<Millis>, Error> {
+pub(crate) fn optional_time(ts: Option<Timestamp>, field: &str) -> Result<Option<Millis>, Error> {
     ts.as_ref()
         .map(|ts| millis_from_timestamp(ts, field))
         .transpose()
 }
 
-fn required_time(ts: Option<Timestamp>, field: &str) -> Result<Millis, Error> {
+pub(crate) fn required_time(ts: Option<Timestamp>, field: &str) -> Result<Millis, Error> {
     optional_time(ts, field)?.ok_or_else(|| Error::invalid(field, "is required"))
 }
 
@@ -487,6 +487,9 @@ pub enum Outcome {
     Stale,
     /// The user is deleted; deletes are final.
     UserDeleted,
+    /// The organization or membership is deleted, or the organization or
+    /// user a membership belongs to is; deletes are final.
+    Deleted,
 }
 
 impl From<Outcome> for v1::Outcome {
@@ -496,6 +499,7 @@ impl From<Outcome> for v1::Outcome {
             Outcome::Duplicate => Self::Duplicate,
             Outcome::Stale => Self::Stale,
             Outcome::UserDeleted => Self::UserDeleted,
+            Outcome::Deleted => Self::Deleted,
         }
     }
 }

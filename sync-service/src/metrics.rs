@@ -292,6 +292,7 @@ pub fn record_batch(events: &[Event], outcomes: &[Result<Outcome, Error>], elaps
             Ok(Outcome::Duplicate) => "duplicate",
             Ok(Outcome::Stale) => "stale",
             Ok(Outcome::UserDeleted) => "user_deleted",
+            Ok(Outcome::Deleted) => "deleted",
             Err(_) => "error",
         };
         METRICS

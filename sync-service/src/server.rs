@@ -5,6 +5,8 @@
 use std::{future::Future, time::Duration};
 
 use clerk_sync_api::v1::{
+    organization_directory_service_server::OrganizationDirectoryServiceServer,
+    organization_sync_service_server::OrganizationSyncServiceServer,
     quarantine_service_server::QuarantineServiceServer,
     reconcile_service_server::ReconcileServiceServer,
     user_directory_service_server::UserDirectoryServiceServer,
@@ -17,8 +19,12 @@ use crate::{
     auth::AuthLayer,
     config::Config,
     grpc::{
-        directory::DirectoryService, feed::Watchers, quarantine::QuarantineService,
-        reconcile::ReconcileService, sync::SyncService,
+        directory::DirectoryService,
+        feed::Watchers,
+        organizations::{OrganizationDirectoryService, OrganizationSyncService},
+        quarantine::QuarantineService,
+        reconcile::ReconcileService,
+        sync::SyncService,
     },
     ingest::Ingestor,
     limits::{self, CallTrackingLayer},
@@ -133,6 +139,13 @@ pub async fn serve(
     let reconcile = ReconcileService {
         store: store.clone(),
     };
+    let organization_sync = OrganizationSyncService {
+        store: store.clone(),
+        store_private_metadata: config.store_private_metadata,
+    };
+    let organization_directory = OrganizationDirectoryService {
+        store: store.clone(),
+    };
     let limits = std::sync::Arc::new(config.limits.clone());
     let directory = DirectoryService {
         store,
@@ -193,6 +206,16 @@ pub async fn serve(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
+            OrganizationSyncServiceServer::new(organization_sync)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            OrganizationDirectoryServiceServer::new(organization_directory)
+                .max_decoding_message_size(SMALL_REQUEST_BYTES)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
             ReconcileServiceServer::new(reconcile)
                 .max_decoding_message_size(SMALL_REQUEST_BYTES)
                 .max_encoding_message_size(max_message),
@@ -246,10 +269,12 @@ async fn prune_deletions(store: Store, retention: Duration) {
 /// the metrics on the same tick (every replica reads the shared tables, so
 /// all report one number).
 async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
-    const SERVICES: [&str; 5] = [
+    const SERVICES: [&str; 7] = [
         "",
         "clerk.sync.v1.UserSyncService",
         "clerk.sync.v1.UserDirectoryService",
+        "clerk.sync.v1.OrganizationSyncService",
+        "clerk.sync.v1.OrganizationDirectoryService",
         "clerk.sync.v1.QuarantineService",
         "clerk.sync.v1.ReconcileService",
     ];
@@ -333,6 +358,11 @@ async fn prune(store: Store, ledger_retention: Duration, quarantine_retention: D
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "quarantine pruned"),
             Err(error) => tracing::warn!(%error, "quarantine pruning failed"),
+        }
+        match store.end_memberships_of_deleted_users().await {
+            Ok(0) => {}
+            Ok(ended) => tracing::info!(ended, "memberships of deleted users ended"),
+            Err(error) => tracing::warn!(%error, "ending memberships of deleted users failed"),
         }
     }
 }

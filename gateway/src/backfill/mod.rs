@@ -1029,7 +1029,7 @@ impl Backfill {
             Outcome::Applied => self.count_repair(held),
             Outcome::Duplicate => self.summary.unchanged += 1,
             Outcome::Stale => self.summary.stale += 1,
-            Outcome::UserDeleted => {
+            Outcome::UserDeleted | Outcome::Deleted => {
                 self.summary.stale += 1;
                 self.summary.deleted_locally += 1;
             }

@@ -3,6 +3,7 @@
 
 pub(crate) mod directory;
 pub(crate) mod feed;
+pub(crate) mod organizations;
 pub(crate) mod quarantine;
 pub(crate) mod reconcile;
 pub(crate) mod sync;

@@ -23,6 +23,7 @@ mod apply;
 mod cache;
 mod changes;
 pub(crate) mod entity;
+mod organizations;
 mod page;
 mod prune;
 mod quarantine;
@@ -48,6 +49,9 @@ pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 use clerk_sync_common::time::now_millis;
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::users;
+pub(crate) use organizations::{
+    MembersOf, Membership, Organization, OrganizationEvent, Permission,
+};
 pub use page::{ListQuery, Page};
 pub use quarantine::{NewQuarantined, Quarantined};
 pub(crate) use reconcile::{
@@ -252,14 +256,15 @@ impl Store {
         if outcomes.contains(&Outcome::Applied) {
             self.signal.ring();
         }
-        self.erase_quarantined_of_deleted(events, &outcomes).await;
+        self.erase_what_deleted_users_leave(events, &outcomes).await;
         Ok(outcomes)
     }
 
-    /// Erases the quarantine records about the users `events` just deleted:
-    /// their bodies hold personal data the deletion erased everywhere else.
-    /// A failure is logged; the periodic prune erases them then.
-    async fn erase_quarantined_of_deleted(&self, events: &[Event], outcomes: &[Outcome]) {
+    /// Erases the quarantine records about the users `events` just deleted
+    /// (their bodies hold personal data the deletion erased everywhere else)
+    /// and ends their memberships. A failure is logged; the periodic prune
+    /// does it then.
+    async fn erase_what_deleted_users_leave(&self, events: &[Event], outcomes: &[Outcome]) {
         let deleted: Vec<&str> = events
             .iter()
             .zip(outcomes)
@@ -268,11 +273,21 @@ impl Store {
             })
             .map(|(event, _)| event.user_id().as_str())
             .collect();
+        if deleted.is_empty() {
+            return;
+        }
         match self.erase_quarantined_of(&deleted).await {
             Ok(0) => {}
             Ok(erased) => tracing::info!(erased, "quarantine records of deleted users erased"),
             Err(error) => {
                 tracing::warn!(%error, "cannot erase the quarantine records of deleted users yet")
+            }
+        }
+        match self.end_memberships_of(&deleted).await {
+            Ok(0) => {}
+            Ok(ended) => tracing::info!(ended, "memberships of deleted users ended"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot end the memberships of deleted users yet")
             }
         }
     }

@@ -1,6 +1,8 @@
 //! sea-orm entities for the tables `clerk-sync-migrations` creates.
 
 pub(crate) mod feed_head;
+pub(crate) mod organization_memberships;
+pub(crate) mod organizations;
 pub(crate) mod processed_events;
 pub(crate) mod quarantined_events;
 pub(crate) mod reconcile_lease;

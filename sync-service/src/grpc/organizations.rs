@@ -1,0 +1,482 @@
+//! `clerk.sync.v1.OrganizationSyncService` and `OrganizationDirectoryService`:
+//! organization and membership events parsed into the store's values, and
+//! the queries over them. Private metadata is kept only when the
+//! sync-service stores it, and served only to callers that presented a token.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use clerk_sync_api::{
+    json::{json_from_struct, struct_from_json},
+    v1::{
+        self, ApplyOrganizationEventRequest, ApplyOrganizationEventResponse,
+        CheckPermissionRequest, CheckPermissionResponse, DenialReason, GetMembershipRequest,
+        GetMembershipResponse, GetOrganizationRequest, GetOrganizationResponse,
+        ListMembershipsRequest, ListMembershipsResponse, ListOrganizationsRequest,
+        ListOrganizationsResponse, apply_organization_event_request::Event,
+    },
+};
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth::Caller,
+    domain::{EventId, optional_time, page_size, parse_id, required_time, timestamp_from_millis},
+    error::Error,
+    store::{MembersOf, Membership, Organization, OrganizationEvent, Permission, Store},
+};
+
+/// Longest name, role or permission kept.
+const MAX_TEXT_LEN: usize = 4096;
+
+/// Serves `OrganizationSyncService`.
+#[derive(Clone, Debug)]
+pub(crate) struct OrganizationSyncService {
+    pub(crate) store: Store,
+    /// Whether private metadata is kept.
+    pub(crate) store_private_metadata: bool,
+}
+
+/// Serves `OrganizationDirectoryService`.
+#[derive(Clone, Debug)]
+pub(crate) struct OrganizationDirectoryService {
+    pub(crate) store: Store,
+}
+
+#[tonic::async_trait]
+impl v1::organization_sync_service_server::OrganizationSyncService for OrganizationSyncService {
+    async fn apply_organization_event(
+        &self,
+        request: Request<ApplyOrganizationEventRequest>,
+    ) -> Result<Response<ApplyOrganizationEventResponse>, Status> {
+        let (event_id, event) = parse_event(request.into_inner(), self.store_private_metadata)?;
+        let outcome = self
+            .store
+            .apply_organization_event(&event_id, event)
+            .await?;
+        Ok(Response::new(ApplyOrganizationEventResponse {
+            outcome: v1::Outcome::from(outcome).into(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::organization_directory_service_server::OrganizationDirectoryService
+    for OrganizationDirectoryService
+{
+    async fn get_organization(
+        &self,
+        request: Request<GetOrganizationRequest>,
+    ) -> Result<Response<GetOrganizationResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let request = request.into_inner();
+        let (id, slug) = match (request.id.is_empty(), request.slug.is_empty()) {
+            (false, true) => (Some(parse_id(request.id, "id")?), None),
+            (true, false) => (None, Some(parse_id(request.slug, "slug")?)),
+            _ => return Err(Error::invalid("id", "or slug is required, not both").into()),
+        };
+        let (organization, members) = self
+            .store
+            .get_organization(id.as_deref(), slug.as_deref())
+            .await?;
+        Ok(Response::new(GetOrganizationResponse {
+            organization: Some(organization_to_proto(organization, members, private)?),
+        }))
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<ListOrganizationsRequest>,
+    ) -> Result<Response<ListOrganizationsResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let request = request.into_inner();
+        let page_size = page_size(request.page_size)?;
+        let after = decode_token(&request.page_token, "")?;
+        let mut page = self
+            .store
+            .list_organizations(u64::from(page_size) + 1, after.as_deref())
+            .await?;
+        let next_page_token = next_token(&mut page, page_size, "", |(o, _)| &o.id);
+        Ok(Response::new(ListOrganizationsResponse {
+            organizations: page
+                .into_iter()
+                .map(|(organization, members)| {
+                    organization_to_proto(organization, members, private)
+                })
+                .collect::<Result<_, _>>()?,
+            next_page_token,
+        }))
+    }
+
+    async fn get_membership(
+        &self,
+        request: Request<GetMembershipRequest>,
+    ) -> Result<Response<GetMembershipResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let request = request.into_inner();
+        let organization_id = parse_id(request.organization_id, "organization_id")?;
+        let user_id = parse_id(request.user_id, "user_id")?;
+        let membership = self
+            .store
+            .get_membership(&organization_id, &user_id)
+            .await?;
+        Ok(Response::new(GetMembershipResponse {
+            membership: Some(membership_to_proto(membership, private)?),
+        }))
+    }
+
+    async fn list_memberships(
+        &self,
+        request: Request<ListMembershipsRequest>,
+    ) -> Result<Response<ListMembershipsResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let request = request.into_inner();
+        let of = match (
+            request.organization_id.is_empty(),
+            request.user_id.is_empty(),
+        ) {
+            (false, true) => {
+                MembersOf::Organization(parse_id(request.organization_id, "organization_id")?)
+            }
+            (true, false) => MembersOf::User(parse_id(request.user_id, "user_id")?),
+            _ => {
+                return Err(
+                    Error::invalid("organization_id", "or user_id is required, not both").into(),
+                );
+            }
+        };
+        let role = match request.role.as_str() {
+            "" => None,
+            _ => Some(parse_id(request.role, "role")?),
+        };
+        let page_size = page_size(request.page_size)?;
+        // A token only fits the query it came from.
+        let query = match &of {
+            MembersOf::Organization(id) => format!("o:{id}:{}", role.as_deref().unwrap_or("")),
+            MembersOf::User(id) => format!("u:{id}:{}", role.as_deref().unwrap_or("")),
+        };
+        let after = decode_token(&request.page_token, &query)?;
+        let mut page = self
+            .store
+            .list_memberships(
+                &of,
+                role.as_deref(),
+                u64::from(page_size) + 1,
+                after.as_deref(),
+            )
+            .await?;
+        let next_page_token = next_token(&mut page, page_size, &query, |m| &m.id);
+        Ok(Response::new(ListMembershipsResponse {
+            memberships: page
+                .into_iter()
+                .map(|membership| membership_to_proto(membership, private))
+                .collect::<Result<_, _>>()?,
+            next_page_token,
+        }))
+    }
+
+    async fn check_permission(
+        &self,
+        request: Request<CheckPermissionRequest>,
+    ) -> Result<Response<CheckPermissionResponse>, Status> {
+        let request = request.into_inner();
+        let user_id = parse_id(request.user_id, "user_id")?;
+        let organization_id = parse_id(request.organization_id, "organization_id")?;
+        let permission = parse_id(request.permission, "permission")?;
+        let found = self
+            .store
+            .check_permission(&user_id, &organization_id, &permission)
+            .await?;
+        let (allowed, role, reason) = match found {
+            Permission::Allowed { role } => (true, role, DenialReason::Unspecified),
+            Permission::RoleLacks { role } => {
+                (false, role, DenialReason::RoleLacksPermission)
+            }
+            Permission::NoMembership => (false, String::new(), DenialReason::NoMembership),
+            Permission::UserBanned => (false, String::new(), DenialReason::UserBanned),
+            Permission::UserDeleted => (false, String::new(), DenialReason::UserDeleted),
+        };
+        Ok(Response::new(CheckPermissionResponse {
+            allowed,
+            role,
+            reason: reason.into(),
+        }))
+    }
+}
+
+/// Parses an ApplyOrganizationEvent request into its event id and event.
+fn parse_event(
+    request: ApplyOrganizationEventRequest,
+    store_private_metadata: bool,
+) -> Result<(EventId, OrganizationEvent), Error> {
+    let event = request
+        .event
+        .ok_or_else(|| Error::invalid("event", "is required"))?;
+    let (meta, field) = match &event {
+        Event::OrganizationUpserted(e) => (&e.meta, "organization_upserted"),
+        Event::OrganizationDeleted(e) => (&e.meta, "organization_deleted"),
+        Event::MembershipUpserted(e) => (&e.meta, "membership_upserted"),
+        Event::MembershipDeleted(e) => (&e.meta, "membership_deleted"),
+    };
+    let meta = meta
+        .clone()
+        .ok_or_else(|| Error::invalid(format!("{field}.meta"), "is required"))?;
+    let event_id = EventId::parse(meta.event_id, &format!("{field}.meta.event_id"))?;
+    let occurred_at = || required_time(meta.occurred_at, &format!("{field}.meta.occurred_at"));
+    let event = match event {
+        Event::OrganizationUpserted(e) => {
+            OrganizationEvent::OrganizationUpserted(parse_organization(
+                e.organization,
+                "organization_upserted.organization",
+                store_private_metadata,
+            )?)
+        }
+        Event::OrganizationDeleted(e) => OrganizationEvent::OrganizationDeleted {
+            id: parse_id(e.organization_id, "organization_deleted.organization_id")?,
+            deleted_at: occurred_at()?,
+        },
+        Event::MembershipUpserted(e) => OrganizationEvent::MembershipUpserted(parse_membership(
+            e.membership,
+            "membership_upserted.membership",
+            store_private_metadata,
+            None,
+        )?),
+        Event::MembershipDeleted(e) => {
+            let deleted_at = occurred_at()?;
+            OrganizationEvent::MembershipDeleted {
+                membership: parse_membership(
+                    e.membership,
+                    "membership_deleted.membership",
+                    false,
+                    Some(deleted_at),
+                )?,
+                deleted_at,
+            }
+        }
+    };
+    Ok((event_id, event))
+}
+
+fn parse_organization(
+    organization: Option<v1::Organization>,
+    field: &str,
+    store_private_metadata: bool,
+) -> Result<Organization, Error> {
+    let o = organization.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let name = text(o.name, &format!("{field}.name"))?;
+    if name.trim().is_empty() {
+        return Err(Error::invalid(format!("{field}.name"), "must not be empty"));
+    }
+    Ok(Organization {
+        id: parse_id(o.id, &format!("{field}.id"))?,
+        name,
+        slug: o
+            .slug
+            .filter(|slug| !slug.is_empty())
+            .map(|slug| parse_id(slug, &format!("{field}.slug")))
+            .transpose()?,
+        image_url: o
+            .image_url
+            .map(|url| text(url, &format!("{field}.image_url")))
+            .transpose()?,
+        has_image: o.has_image,
+        max_allowed_memberships: i64::from(o.max_allowed_memberships),
+        admin_delete_enabled: o.admin_delete_enabled,
+        public_metadata: metadata(o.public_metadata),
+        private_metadata: o
+            .private_metadata
+            .filter(|_| store_private_metadata)
+            .map(|m| metadata(Some(m))),
+        created_by: o
+            .created_by
+            .filter(|id| !id.is_empty())
+            .map(|id| parse_id(id, &format!("{field}.created_by")))
+            .transpose()?,
+        created_at: optional_time(o.created_at, &format!("{field}.created_at"))?,
+        updated_at: required_time(o.updated_at, &format!("{field}.updated_at"))?,
+        deleted_at: None,
+    })
+}
+
+/// A membership; for a deletion (`deleted_at` given) only the id is
+/// required and a missing `updated_at` reads as the deletion time.
+fn parse_membership(
+    membership: Option<v1::Membership>,
+    field: &str,
+    store_private_metadata: bool,
+    deleted_at: Option<i64>,
+) -> Result<Membership, Error> {
+    let m = membership.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let required_id = |value: String, name: &str| parse_id(value, &format!("{field}.{name}"));
+    let optional_id = |value: String, name: &str| match (value.is_empty(), deleted_at) {
+        (true, Some(_)) => Ok(String::new()),
+        _ => required_id(value, name),
+    };
+    let permissions = m
+        .permissions
+        .into_iter()
+        .enumerate()
+        .map(|(i, permission)| parse_id(permission, &format!("{field}.permissions[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let user = m.public_user_data.unwrap_or_default();
+    let public_user_data = serde_json::json!({
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "image_url": user.image_url,
+        "has_image": user.has_image,
+        "identifier": user.identifier,
+    });
+    let updated_at = match (m.updated_at, deleted_at) {
+        (None, Some(deleted_at)) => deleted_at,
+        (updated_at, _) => required_time(updated_at, &format!("{field}.updated_at"))?,
+    };
+    Ok(Membership {
+        id: required_id(m.id, "id")?,
+        organization_id: optional_id(m.organization_id, "organization_id")?,
+        user_id: optional_id(m.user_id, "user_id")?,
+        role: optional_id(m.role, "role")?,
+        role_name: text(m.role_name, &format!("{field}.role_name"))?,
+        permissions: Value::from(permissions).to_string(),
+        public_metadata: metadata(m.public_metadata),
+        private_metadata: m
+            .private_metadata
+            .filter(|_| store_private_metadata)
+            .map(|m| metadata(Some(m))),
+        public_user_data: public_user_data.to_string(),
+        created_at: optional_time(m.created_at, &format!("{field}.created_at"))?,
+        updated_at,
+        deleted_at: None,
+    })
+}
+
+/// Free text: at most [`MAX_TEXT_LEN`] bytes, no U+0000 (PostgreSQL refuses
+/// it in text).
+fn text(value: String, field: &str) -> Result<String, Error> {
+    if value.contains('\0') {
+        return Err(Error::invalid(field, "must not contain U+0000"));
+    }
+    if value.len() > MAX_TEXT_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_TEXT_LEN} bytes"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A metadata object as stored: JSON text (`{}` when absent).
+fn metadata(value: Option<prost_types::Struct>) -> String {
+    Value::Object(value.map(json_from_struct).unwrap_or_default()).to_string()
+}
+
+fn stored_object(text: &str, what: &str) -> Result<Map<String, Value>, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn organization_to_proto(
+    o: Organization,
+    members: u64,
+    private: bool,
+) -> Result<v1::Organization, Error> {
+    Ok(v1::Organization {
+        public_metadata: Some(struct_from_json(stored_object(
+            &o.public_metadata,
+            "organization metadata",
+        )?)),
+        private_metadata: o
+            .private_metadata
+            .filter(|_| private)
+            .map(|m| stored_object(&m, "organization metadata").map(struct_from_json))
+            .transpose()?,
+        id: o.id,
+        name: o.name,
+        slug: o.slug,
+        image_url: o.image_url,
+        has_image: o.has_image,
+        members_count: u32::try_from(members).unwrap_or(u32::MAX),
+        max_allowed_memberships: u32::try_from(o.max_allowed_memberships).unwrap_or(0),
+        admin_delete_enabled: o.admin_delete_enabled,
+        created_by: o.created_by,
+        created_at: o.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(o.updated_at)),
+    })
+}
+
+fn membership_to_proto(m: Membership, private: bool) -> Result<v1::Membership, Error> {
+    let permissions: Vec<String> = serde_json::from_str(&m.permissions)
+        .map_err(|e| Error::Corrupt(format!("membership permissions: {e}")))?;
+    let user = stored_object(&m.public_user_data, "membership user data")?;
+    let text = |key: &str| user.get(key).and_then(Value::as_str).map(str::to_owned);
+    Ok(v1::Membership {
+        public_metadata: Some(struct_from_json(stored_object(
+            &m.public_metadata,
+            "membership metadata",
+        )?)),
+        private_metadata: m
+            .private_metadata
+            .filter(|_| private)
+            .map(|p| stored_object(&p, "membership metadata").map(struct_from_json))
+            .transpose()?,
+        public_user_data: Some(v1::PublicUserData {
+            user_id: m.user_id.clone(),
+            first_name: text("first_name"),
+            last_name: text("last_name"),
+            image_url: text("image_url"),
+            has_image: user
+                .get("has_image")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            identifier: text("identifier"),
+        }),
+        id: m.id,
+        organization_id: m.organization_id,
+        user_id: m.user_id,
+        role: m.role,
+        role_name: m.role_name,
+        permissions,
+        created_at: m.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(m.updated_at)),
+    })
+}
+
+/// Version tag of these page tokens.
+const TOKEN_VERSION: &str = "g1";
+
+/// Cuts `page` (fetched one longer than `page_size`) and returns the token
+/// of the next page: the last id, bound to `query`.
+fn next_token<T>(
+    page: &mut Vec<T>,
+    page_size: u32,
+    query: &str,
+    id: impl Fn(&T) -> &String,
+) -> String {
+    let has_more = page.len() > page_size as usize;
+    page.truncate(page_size as usize);
+    match page.last() {
+        Some(last) if has_more => {
+            URL_SAFE_NO_PAD.encode(format!("{TOKEN_VERSION}|{query}|{}", id(last)))
+        }
+        _ => String::new(),
+    }
+}
+
+/// The last id of the previous page, if `token` continues a listing of
+/// `query`.
+fn decode_token(token: &str, query: &str) -> Result<Option<String>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        Error::invalid(
+            "page_token",
+            "is not a token this server issued for this query",
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let rest = raw
+        .strip_prefix(TOKEN_VERSION)
+        .and_then(|rest| rest.strip_prefix('|'))
+        .and_then(|rest| rest.strip_prefix(query))
+        .and_then(|rest| rest.strip_prefix('|'))
+        .ok_or_else(invalid)?;
+    Ok(Some(rest.to_owned()))
+}

@@ -1,0 +1,574 @@
+//! Organizations and memberships, applied with the users' rules and read
+//! back for `OrganizationDirectoryService`.
+//!
+//! Each event is one transaction: the ledger row first (a write, so SQLite
+//! takes its write lock at once; its key is the duplicate check), then one
+//! conditional upsert keyed by id, so concurrent events for the same row
+//! cannot both win: a row changes only for a newer `updated_at` and never
+//! once it is a tombstone. Organization and membership events are rare next
+//! to user events, so they do not go through the user batches.
+//!
+//! Deleting an organization ends its memberships; deleting a user ends
+//! theirs (`end_memberships_of`, called once the user's deletion commits,
+//! and by the periodic sweep). Until then, reads skip memberships whose
+//! organization or user is a tombstone.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    sea_query::{Expr, ExprTrait, OnConflict, Query},
+};
+
+use clerk_sync_common::time::now_millis;
+
+use super::{
+    Store,
+    entity::{
+        organization_memberships as memberships, organizations, processed_events as ledger, users,
+    },
+};
+use crate::{
+    domain::{EventId, Outcome},
+    error::Error,
+};
+
+/// A stored organization.
+pub(crate) type Organization = organizations::Model;
+/// A stored membership.
+pub(crate) type Membership = memberships::Model;
+
+/// An organization or membership event, parsed at the gRPC edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OrganizationEvent {
+    /// organization.created / organization.updated.
+    OrganizationUpserted(Organization),
+    /// organization.deleted, at `deleted_at` (Unix ms).
+    OrganizationDeleted { id: String, deleted_at: i64 },
+    /// organizationMembership.created / .updated.
+    MembershipUpserted(Membership),
+    /// organizationMembership.deleted: the membership as it was, ended at
+    /// `deleted_at` (Unix ms).
+    MembershipDeleted {
+        membership: Membership,
+        deleted_at: i64,
+    },
+}
+
+impl OrganizationEvent {
+    /// The ledger's kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::OrganizationUpserted(_) => "organization.upserted",
+            Self::OrganizationDeleted { .. } => "organization.deleted",
+            Self::MembershipUpserted(_) => "organizationMembership.upserted",
+            Self::MembershipDeleted { .. } => "organizationMembership.deleted",
+        }
+    }
+
+    /// The id of the row it is about.
+    fn subject(&self) -> &str {
+        match self {
+            Self::OrganizationUpserted(organization) => &organization.id,
+            Self::OrganizationDeleted { id, .. } => id,
+            Self::MembershipUpserted(membership) | Self::MembershipDeleted { membership, .. } => {
+                &membership.id
+            }
+        }
+    }
+}
+
+/// Who a [`Store::list_memberships`] call asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MembersOf {
+    Organization(String),
+    User(String),
+}
+
+/// What [`Store::check_permission`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Permission {
+    Allowed { role: String },
+    NoMembership,
+    RoleLacks { role: String },
+    UserBanned,
+    UserDeleted,
+}
+
+/// An empty JSON object: what a tombstone keeps of metadata.
+const EMPTY: &str = "{}";
+
+impl Store {
+    /// Applies `event` (id `event_id`); durable on return.
+    pub(crate) async fn apply_organization_event(
+        &self,
+        event_id: &EventId,
+        event: OrganizationEvent,
+    ) -> Result<Outcome, Error> {
+        let txn = self.db.begin().await?;
+        let recorded = ledger::Entity::insert(ledger::ActiveModel {
+            event_id: Set(event_id.as_str().to_owned()),
+            user_id: Set(event.subject().to_owned()),
+            kind: Set(event.kind().to_owned()),
+            processed_at: Set(now_millis()),
+        })
+        .on_conflict(
+            OnConflict::column(ledger::Column::EventId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
+        if txn.execute(&recorded).await?.rows_affected() == 0 {
+            return Ok(Outcome::Duplicate);
+        }
+        let outcome = match event {
+            OrganizationEvent::OrganizationUpserted(organization) => {
+                upsert_organization(&txn, organization).await?
+            }
+            OrganizationEvent::OrganizationDeleted { id, deleted_at } => {
+                delete_organization(&txn, id, deleted_at).await?
+            }
+            OrganizationEvent::MembershipUpserted(membership) => {
+                upsert_membership(&txn, membership).await?
+            }
+            OrganizationEvent::MembershipDeleted {
+                membership,
+                deleted_at,
+            } => end_membership(&txn, membership, deleted_at).await?,
+        };
+        txn.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Ends the live memberships of `users` (just deleted) and erases the
+    /// personal data they hold; returns how many.
+    pub async fn end_memberships_of(&self, users: &[&str]) -> Result<u64, Error> {
+        let mut ended = 0;
+        for chunk in users.chunks(1000) {
+            ended += end_memberships(
+                &self.db,
+                memberships::Column::UserId.is_in(chunk.iter().copied()),
+                now_millis(),
+            )
+            .await?;
+        }
+        Ok(ended)
+    }
+
+    /// Ends the live memberships of every deleted user (the sweep behind
+    /// [`Store::end_memberships_of`]); returns how many.
+    pub async fn end_memberships_of_deleted_users(&self) -> Result<u64, Error> {
+        end_memberships(
+            &self.db,
+            memberships::Column::UserId.in_subquery(deleted_users()),
+            now_millis(),
+        )
+        .await
+    }
+
+    /// The live organization with `id`, or the live one holding `slug`.
+    pub(crate) async fn get_organization(
+        &self,
+        id: Option<&str>,
+        slug: Option<&str>,
+    ) -> Result<(Organization, u64), Error> {
+        let mut find =
+            organizations::Entity::find().filter(organizations::Column::DeletedAt.is_null());
+        if let Some(id) = id {
+            find = find.filter(organizations::Column::Id.eq(id));
+        }
+        if let Some(slug) = slug {
+            find = find.filter(organizations::Column::Slug.eq(slug));
+        }
+        let organization = find
+            .order_by_desc(organizations::Column::UpdatedAt)
+            .one(&self.reads)
+            .await?
+            .ok_or_else(|| Error::NotFound("no such organization".to_owned()))?;
+        let counts = self.members_counts(&[organization.id.as_str()]).await?;
+        let count = counts.get(&organization.id).copied().unwrap_or(0);
+        Ok((organization, count))
+    }
+
+    /// Up to `limit` live organizations after id `after`, in id order, each
+    /// with its members count.
+    pub(crate) async fn list_organizations(
+        &self,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Vec<(Organization, u64)>, Error> {
+        let mut find =
+            organizations::Entity::find().filter(organizations::Column::DeletedAt.is_null());
+        if let Some(after) = after {
+            find = find.filter(organizations::Column::Id.gt(after));
+        }
+        let page = find
+            .order_by_asc(organizations::Column::Id)
+            .limit(limit)
+            .all(&self.reads)
+            .await?;
+        let ids: Vec<&str> = page.iter().map(|o| o.id.as_str()).collect();
+        let counts = self.members_counts(&ids).await?;
+        Ok(page
+            .into_iter()
+            .map(|organization| {
+                let count = counts.get(&organization.id).copied().unwrap_or(0);
+                (organization, count)
+            })
+            .collect())
+    }
+
+    /// The live membership of `user_id` in `organization_id`.
+    pub(crate) async fn get_membership(
+        &self,
+        organization_id: &str,
+        user_id: &str,
+    ) -> Result<Membership, Error> {
+        live_memberships()
+            .filter(memberships::Column::OrganizationId.eq(organization_id))
+            .filter(memberships::Column::UserId.eq(user_id))
+            .order_by_desc(memberships::Column::UpdatedAt)
+            .one(&self.reads)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{user_id:?} has no membership in {organization_id:?}"
+                ))
+            })
+    }
+
+    /// Up to `limit` live memberships of `of` (with `role`, if given) after
+    /// membership id `after`, in id order.
+    pub(crate) async fn list_memberships(
+        &self,
+        of: &MembersOf,
+        role: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Vec<Membership>, Error> {
+        let mut find = match of {
+            MembersOf::Organization(id) => {
+                live_memberships().filter(memberships::Column::OrganizationId.eq(id.as_str()))
+            }
+            MembersOf::User(id) => {
+                live_memberships().filter(memberships::Column::UserId.eq(id.as_str()))
+            }
+        };
+        if let Some(role) = role {
+            find = find.filter(memberships::Column::Role.eq(role));
+        }
+        if let Some(after) = after {
+            find = find.filter(memberships::Column::Id.gt(after));
+        }
+        Ok(find
+            .order_by_asc(memberships::Column::Id)
+            .limit(limit)
+            .all(&self.reads)
+            .await?)
+    }
+
+    /// Whether `user_id` holds `permission` in `organization_id`.
+    pub(crate) async fn check_permission(
+        &self,
+        user_id: &str,
+        organization_id: &str,
+        permission: &str,
+    ) -> Result<Permission, Error> {
+        #[derive(FromQueryResult)]
+        struct Account {
+            banned: bool,
+            deleted_at: Option<i64>,
+        }
+        let account = users::Entity::find_by_id(user_id)
+            .select_only()
+            .column(users::Column::Banned)
+            .column(users::Column::DeletedAt)
+            .into_model::<Account>()
+            .one(&self.reads)
+            .await?;
+        match account {
+            Some(Account {
+                deleted_at: Some(_),
+                ..
+            }) => return Ok(Permission::UserDeleted),
+            Some(Account { banned: true, .. }) => return Ok(Permission::UserBanned),
+            _ => {}
+        }
+        let membership = match self.get_membership(organization_id, user_id).await {
+            Ok(membership) => membership,
+            Err(Error::NotFound(_)) => return Ok(Permission::NoMembership),
+            Err(error) => return Err(error),
+        };
+        let permissions: Vec<String> = serde_json::from_str(&membership.permissions)
+            .map_err(|e| Error::Corrupt(format!("membership permissions: {e}")))?;
+        Ok(if permissions.iter().any(|p| p == permission) {
+            Permission::Allowed {
+                role: membership.role,
+            }
+        } else {
+            Permission::RoleLacks {
+                role: membership.role,
+            }
+        })
+    }
+
+    /// Live members of each of `organizations` (memberships not ended, whose
+    /// user is not deleted).
+    async fn members_counts(&self, organizations: &[&str]) -> Result<HashMap<String, u64>, Error> {
+        if organizations.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let counts: Vec<(String, i64)> = live_memberships()
+            .select_only()
+            .column(memberships::Column::OrganizationId)
+            .column_as(memberships::Column::Id.count(), "members")
+            .filter(memberships::Column::OrganizationId.is_in(organizations.iter().copied()))
+            .group_by(memberships::Column::OrganizationId)
+            .into_tuple()
+            .all(&self.reads)
+            .await?;
+        Ok(counts
+            .into_iter()
+            .map(|(id, count)| (id, u64::try_from(count).unwrap_or(0)))
+            .collect())
+    }
+}
+
+/// Memberships not ended whose organization and user are not tombstones.
+fn live_memberships() -> sea_orm::Select<memberships::Entity> {
+    let deleted_organizations = Query::select()
+        .column(organizations::Column::Id)
+        .from(organizations::Entity)
+        .and_where(organizations::Column::DeletedAt.is_not_null())
+        .to_owned();
+    memberships::Entity::find()
+        .filter(memberships::Column::DeletedAt.is_null())
+        .filter(memberships::Column::UserId.not_in_subquery(deleted_users()))
+        .filter(memberships::Column::OrganizationId.not_in_subquery(deleted_organizations))
+}
+
+/// The ids of deleted users.
+fn deleted_users() -> sea_orm::sea_query::SelectStatement {
+    Query::select()
+        .column(users::Column::Id)
+        .from(users::Entity)
+        .and_where(users::Column::DeletedAt.is_not_null())
+        .to_owned()
+}
+
+/// Writes `organization` if it is new or newer than the stored one.
+async fn upsert_organization(
+    txn: &DatabaseTransaction,
+    organization: Organization,
+) -> Result<Outcome, Error> {
+    let id = organization.id.clone();
+    let upsert = organizations::Entity::insert(organizations::ActiveModel::from(organization))
+        .on_conflict(
+            OnConflict::column(organizations::Column::Id)
+                .update_columns([
+                    organizations::Column::Name,
+                    organizations::Column::Slug,
+                    organizations::Column::ImageUrl,
+                    organizations::Column::HasImage,
+                    organizations::Column::MaxAllowedMemberships,
+                    organizations::Column::AdminDeleteEnabled,
+                    organizations::Column::PublicMetadata,
+                    organizations::Column::PrivateMetadata,
+                    organizations::Column::CreatedBy,
+                    organizations::Column::CreatedAt,
+                    organizations::Column::UpdatedAt,
+                ])
+                .action_and_where(
+                    Expr::col((organizations::Entity, organizations::Column::UpdatedAt))
+                        .lt(Expr::cust("excluded.updated_at"))
+                        .and(
+                            Expr::col((organizations::Entity, organizations::Column::DeletedAt))
+                                .is_null(),
+                        ),
+                )
+                .to_owned(),
+        )
+        .into_query();
+    if txn.execute(&upsert).await?.rows_affected() > 0 {
+        return Ok(Outcome::Applied);
+    }
+    let stored = organizations::Entity::find_by_id(id).one(txn).await?;
+    Ok(match stored {
+        Some(stored) if stored.deleted_at.is_some() => Outcome::Deleted,
+        _ => Outcome::Stale,
+    })
+}
+
+/// Tombstones organization `id` (known or not) and ends its memberships.
+async fn delete_organization(
+    txn: &DatabaseTransaction,
+    id: String,
+    deleted_at: i64,
+) -> Result<Outcome, Error> {
+    let tombstone = organizations::ActiveModel {
+        id: Set(id.clone()),
+        name: Set(String::new()),
+        slug: Set(None),
+        image_url: Set(None),
+        has_image: Set(false),
+        max_allowed_memberships: Set(0),
+        admin_delete_enabled: Set(false),
+        public_metadata: Set(EMPTY.to_owned()),
+        private_metadata: Set(None),
+        created_by: Set(None),
+        created_at: Set(None),
+        updated_at: Set(deleted_at),
+        deleted_at: Set(Some(deleted_at)),
+    };
+    let upsert = organizations::Entity::insert(tombstone)
+        .on_conflict(
+            OnConflict::column(organizations::Column::Id)
+                .update_columns([
+                    organizations::Column::Name,
+                    organizations::Column::Slug,
+                    organizations::Column::ImageUrl,
+                    organizations::Column::HasImage,
+                    organizations::Column::PublicMetadata,
+                    organizations::Column::PrivateMetadata,
+                    organizations::Column::CreatedBy,
+                    organizations::Column::DeletedAt,
+                ])
+                .action_and_where(
+                    Expr::col((organizations::Entity, organizations::Column::DeletedAt)).is_null(),
+                )
+                .to_owned(),
+        )
+        .into_query();
+    if txn.execute(&upsert).await?.rows_affected() == 0 {
+        return Ok(Outcome::Deleted);
+    }
+    end_memberships(
+        txn,
+        memberships::Column::OrganizationId.eq(id.as_str()),
+        deleted_at,
+    )
+    .await?;
+    Ok(Outcome::Applied)
+}
+
+/// Writes `membership` if it is new or newer than the stored one; a
+/// membership of a deleted organization or user is stored ended.
+async fn upsert_membership(
+    txn: &DatabaseTransaction,
+    membership: Membership,
+) -> Result<Outcome, Error> {
+    let organization_deleted = organizations::Entity::find_by_id(&membership.organization_id)
+        .filter(organizations::Column::DeletedAt.is_not_null())
+        .one(txn)
+        .await?
+        .is_some();
+    let user_deleted = users::Entity::find_by_id(&membership.user_id)
+        .filter(users::Column::DeletedAt.is_not_null())
+        .one(txn)
+        .await?
+        .is_some();
+    if organization_deleted || user_deleted {
+        let deleted_at = membership.updated_at;
+        end_membership(txn, membership, deleted_at).await?;
+        return Ok(Outcome::Deleted);
+    }
+    let id = membership.id.clone();
+    let upsert = memberships::Entity::insert(memberships::ActiveModel::from(membership))
+        .on_conflict(
+            OnConflict::column(memberships::Column::Id)
+                .update_columns([
+                    memberships::Column::OrganizationId,
+                    memberships::Column::UserId,
+                    memberships::Column::Role,
+                    memberships::Column::RoleName,
+                    memberships::Column::Permissions,
+                    memberships::Column::PublicMetadata,
+                    memberships::Column::PrivateMetadata,
+                    memberships::Column::PublicUserData,
+                    memberships::Column::CreatedAt,
+                    memberships::Column::UpdatedAt,
+                ])
+                .action_and_where(
+                    Expr::col((memberships::Entity, memberships::Column::UpdatedAt))
+                        .lt(Expr::cust("excluded.updated_at"))
+                        .and(
+                            Expr::col((memberships::Entity, memberships::Column::DeletedAt))
+                                .is_null(),
+                        ),
+                )
+                .to_owned(),
+        )
+        .into_query();
+    if txn.execute(&upsert).await?.rows_affected() > 0 {
+        return Ok(Outcome::Applied);
+    }
+    let stored = memberships::Entity::find_by_id(id).one(txn).await?;
+    Ok(match stored {
+        Some(stored) if stored.deleted_at.is_some() => Outcome::Deleted,
+        _ => Outcome::Stale,
+    })
+}
+
+/// Stores `membership` ended at `deleted_at`, its personal data erased,
+/// whatever its version (a deletion wins a tie: Clerk keeps the deleted
+/// membership's updated_at).
+async fn end_membership(
+    txn: &DatabaseTransaction,
+    membership: Membership,
+    deleted_at: i64,
+) -> Result<Outcome, Error> {
+    let tombstone = memberships::ActiveModel {
+        public_metadata: Set(EMPTY.to_owned()),
+        private_metadata: Set(None),
+        public_user_data: Set(EMPTY.to_owned()),
+        deleted_at: Set(Some(deleted_at)),
+        ..memberships::ActiveModel::from(membership)
+    };
+    let upsert = memberships::Entity::insert(tombstone)
+        .on_conflict(
+            OnConflict::column(memberships::Column::Id)
+                .update_columns([
+                    memberships::Column::PublicMetadata,
+                    memberships::Column::PrivateMetadata,
+                    memberships::Column::PublicUserData,
+                    memberships::Column::DeletedAt,
+                ])
+                .action_and_where(
+                    Expr::col((memberships::Entity, memberships::Column::DeletedAt)).is_null(),
+                )
+                .to_owned(),
+        )
+        .into_query();
+    Ok(if txn.execute(&upsert).await?.rows_affected() > 0 {
+        Outcome::Applied
+    } else {
+        Outcome::Deleted
+    })
+}
+
+/// Ends the live memberships `which` selects at `deleted_at`, erasing their
+/// personal data; returns how many.
+async fn end_memberships(
+    db: &impl ConnectionTrait,
+    which: impl sea_orm::sea_query::IntoCondition,
+    deleted_at: i64,
+) -> Result<u64, Error> {
+    Ok(memberships::Entity::update_many()
+        .col_expr(memberships::Column::DeletedAt, Expr::value(deleted_at))
+        .col_expr(memberships::Column::PublicMetadata, Expr::value(EMPTY))
+        .col_expr(
+            memberships::Column::PrivateMetadata,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(memberships::Column::PublicUserData, Expr::value(EMPTY))
+        .filter(
+            Condition::all()
+                .add(which)
+                .add(memberships::Column::DeletedAt.is_null()),
+        )
+        .exec(db)
+        .await?
+        .rows_affected)
+}
