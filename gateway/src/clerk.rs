@@ -2,7 +2,8 @@
 //! `clerk.sync.v1` messages the sync-service applies.
 //!
 //! Only the verified body reaches this module. Strings are borrowed from the body
-//! where Clerk sent them without escapes. Event types other than `user.*` are
+//! where Clerk sent them without escapes. Organization and membership events
+//! keep their data raw for [`crate::organizations`]; other event types are
 //! recognised as [`ClerkEvent::Other`] without looking inside their data.
 
 use std::borrow::Cow;
@@ -27,6 +28,13 @@ pub enum ClerkEvent<'a> {
     UserUpdated(Envelope<ClerkUser<'a>>),
     /// `user.deleted`: only the id of the user that is gone.
     UserDeleted(Envelope<DeletedUser<'a>>),
+    /// One of [`crate::organizations::EVENT_TYPES`], mapped there.
+    Organization {
+        /// The event's `type`.
+        event_type: &'static str,
+        /// The event's object, unparsed.
+        data: Envelope<&'a RawValue>,
+    },
     /// Any other event type (`session.created`, …): acknowledged, not forwarded.
     Other {
         /// The event's `type`, for the logs.
@@ -263,7 +271,19 @@ impl<'a> ClerkEvent<'a> {
             "user.deleted" => {
                 ClerkEvent::UserDeleted(Envelope::parse(timestamp_ms, data(raw.data)?)?)
             }
-            _ => ClerkEvent::Other { event_type },
+            other => match crate::organizations::EVENT_TYPES
+                .iter()
+                .find(|known| **known == other)
+            {
+                Some(event_type) => ClerkEvent::Organization {
+                    event_type,
+                    data: Envelope {
+                        timestamp_ms,
+                        data: data(raw.data)?,
+                    },
+                },
+                None => ClerkEvent::Other { event_type },
+            },
         })
     }
 
@@ -273,6 +293,7 @@ impl<'a> ClerkEvent<'a> {
             ClerkEvent::UserCreated(_) => "user.created",
             ClerkEvent::UserUpdated(_) => "user.updated",
             ClerkEvent::UserDeleted(_) => "user.deleted",
+            ClerkEvent::Organization { event_type, .. } => event_type,
             ClerkEvent::Other { event_type } => event_type.as_str(),
         }
     }
@@ -284,7 +305,7 @@ impl<'a> ClerkEvent<'a> {
                 event.data.id.as_ref().map(Text::as_str)
             }
             ClerkEvent::UserDeleted(event) => event.data.id.as_ref().map(Text::as_str),
-            ClerkEvent::Other { .. } => None,
+            ClerkEvent::Organization { .. } | ClerkEvent::Other { .. } => None,
         }
     }
 }
@@ -359,7 +380,7 @@ impl UserEvent {
                     user_id: required_id(event.data.id)?,
                 })
             }
-            ClerkEvent::Other { .. } => return Ok(None),
+            ClerkEvent::Organization { .. } | ClerkEvent::Other { .. } => return Ok(None),
         }))
     }
 }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod organizations;
 pub mod pipeline;
 pub mod quarantine;
 pub mod server;

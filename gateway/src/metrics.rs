@@ -148,7 +148,10 @@ pub fn event_type_label(event_type: &str) -> &'static str {
         "user.created" => "user.created",
         "user.updated" => "user.updated",
         "user.deleted" => "user.deleted",
-        _ => "other",
+        other => crate::organizations::EVENT_TYPES
+            .into_iter()
+            .find(|known| *known == other)
+            .unwrap_or("other"),
     }
 }
 

@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use clerk_sync_api::v1::{Outcome, User};
+use clerk_sync_api::v1::{
+    ApplyOrganizationEventRequest, Outcome, User, apply_organization_event_request::Event,
+};
 use prost::Message;
 use prost_types::{Struct, Value, value::Kind};
 use tracing::Span;
@@ -14,7 +16,7 @@ use tracing::Span;
 use crate::{
     Error,
     clerk::{ClerkEvent, UserEvent},
-    metrics,
+    metrics, organizations,
     upstream::Upstream,
     verify::Delivery,
 };
@@ -75,6 +77,23 @@ pub async fn forward(
     if let Some(user_id) = event.user_id() {
         span.record("user_id", user_id);
     }
+    if let ClerkEvent::Organization { event_type, data } = event {
+        let event = organizations::from_clerk(
+            event_type,
+            data.timestamp_ms,
+            data.data,
+            delivery,
+            carriage.private_metadata,
+        )?;
+        if let Some(user_id) = organizations::member_of(&event) {
+            span.record("user_id", user_id);
+        }
+        check_organization_carriable(&event, carriage.max_message_bytes)?;
+        let started = Instant::now();
+        let forwarded = upstream.forward_organization(event, delivery.id).await;
+        metrics::record_forward(started.elapsed(), forwarded.as_ref().err());
+        return forwarded.map(Some);
+    }
     match UserEvent::from_clerk(event, delivery)? {
         None => Ok(None),
         Some(user_event) => {
@@ -115,6 +134,43 @@ pub fn check_carriable(event: &UserEvent, max_message_bytes: usize) -> Result<()
             ("private_metadata", user.private_metadata.as_ref()),
         ]
     });
+    check_limits(size, metadata, max_message_bytes)
+}
+
+/// [`check_carriable`] for an organization or membership event.
+pub fn check_organization_carriable(event: &Event, max_message_bytes: usize) -> Result<(), Error> {
+    let size = ApplyOrganizationEventRequest {
+        event: Some(event.clone()),
+    }
+    .encoded_len();
+    let metadata = match event {
+        Event::OrganizationUpserted(e) => e
+            .organization
+            .as_ref()
+            .map(|o| (o.public_metadata.as_ref(), o.private_metadata.as_ref())),
+        Event::MembershipUpserted(e) => e
+            .membership
+            .as_ref()
+            .map(|m| (m.public_metadata.as_ref(), m.private_metadata.as_ref())),
+        Event::MembershipDeleted(e) => e
+            .membership
+            .as_ref()
+            .map(|m| (m.public_metadata.as_ref(), m.private_metadata.as_ref())),
+        Event::OrganizationDeleted(_) => None,
+    };
+    let metadata = metadata
+        .into_iter()
+        .flat_map(|(public, private)| [("public_metadata", public), ("private_metadata", private)]);
+    check_limits(size, metadata, max_message_bytes)
+}
+
+/// Refuses a request of `size` bytes over `max_message_bytes`, or `metadata`
+/// nested deeper than [`MAX_METADATA_DEPTH`].
+fn check_limits<'a>(
+    size: usize,
+    metadata: impl Iterator<Item = (&'static str, Option<&'a Struct>)>,
+    max_message_bytes: usize,
+) -> Result<(), Error> {
     for (field, value) in metadata {
         if let Some(depth) = value
             .map(struct_depth)

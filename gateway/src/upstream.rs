@@ -6,7 +6,9 @@
 //! Svix retries.
 
 use clerk_sync_api::v1::{
-    ApplyUserCreatedRequest, ApplyUserDeletedRequest, ApplyUserUpdatedRequest, Outcome,
+    ApplyOrganizationEventRequest, ApplyUserCreatedRequest, ApplyUserDeletedRequest,
+    ApplyUserUpdatedRequest, Outcome, apply_organization_event_request,
+    organization_sync_service_client::OrganizationSyncServiceClient,
     user_sync_service_client::UserSyncServiceClient,
 };
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
@@ -23,8 +25,10 @@ pub use clerk_sync_api::EVENT_ID_METADATA;
 /// The clients that serve webhooks, sharing one [`SyncService`] channel.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Applies events.
+    /// Applies user events.
     sync: UserSyncServiceClient<Channel>,
+    /// Applies organization and membership events.
+    organizations: OrganizationSyncServiceClient<Channel>,
     /// Answers `/readyz`.
     health: HealthClient<Channel>,
     /// The channel, its token and its deadline.
@@ -36,6 +40,7 @@ impl Upstream {
     pub fn new(service: &SyncService) -> Self {
         Self {
             sync: service.sync_client(),
+            organizations: OrganizationSyncServiceClient::new(service.channel()),
             health: service.health_client(),
             service: service.clone(),
         }
@@ -70,10 +75,26 @@ impl Upstream {
                     .outcome
             }
         };
-        match Outcome::try_from(outcome) {
-            Ok(Outcome::Unspecified) | Err(_) => Err(Error::UnexpectedOutcome(outcome)),
-            Ok(known) => Ok(known),
-        }
+        known_outcome(outcome)
+    }
+
+    /// Sends one organization or membership event, with [`Self::forward`]'s
+    /// errors.
+    pub async fn forward_organization(
+        &self,
+        event: apply_organization_event_request::Event,
+        event_id: &str,
+    ) -> Result<Outcome, Error> {
+        let mut client = self.organizations.clone();
+        let request = self.request(
+            ApplyOrganizationEventRequest { event: Some(event) },
+            event_id,
+        );
+        let outcome = self
+            .deadline(client.apply_organization_event(request))
+            .await?
+            .outcome;
+        known_outcome(outcome)
     }
 
     /// Ok when the sync-service's gRPC health service reports the server (service
@@ -110,5 +131,12 @@ impl Upstream {
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, Error> {
         self.service.deadline(call, Error::Upstream).await
+    }
+}
+
+fn known_outcome(outcome: i32) -> Result<Outcome, Error> {
+    match Outcome::try_from(outcome) {
+        Ok(Outcome::Unspecified) | Err(_) => Err(Error::UnexpectedOutcome(outcome)),
+        Ok(known) => Ok(known),
     }
 }

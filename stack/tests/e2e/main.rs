@@ -9,6 +9,7 @@ mod fake_clerk;
 mod helpers;
 mod hostile;
 mod operability;
+mod organizations;
 mod trust;
 
 use bytes::Bytes;

@@ -187,9 +187,7 @@ impl v1::organization_directory_service_server::OrganizationDirectoryService
             .await?;
         let (allowed, role, reason) = match found {
             Permission::Allowed { role } => (true, role, DenialReason::Unspecified),
-            Permission::RoleLacks { role } => {
-                (false, role, DenialReason::RoleLacksPermission)
-            }
+            Permission::RoleLacks { role } => (false, role, DenialReason::RoleLacksPermission),
             Permission::NoMembership => (false, String::new(), DenialReason::NoMembership),
             Permission::UserBanned => (false, String::new(), DenialReason::UserBanned),
             Permission::UserDeleted => (false, String::new(), DenialReason::UserDeleted),

@@ -1,0 +1,311 @@
+//! Clerk's organization and membership webhooks (`organization.*`,
+//! `organizationMembership.*`), parsed from the verified body and mapped onto
+//! the event `OrganizationSyncService` applies.
+//!
+//! A membership event embeds a snapshot of its organization whose
+//! `members_count` moves while its `updated_at` does not: only the
+//! organization's id is taken from it; the sync-service counts members from
+//! the memberships it holds.
+
+use clerk_sync_api::{
+    json::struct_from_json,
+    v1::{
+        self, EventMeta, MembershipDeleted, MembershipUpserted, OrganizationDeleted,
+        OrganizationUpserted, apply_organization_event_request::Event,
+    },
+};
+use clerk_sync_common::time::timestamp_from_millis;
+use prost_types::Timestamp;
+use serde::Deserialize;
+use serde_json::{Map, Value, value::RawValue};
+
+use crate::{Error, verify::Delivery};
+
+/// The event types mapped here.
+pub const EVENT_TYPES: [&str; 6] = [
+    "organization.created",
+    "organization.updated",
+    "organization.deleted",
+    "organizationMembership.created",
+    "organizationMembership.updated",
+    "organizationMembership.deleted",
+];
+
+/// A Clerk organization object; optional where Clerk may send `null`.
+#[derive(Debug, Deserialize)]
+struct ClerkOrganization {
+    id: Option<String>,
+    name: Option<String>,
+    slug: Option<String>,
+    image_url: Option<String>,
+    has_image: Option<bool>,
+    max_allowed_memberships: Option<u32>,
+    admin_delete_enabled: Option<bool>,
+    public_metadata: Option<Map<String, Value>>,
+    private_metadata: Option<Map<String, Value>>,
+    created_by: Option<String>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+/// The organization a membership names: only its id is used.
+#[derive(Debug, Deserialize)]
+struct OrganizationRef {
+    id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ClerkPublicUserData {
+    user_id: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    image_url: Option<String>,
+    has_image: Option<bool>,
+    identifier: Option<String>,
+}
+
+/// A Clerk organization membership object.
+#[derive(Debug, Deserialize)]
+struct ClerkMembership {
+    id: Option<String>,
+    role: Option<String>,
+    role_name: Option<String>,
+    permissions: Option<Vec<String>>,
+    public_metadata: Option<Map<String, Value>>,
+    private_metadata: Option<Map<String, Value>>,
+    organization: Option<OrganizationRef>,
+    public_user_data: Option<ClerkPublicUserData>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+/// `organization.deleted` carries only the id (and a slug).
+#[derive(Debug, Deserialize)]
+struct DeletedOrganization {
+    id: Option<String>,
+}
+
+/// Maps the `data` of an event of one of [`EVENT_TYPES`]; `timestamp_ms` is
+/// the payload's `timestamp`, `delivery` gives the event id (and the time
+/// when there is no timestamp). `private_metadata` says whether it is kept.
+pub fn from_clerk(
+    event_type: &str,
+    timestamp_ms: Option<i64>,
+    data: &RawValue,
+    delivery: &Delivery<'_>,
+    private_metadata: bool,
+) -> Result<Event, Error> {
+    let meta = EventMeta {
+        event_id: delivery.id.to_owned(),
+        occurred_at: Some(match timestamp_ms {
+            Some(ms) => timestamp_from_millis(ms),
+            None => Timestamp {
+                seconds: delivery.timestamp,
+                nanos: 0,
+            },
+        }),
+    };
+    Ok(match event_type {
+        "organization.created" | "organization.updated" => {
+            Event::OrganizationUpserted(OrganizationUpserted {
+                meta: Some(meta),
+                organization: Some(organization(parse(data)?, private_metadata)?),
+            })
+        }
+        "organization.deleted" => {
+            let deleted: DeletedOrganization = parse(data)?;
+            Event::OrganizationDeleted(OrganizationDeleted {
+                meta: Some(meta),
+                organization_id: required(deleted.id, "data.id")?,
+            })
+        }
+        "organizationMembership.created" | "organizationMembership.updated" => {
+            Event::MembershipUpserted(MembershipUpserted {
+                meta: Some(meta),
+                membership: Some(membership(parse(data)?, private_metadata)?),
+            })
+        }
+        "organizationMembership.deleted" => Event::MembershipDeleted(MembershipDeleted {
+            meta: Some(meta),
+            membership: Some(membership(parse(data)?, false)?),
+        }),
+        other => {
+            return Err(Error::Unmappable(format!(
+                "{other:?} is not an organization event"
+            )));
+        }
+    })
+}
+
+/// The user a membership event is about, for the logs.
+pub fn member_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::MembershipUpserted(MembershipUpserted { membership, .. })
+        | Event::MembershipDeleted(MembershipDeleted { membership, .. }) => {
+            membership.as_ref().map(|m| m.user_id.as_str())
+        }
+        _ => None,
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(data: &RawValue) -> Result<T, Error> {
+    serde_json::from_str(data.get()).map_err(Error::InvalidJson)
+}
+
+fn required(value: Option<String>, field: &'static str) -> Result<String, Error> {
+    value
+        .filter(|value| !value.trim().is_empty())
+        .ok_or(Error::MissingField(field))
+}
+
+fn organization(o: ClerkOrganization, private_metadata: bool) -> Result<v1::Organization, Error> {
+    Ok(v1::Organization {
+        id: required(o.id, "data.id")?,
+        name: required(o.name, "data.name")?,
+        slug: o.slug,
+        image_url: o.image_url,
+        has_image: o.has_image.unwrap_or(false),
+        // Counted by the sync-service from the memberships it holds.
+        members_count: 0,
+        max_allowed_memberships: o.max_allowed_memberships.unwrap_or(0),
+        admin_delete_enabled: o.admin_delete_enabled.unwrap_or(false),
+        public_metadata: Some(struct_from_json(o.public_metadata.unwrap_or_default())),
+        private_metadata: o
+            .private_metadata
+            .filter(|_| private_metadata)
+            .map(struct_from_json),
+        created_by: o.created_by,
+        created_at: o.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(
+            o.updated_at.ok_or(Error::MissingField("data.updated_at"))?,
+        )),
+    })
+}
+
+fn membership(m: ClerkMembership, private_metadata: bool) -> Result<v1::Membership, Error> {
+    let user = m.public_user_data.unwrap_or_default();
+    let user_id = required(user.user_id, "data.public_user_data.user_id")?;
+    Ok(v1::Membership {
+        id: required(m.id, "data.id")?,
+        organization_id: required(m.organization.and_then(|o| o.id), "data.organization.id")?,
+        role: required(m.role, "data.role")?,
+        role_name: m.role_name.unwrap_or_default(),
+        permissions: m.permissions.unwrap_or_default(),
+        public_metadata: Some(struct_from_json(m.public_metadata.unwrap_or_default())),
+        private_metadata: m
+            .private_metadata
+            .filter(|_| private_metadata)
+            .map(struct_from_json),
+        public_user_data: Some(v1::PublicUserData {
+            user_id: user_id.clone(),
+            first_name: user.first_name,
+            last_name: user.last_name,
+            image_url: user.image_url,
+            has_image: user.has_image.unwrap_or(false),
+            identifier: user.identifier,
+        }),
+        user_id,
+        created_at: m.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(
+            m.updated_at.ok_or(Error::MissingField("data.updated_at"))?,
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/../tests/fixtures/clerk/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn map(name: &str, private_metadata: bool) -> Result<Event, Error> {
+        let body = fixture(name);
+        let data = serde_json::value::to_raw_value(&body["data"]).unwrap();
+        let delivery = Delivery {
+            id: "msg_1",
+            timestamp: 1,
+        };
+        from_clerk(
+            body["type"].as_str().unwrap(),
+            body["timestamp"].as_i64(),
+            &data,
+            &delivery,
+            private_metadata,
+        )
+    }
+
+    #[test]
+    fn the_fixtures_map_with_ids_from_the_nested_objects() {
+        let Event::MembershipUpserted(joined) =
+            map("organizationMembership.created.json", false).unwrap()
+        else {
+            panic!()
+        };
+        let membership = joined.membership.unwrap();
+        assert_eq!(
+            membership.organization_id,
+            "org_2mQ4dH7sLkP0wQe9RtYuIo3AsDf"
+        );
+        assert_eq!(membership.user_id, "user_29w83sxmDNGwOuEthce5gg56FcC");
+        assert_eq!(membership.permissions.len(), 3);
+        assert_eq!(
+            joined.meta.unwrap().occurred_at.unwrap().seconds,
+            1_764_500_000
+        );
+
+        let Event::OrganizationUpserted(created) = map("organization.created.json", true).unwrap()
+        else {
+            panic!()
+        };
+        let organization = created.organization.unwrap();
+        assert_eq!(organization.members_count, 0, "never taken from Clerk");
+        assert!(organization.private_metadata.is_some());
+        let Event::OrganizationUpserted(created) = map("organization.created.json", false).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(created.organization.unwrap().private_metadata, None);
+
+        let Event::OrganizationDeleted(deleted) = map("organization.deleted.json", false).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(deleted.organization_id, "org_2mQ4dH7sLkP0wQe9RtYuIo3AsDf");
+        assert!(matches!(
+            map("organizationMembership.deleted.json", true).unwrap(),
+            Event::MembershipDeleted(MembershipDeleted { membership: Some(m), .. })
+                if m.private_metadata.is_none()
+        ));
+    }
+
+    #[test]
+    fn missing_ids_name_the_field() {
+        let delivery = Delivery {
+            id: "msg_1",
+            timestamp: 1,
+        };
+        let data = serde_json::value::to_raw_value(&serde_json::json!({
+            "id": "orgmem_1", "role": "org:admin", "updated_at": 1,
+            "public_user_data": {"user_id": "user_1"}, "organization": {}
+        }))
+        .unwrap();
+        let error = from_clerk(
+            "organizationMembership.created",
+            None,
+            &data,
+            &delivery,
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, Error::MissingField("data.organization.id")),
+            "{error}"
+        );
+    }
+}
