@@ -229,10 +229,17 @@ async fn the_hostile_corpus_is_applied_or_quarantined_never_refused(backend: Bac
         ),
         (
             "an unknown type",
-            json!({"type": "organization.created", "data": {"id": 5}})
+            json!({"type": "session.ended", "data": {"id": 5}})
                 .to_string()
                 .into_bytes(),
             Expect::Ignored,
+        ),
+        (
+            "an organization whose id is a number",
+            json!({"type": "organization.created", "data": {"id": 5}})
+                .to_string()
+                .into_bytes(),
+            Expect::Quarantined("invalid JSON payload"),
         ),
         (
             "odd unicode",
