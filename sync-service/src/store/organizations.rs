@@ -380,14 +380,10 @@ async fn upsert_organization(
                     organizations::Column::CreatedAt,
                     organizations::Column::UpdatedAt,
                 ])
-                .action_and_where(
-                    Expr::col((organizations::Entity, organizations::Column::UpdatedAt))
-                        .lt(Expr::cust("excluded.updated_at"))
-                        .and(
-                            Expr::col((organizations::Entity, organizations::Column::DeletedAt))
-                                .is_null(),
-                        ),
-                )
+                .action_and_where(newer_than_a_live(
+                    organizations::Column::UpdatedAt,
+                    organizations::Column::DeletedAt,
+                ))
                 .to_owned(),
         )
         .into_query();
@@ -395,10 +391,27 @@ async fn upsert_organization(
         return Ok(Outcome::Applied);
     }
     let stored = organizations::Entity::find_by_id(id).one(txn).await?;
-    Ok(match stored {
-        Some(stored) if stored.deleted_at.is_some() => Outcome::Deleted,
-        _ => Outcome::Stale,
-    })
+    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+}
+
+/// The condition of a last-write-wins upsert: the stored row is older than
+/// the one offered and is not a tombstone.
+fn newer_than_a_live(
+    updated_at: impl ColumnTrait,
+    deleted_at: impl ColumnTrait,
+) -> sea_orm::sea_query::SimpleExpr {
+    Expr::col((updated_at.entity_name(), updated_at))
+        .lt(Expr::cust("excluded.updated_at"))
+        .and(Expr::col((deleted_at.entity_name(), deleted_at)).is_null())
+}
+
+/// Why an upsert changed nothing: the row is a tombstone (deleted at
+/// `deleted_at`), or holds the same or a newer version.
+fn unchanged(deleted_at: Option<i64>) -> Outcome {
+    match deleted_at {
+        Some(_) => Outcome::Deleted,
+        None => Outcome::Stale,
+    }
 }
 
 /// Tombstones organization `id` (known or not) and ends its memberships.
@@ -490,14 +503,10 @@ async fn upsert_membership(
                     memberships::Column::CreatedAt,
                     memberships::Column::UpdatedAt,
                 ])
-                .action_and_where(
-                    Expr::col((memberships::Entity, memberships::Column::UpdatedAt))
-                        .lt(Expr::cust("excluded.updated_at"))
-                        .and(
-                            Expr::col((memberships::Entity, memberships::Column::DeletedAt))
-                                .is_null(),
-                        ),
-                )
+                .action_and_where(newer_than_a_live(
+                    memberships::Column::UpdatedAt,
+                    memberships::Column::DeletedAt,
+                ))
                 .to_owned(),
         )
         .into_query();
@@ -505,10 +514,7 @@ async fn upsert_membership(
         return Ok(Outcome::Applied);
     }
     let stored = memberships::Entity::find_by_id(id).one(txn).await?;
-    Ok(match stored {
-        Some(stored) if stored.deleted_at.is_some() => Outcome::Deleted,
-        _ => Outcome::Stale,
-    })
+    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
 }
 
 /// Stores `membership` ended at `deleted_at`, its personal data erased,
