@@ -7,7 +7,8 @@
 //! - `streams`: health-check streams (no token needed) each declaring a
 //!   4 MB message and sending it;
 //! - `watchers`: `WatchUsers` streams that start with a snapshot and never
-//!   read, on connections with small HTTP/2 windows.
+//!   read, on connections with small HTTP/2 windows; memory is printed 3 s
+//!   and `--settle` seconds after they are dropped, to see it given back.
 //!
 //! Loopback only, bounded in count and time, like every load here.
 
@@ -217,7 +218,10 @@ async fn watchers(args: &AttackArgs, watch: &Watch) -> anyhow::Result<bool> {
     }
     watch.print_memory("held", &watch.sample());
     drop(streams);
+    let dropped = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     watch.print_memory("after", &watch.sample());
+    tokio::time::sleep(Duration::from_secs(args.settle).saturating_sub(dropped.elapsed())).await;
+    watch.print_memory(&format!("after {} s", args.settle), &watch.sample());
     Ok(true)
 }

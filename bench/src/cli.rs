@@ -234,6 +234,12 @@ pub struct AttackArgs {
     #[arg(long, value_name = "PIDS", value_delimiter = ',')]
     pub server_pids: Vec<u32>,
 
+    /// `watchers`: seconds after the streams are dropped to print the
+    /// servers' memory once more (it is printed 3 s after the drop too): an
+    /// allocator may give memory back only after a delay.
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(3..=600))]
+    pub settle: u64,
+
     /// Read token for `watchers` (sent as `authorization: Bearer …`).
     #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
     pub token: Option<String>,

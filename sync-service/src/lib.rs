@@ -15,6 +15,8 @@
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
 //! - [`metrics`]: the Prometheus registry, the functions that record, and the
 //!   tower layer that counts and times every gRPC call.
+//! - `memory`: gives freed memory back to the operating system after
+//!   change-feed watchers leave.
 //! - `grpc`: the service handlers, which translate and delegate.
 
 pub mod auth;
@@ -24,6 +26,7 @@ pub mod error;
 mod grpc;
 pub mod ingest;
 pub mod limits;
+mod memory;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -28,6 +28,7 @@ use crate::{
     },
     ingest::Ingestor,
     limits::{self, CallTrackingLayer},
+    memory::Trim,
     metrics,
     store::Store,
 };
@@ -147,10 +148,12 @@ pub async fn serve(
         store: store.clone(),
     };
     let limits = std::sync::Arc::new(config.limits.clone());
+    let trim = Trim::default();
+    let trim_task = tokio::spawn(trim.clone().run());
     let directory = DirectoryService {
         store,
         stopping,
-        watchers: Watchers::new(std::sync::Arc::clone(&limits)),
+        watchers: Watchers::new(std::sync::Arc::clone(&limits), trim),
     };
     // Explicit message limits on every service. The write services take
     // whole profiles and quarantined bodies (up to the gateway's body limit);
@@ -234,6 +237,7 @@ pub async fn serve(
     prune_task.abort();
     feed_poll.abort();
     cache_follower.abort();
+    trim_task.abort();
     if let Some(task) = feed_prune_task {
         task.abort();
     }

@@ -10,7 +10,8 @@
 //! messages its client has not taken (counted in encoded bytes, not in
 //! messages: one snapshot page can be megabytes); and a client that leaves
 //! that buffer full for `watch_stall_timeout` has its stream ended with
-//! `RESOURCE_EXHAUSTED` naming the position to resume after.
+//! `RESOURCE_EXHAUSTED` naming the position to resume after. A watcher that
+//! leaves asks for the memory it held to be given back (`memory.rs`).
 
 use std::{
     collections::HashMap,
@@ -32,6 +33,7 @@ use crate::{
     domain::timestamp_from_millis,
     error::Error,
     limits::Limits,
+    memory::Trim,
     store::{FeedChange, FeedEntry, Position, Store},
 };
 
@@ -74,6 +76,9 @@ fn parse_start(request: WatchUsersRequest) -> Result<StartAt, Error> {
 pub(crate) struct Watchers {
     limits: Arc<Limits>,
     held: Mutex<Held>,
+    /// Asked to give memory back each time a watcher leaves: what it held
+    /// is freed, but the allocator keeps the pages unless asked.
+    trim: Trim,
 }
 
 /// Watchers open now, in all and by token (the digest of each token).
@@ -84,10 +89,11 @@ struct Held {
 }
 
 impl Watchers {
-    pub(crate) fn new(limits: Arc<Limits>) -> Arc<Self> {
+    pub(crate) fn new(limits: Arc<Limits>, trim: Trim) -> Arc<Self> {
         Arc::new(Self {
             limits,
             held: Mutex::new(Held::default()),
+            trim,
         })
     }
 
@@ -142,6 +148,7 @@ impl Drop for WatcherSlot {
             }
         }
         crate::metrics::set_watchers(held.total);
+        self.watchers.trim.request();
     }
 }
 
