@@ -3,8 +3,8 @@
 //! A watcher that does not read holds its buffer and HTTP/2's send buffer,
 //! about half a MiB; when hundreds of them leave, all of it is freed, but
 //! glibc's allocator keeps the freed pages in its arenas and the process
-//! stays at its peak (463 MiB after 1,000 such watchers left, measured in
-//! `BENCHMARKS.md`). glibc gives them back when asked (`malloc_trim`), so a
+//! stays at its peak (473 MiB after 1,000 such watchers left, against 43 MiB
+//! with the trim: `BENCHMARKS.md`, which also says why not another allocator). glibc gives them back when asked (`malloc_trim`), so a
 //! watcher that leaves asks ([`Trim::request`]) and one task trims once the
 //! leaving has paused for [`SETTLE`] (HTTP/2 frees a stream's send buffer
 //! just after the stream ends), at most once per [`MIN_INTERVAL`]. Where the
@@ -18,8 +18,8 @@ use tokio::{sync::Notify, time::Instant};
 /// leaving is trimmed once, after the last one's buffers are freed.
 const SETTLE: Duration = Duration::from_secs(1);
 /// Least time between two trims, and the longest a trim waits for a burst
-/// to end: a trim locks each arena while it walks it (milliseconds for
-/// hundreds of MiB), so watchers coming and going cannot make it a cost.
+/// to end: a trim locks each arena while it walks it, so watchers coming
+/// and going must not make it frequent.
 const MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where watchers that leave ask for memory to be given back.
