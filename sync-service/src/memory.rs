@@ -4,7 +4,8 @@
 //! about half a MiB; when hundreds of them leave, all of it is freed, but
 //! glibc's allocator keeps the freed pages in its arenas and the process
 //! stays at its peak (473 MiB after 1,000 such watchers left, against 43 MiB
-//! with the trim: `BENCHMARKS.md`, which also says why not another allocator). glibc gives them back when asked (`malloc_trim`), so a
+//! with the trim: `BENCHMARKS.md`, which also says why not another
+//! allocator). glibc gives them back when asked (`malloc_trim`), so a
 //! watcher that leaves asks ([`Trim::request`]) and one task trims once the
 //! leaving has paused for [`SETTLE`] (HTTP/2 frees a stream's send buffer
 //! just after the stream ends), at most once per [`MIN_INTERVAL`]. Where the
