@@ -1,6 +1,8 @@
-//! Clerk's organization and membership webhooks (`organization.*`,
-//! `organizationMembership.*`), parsed from the verified body and mapped onto
-//! the event `OrganizationSyncService` applies.
+//! Clerk's organization, membership and invitation webhooks
+//! (`organization.*`, `organizationMembership.*`,
+//! `organizationInvitation.*`), parsed from the verified body and mapped onto
+//! the event `OrganizationSyncService` applies. An invitation's acceptance
+//! link (`url`) is never forwarded: its token lets whoever holds it join.
 //!
 //! A membership event embeds a snapshot of its organization whose
 //! `members_count` moves while its `updated_at` does not: only the
@@ -10,8 +12,9 @@
 use clerk_sync_api::{
     json::struct_from_json,
     v1::{
-        self, EventMeta, MembershipDeleted, MembershipUpserted, OrganizationDeleted,
-        OrganizationUpserted, apply_organization_event_request::Event,
+        self, EventMeta, InvitationChanged, InvitationStatus, MembershipDeleted,
+        MembershipUpserted, OrganizationDeleted, OrganizationUpserted,
+        apply_organization_event_request::Event,
     },
 };
 use clerk_sync_common::time::timestamp_from_millis;
@@ -22,13 +25,16 @@ use serde_json::{Map, Value, value::RawValue};
 use crate::{Error, verify::Delivery};
 
 /// The event types mapped here.
-pub const EVENT_TYPES: [&str; 6] = [
+pub const EVENT_TYPES: [&str; 9] = [
     "organization.created",
     "organization.updated",
     "organization.deleted",
     "organizationMembership.created",
     "organizationMembership.updated",
     "organizationMembership.deleted",
+    "organizationInvitation.created",
+    "organizationInvitation.accepted",
+    "organizationInvitation.revoked",
 ];
 
 /// A Clerk organization object; optional where Clerk may send `null`.
@@ -75,6 +81,23 @@ struct ClerkMembership {
     private_metadata: Option<Map<String, Value>>,
     organization: Option<OrganizationRef>,
     public_user_data: Option<ClerkPublicUserData>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+/// A Clerk organization invitation object (its `url` is not read).
+#[derive(Debug, Deserialize)]
+struct ClerkInvitation {
+    id: Option<String>,
+    organization_id: Option<String>,
+    email_address: Option<String>,
+    role: Option<String>,
+    role_name: Option<String>,
+    status: Option<String>,
+    public_metadata: Option<Map<String, Value>>,
+    private_metadata: Option<Map<String, Value>>,
+    user_id: Option<String>,
+    expires_at: Option<i64>,
     created_at: Option<i64>,
     updated_at: Option<i64>,
 }
@@ -129,6 +152,12 @@ pub fn from_clerk(
             meta: Some(meta),
             membership: Some(membership(parse(data)?, false)?),
         }),
+        "organizationInvitation.created"
+        | "organizationInvitation.accepted"
+        | "organizationInvitation.revoked" => Event::InvitationChanged(InvitationChanged {
+            meta: Some(meta),
+            invitation: Some(invitation(parse(data)?, private_metadata)?),
+        }),
         other => {
             return Err(Error::Unmappable(format!(
                 "{other:?} is not an organization event"
@@ -178,6 +207,38 @@ fn organization(o: ClerkOrganization, private_metadata: bool) -> Result<v1::Orga
         created_at: o.created_at.map(timestamp_from_millis),
         updated_at: Some(timestamp_from_millis(
             o.updated_at.ok_or(Error::MissingField("data.updated_at"))?,
+        )),
+    })
+}
+
+fn invitation(i: ClerkInvitation, private_metadata: bool) -> Result<v1::Invitation, Error> {
+    let status = match required(i.status, "data.status")?.as_str() {
+        "pending" => InvitationStatus::Pending,
+        "accepted" => InvitationStatus::Accepted,
+        "revoked" => InvitationStatus::Revoked,
+        other => {
+            return Err(Error::Unmappable(format!(
+                "data.status {other:?} is not pending, accepted or revoked"
+            )));
+        }
+    };
+    Ok(v1::Invitation {
+        id: required(i.id, "data.id")?,
+        organization_id: required(i.organization_id, "data.organization_id")?,
+        email_address: required(i.email_address, "data.email_address")?,
+        role: i.role.unwrap_or_default(),
+        role_name: i.role_name.unwrap_or_default(),
+        status: status.into(),
+        public_metadata: Some(struct_from_json(i.public_metadata.unwrap_or_default())),
+        private_metadata: i
+            .private_metadata
+            .filter(|_| private_metadata)
+            .map(struct_from_json),
+        user_id: i.user_id,
+        expires_at: i.expires_at.map(timestamp_from_millis),
+        created_at: i.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(
+            i.updated_at.ok_or(Error::MissingField("data.updated_at"))?,
         )),
     })
 }

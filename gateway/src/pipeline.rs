@@ -156,6 +156,10 @@ pub fn check_organization_carriable(event: &Event, max_message_bytes: usize) -> 
             .membership
             .as_ref()
             .map(|m| (m.public_metadata.as_ref(), m.private_metadata.as_ref())),
+        Event::InvitationChanged(e) => e
+            .invitation
+            .as_ref()
+            .map(|i| (i.public_metadata.as_ref(), i.private_metadata.as_ref())),
         Event::OrganizationDeleted(_) => None,
     };
     let metadata = metadata

@@ -1,5 +1,6 @@
-//! `organizations` and `organization_memberships`: Clerk's organizations and
-//! who belongs to them with which role. Like `users`, a deleted row stays as
+//! `organizations`, `organization_memberships` and
+//! `organization_invitations`: Clerk's organizations, who belongs to them
+//! with which role, and who is invited. Like `users`, a deleted row stays as
 //! a tombstone (`deleted_at` set, names and metadata erased) so late events
 //! cannot revive it. A membership is stored whether or not its organization
 //! or user is known yet; queries join what is there.
@@ -39,6 +40,24 @@ enum OrganizationMemberships {
     PublicMetadata,
     PrivateMetadata,
     PublicUserData,
+    CreatedAt,
+    UpdatedAt,
+    DeletedAt,
+}
+
+#[derive(DeriveIden)]
+enum OrganizationInvitations {
+    Table,
+    Id,
+    OrganizationId,
+    EmailAddress,
+    Role,
+    RoleName,
+    Status,
+    PublicMetadata,
+    PrivateMetadata,
+    UserId,
+    ExpiresAt,
     CreatedAt,
     UpdatedAt,
     DeletedAt,
@@ -205,10 +224,71 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
-        Ok(())
+        let text = |column| ColumnDef::new(column).text().not_null().to_owned();
+        let time = |column| ColumnDef::new(column).big_integer().null().to_owned();
+        manager
+            .create_table(
+                Table::create()
+                    .table(OrganizationInvitations::Table)
+                    .col(
+                        ColumnDef::new(OrganizationInvitations::Id)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(OrganizationInvitations::OrganizationId)
+                            .string()
+                            .not_null(),
+                    )
+                    .col(text(OrganizationInvitations::EmailAddress))
+                    .col(text(OrganizationInvitations::Role))
+                    .col(text(OrganizationInvitations::RoleName))
+                    // pending, accepted or revoked.
+                    .col(text(OrganizationInvitations::Status))
+                    .col(text(OrganizationInvitations::PublicMetadata))
+                    .col(
+                        ColumnDef::new(OrganizationInvitations::PrivateMetadata)
+                            .text()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(OrganizationInvitations::UserId)
+                            .text()
+                            .null(),
+                    )
+                    .col(time(OrganizationInvitations::ExpiresAt))
+                    .col(time(OrganizationInvitations::CreatedAt))
+                    .col(
+                        ColumnDef::new(OrganizationInvitations::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    // Set when the organization is deleted (address erased).
+                    .col(time(OrganizationInvitations::DeletedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_organization_invitations_organization")
+                    .table(OrganizationInvitations::Table)
+                    .col(OrganizationInvitations::OrganizationId)
+                    .col(OrganizationInvitations::Id)
+                    .to_owned(),
+            )
+            .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(OrganizationInvitations::Table)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_table(
                 Table::drop()

@@ -105,14 +105,45 @@ async fn organization_fixtures_land_and_answer(backend: Backend) {
     ] {
         deliver(&stack, msg_id, name).await;
     }
-    // Events this release does not keep yet are acknowledged.
     for (msg_id, name) in [
         ("msg_invited", "organizationInvitation.created.json"),
+        ("msg_accepted", "organizationInvitation.accepted.json"),
+        ("msg_revoked", "organizationInvitation.revoked.json"),
+        // Events this release does not keep yet are acknowledged.
         ("msg_role", "role.created.json"),
         ("msg_permission", "permission.created.json"),
     ] {
         deliver(&stack, msg_id, name).await;
     }
+    let invited = grpcurl(
+        &stack,
+        "clerk.sync.v1.OrganizationDirectoryService/ListInvitations",
+        &format!(r#"{{"organization_id": "{ORG}"}}"#),
+    )
+    .await;
+    let statuses: Vec<(&str, &str)> = invited["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["emailAddress"].as_str().unwrap(),
+                i["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (
+                "new.teacher@riverside.example",
+                "INVITATION_STATUS_ACCEPTED"
+            ),
+            ("gone@riverside.example", "INVITATION_STATUS_REVOKED")
+        ]
+    );
+    // The acceptance link's token is never kept.
+    assert!(!invited.to_string().contains("tok_"), "{invited}");
 
     let answer = grpcurl(
         &stack,

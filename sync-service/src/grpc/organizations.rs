@@ -9,9 +9,10 @@ use clerk_sync_api::{
     v1::{
         self, ApplyOrganizationEventRequest, ApplyOrganizationEventResponse,
         CheckPermissionRequest, CheckPermissionResponse, DenialReason, GetMembershipRequest,
-        GetMembershipResponse, GetOrganizationRequest, GetOrganizationResponse,
-        ListMembershipsRequest, ListMembershipsResponse, ListOrganizationsRequest,
-        ListOrganizationsResponse, apply_organization_event_request::Event,
+        GetMembershipResponse, GetOrganizationRequest, GetOrganizationResponse, InvitationStatus,
+        ListInvitationsRequest, ListInvitationsResponse, ListMembershipsRequest,
+        ListMembershipsResponse, ListOrganizationsRequest, ListOrganizationsResponse,
+        apply_organization_event_request::Event,
     },
 };
 use serde_json::{Map, Value};
@@ -21,7 +22,10 @@ use crate::{
     auth::Caller,
     domain::{EventId, optional_time, page_size, parse_id, required_time, timestamp_from_millis},
     error::Error,
-    store::{MembersOf, Membership, Organization, OrganizationEvent, Permission, Store},
+    store::{
+        INVITATION_PENDING, Invitation, MembersOf, Membership, Organization, OrganizationEvent,
+        Permission, Store,
+    },
 };
 
 /// Longest name, role or permission kept.
@@ -173,6 +177,39 @@ impl v1::organization_directory_service_server::OrganizationDirectoryService
         }))
     }
 
+    async fn list_invitations(
+        &self,
+        request: Request<ListInvitationsRequest>,
+    ) -> Result<Response<ListInvitationsResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let request = request.into_inner();
+        let status = match request.status() {
+            InvitationStatus::Unspecified => None,
+            status => Some(invitation_status(status, "status")?),
+        };
+        let organization_id = parse_id(request.organization_id, "organization_id")?;
+        let page_size = page_size(request.page_size)?;
+        let query = format!("i:{organization_id}:{}", status.unwrap_or(""));
+        let after = decode_token(&request.page_token, &query)?;
+        let mut page = self
+            .store
+            .list_invitations(
+                &organization_id,
+                status,
+                u64::from(page_size) + 1,
+                after.as_deref(),
+            )
+            .await?;
+        let next_page_token = next_token(&mut page, page_size, &query, |i| &i.id);
+        Ok(Response::new(ListInvitationsResponse {
+            invitations: page
+                .into_iter()
+                .map(|invitation| invitation_to_proto(invitation, private))
+                .collect::<Result<_, _>>()?,
+            next_page_token,
+        }))
+    }
+
     async fn check_permission(
         &self,
         request: Request<CheckPermissionRequest>,
@@ -213,6 +250,7 @@ fn parse_event(
         Event::OrganizationDeleted(e) => (&e.meta, "organization_deleted"),
         Event::MembershipUpserted(e) => (&e.meta, "membership_upserted"),
         Event::MembershipDeleted(e) => (&e.meta, "membership_deleted"),
+        Event::InvitationChanged(e) => (&e.meta, "invitation_changed"),
     };
     let meta = meta
         .clone()
@@ -249,8 +287,58 @@ fn parse_event(
                 deleted_at,
             }
         }
+        Event::InvitationChanged(e) => OrganizationEvent::InvitationChanged(parse_invitation(
+            e.invitation,
+            "invitation_changed.invitation",
+            store_private_metadata,
+        )?),
     };
     Ok((event_id, event))
+}
+
+fn parse_invitation(
+    invitation: Option<v1::Invitation>,
+    field: &str,
+    store_private_metadata: bool,
+) -> Result<Invitation, Error> {
+    let i = invitation.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let path = |name: &str| format!("{field}.{name}");
+    let status = i.status();
+    Ok(Invitation {
+        id: parse_id(i.id, &path("id"))?,
+        organization_id: parse_id(i.organization_id, &path("organization_id"))?,
+        email_address: parse_id(i.email_address, &path("email_address"))?,
+        role: text(i.role, &path("role"))?,
+        role_name: text(i.role_name, &path("role_name"))?,
+        status: invitation_status(status, &path("status"))?.to_owned(),
+        public_metadata: metadata(i.public_metadata),
+        private_metadata: i
+            .private_metadata
+            .filter(|_| store_private_metadata)
+            .map(|m| metadata(Some(m))),
+        user_id: i
+            .user_id
+            .filter(|id| !id.is_empty())
+            .map(|id| parse_id(id, &path("user_id")))
+            .transpose()?,
+        expires_at: optional_time(i.expires_at, &path("expires_at"))?,
+        created_at: optional_time(i.created_at, &path("created_at"))?,
+        updated_at: required_time(i.updated_at, &path("updated_at"))?,
+        deleted_at: None,
+    })
+}
+
+/// An invitation status as stored.
+fn invitation_status(status: InvitationStatus, field: &str) -> Result<&'static str, Error> {
+    match status {
+        InvitationStatus::Pending => Ok(INVITATION_PENDING),
+        InvitationStatus::Accepted => Ok("accepted"),
+        InvitationStatus::Revoked => Ok("revoked"),
+        InvitationStatus::Unspecified => Err(Error::invalid(
+            field,
+            "must be PENDING, ACCEPTED or REVOKED",
+        )),
+    }
 }
 
 fn parse_organization(
@@ -432,6 +520,36 @@ fn membership_to_proto(m: Membership, private: bool) -> Result<v1::Membership, E
         permissions,
         created_at: m.created_at.map(timestamp_from_millis),
         updated_at: Some(timestamp_from_millis(m.updated_at)),
+    })
+}
+
+fn invitation_to_proto(i: Invitation, private: bool) -> Result<v1::Invitation, Error> {
+    let status = match i.status.as_str() {
+        INVITATION_PENDING => InvitationStatus::Pending,
+        "accepted" => InvitationStatus::Accepted,
+        "revoked" => InvitationStatus::Revoked,
+        other => return Err(Error::Corrupt(format!("invitation status {other:?}"))),
+    };
+    Ok(v1::Invitation {
+        public_metadata: Some(struct_from_json(stored_object(
+            &i.public_metadata,
+            "invitation metadata",
+        )?)),
+        private_metadata: i
+            .private_metadata
+            .filter(|_| private)
+            .map(|p| stored_object(&p, "invitation metadata").map(struct_from_json))
+            .transpose()?,
+        id: i.id,
+        organization_id: i.organization_id,
+        email_address: i.email_address,
+        role: i.role,
+        role_name: i.role_name,
+        status: status.into(),
+        user_id: i.user_id,
+        expires_at: i.expires_at.map(timestamp_from_millis),
+        created_at: i.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(i.updated_at)),
     })
 }
 

@@ -50,7 +50,8 @@ use clerk_sync_common::time::now_millis;
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::users;
 pub(crate) use organizations::{
-    MembersOf, Membership, Organization, OrganizationEvent, Permission,
+    INVITATION_PENDING, Invitation, MembersOf, Membership, Organization, OrganizationEvent,
+    Permission,
 };
 pub use page::{ListQuery, Page};
 pub use quarantine::{NewQuarantined, Quarantined};

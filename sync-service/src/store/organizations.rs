@@ -1,5 +1,5 @@
-//! Organizations and memberships, applied with the users' rules and read
-//! back for `OrganizationDirectoryService`.
+//! Organizations, memberships and invitations, applied with the users'
+//! rules and read back for `OrganizationDirectoryService`.
 //!
 //! Each event is one transaction: the ledger row first (a write, so SQLite
 //! takes its write lock at once; its key is the duplicate check), then one
@@ -8,7 +8,8 @@
 //! once it is a tombstone. Organization and membership events are rare next
 //! to user events, so they do not go through the user batches.
 //!
-//! Deleting an organization ends its memberships; deleting a user ends
+//! Deleting an organization ends its memberships and invitations (their
+//! addresses erased); deleting a user ends
 //! theirs (`end_memberships_of`, called once the user's deletion commits,
 //! and by the periodic sweep). Until then, reads skip memberships whose
 //! organization or user is a tombstone.
@@ -27,7 +28,8 @@ use clerk_sync_common::time::now_millis;
 use super::{
     Store,
     entity::{
-        organization_memberships as memberships, organizations, processed_events as ledger, users,
+        organization_invitations as invitations, organization_memberships as memberships,
+        organizations, processed_events as ledger, users,
     },
 };
 use crate::{
@@ -39,6 +41,11 @@ use crate::{
 pub(crate) type Organization = organizations::Model;
 /// A stored membership.
 pub(crate) type Membership = memberships::Model;
+/// A stored invitation.
+pub(crate) type Invitation = invitations::Model;
+
+/// Invitation statuses as stored; a pending one is the only one that moves.
+pub(crate) const INVITATION_PENDING: &str = "pending";
 
 /// An organization or membership event, parsed at the gRPC edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +62,8 @@ pub(crate) enum OrganizationEvent {
         membership: Membership,
         deleted_at: i64,
     },
+    /// organizationInvitation.created / .accepted / .revoked.
+    InvitationChanged(Invitation),
 }
 
 impl OrganizationEvent {
@@ -65,6 +74,7 @@ impl OrganizationEvent {
             Self::OrganizationDeleted { .. } => "organization.deleted",
             Self::MembershipUpserted(_) => "organizationMembership.upserted",
             Self::MembershipDeleted { .. } => "organizationMembership.deleted",
+            Self::InvitationChanged(_) => "organizationInvitation.changed",
         }
     }
 
@@ -76,6 +86,7 @@ impl OrganizationEvent {
             Self::MembershipUpserted(membership) | Self::MembershipDeleted { membership, .. } => {
                 &membership.id
             }
+            Self::InvitationChanged(invitation) => &invitation.id,
         }
     }
 }
@@ -137,6 +148,9 @@ impl Store {
                 membership,
                 deleted_at,
             } => end_membership(&txn, membership, deleted_at).await?,
+            OrganizationEvent::InvitationChanged(invitation) => {
+                upsert_invitation(&txn, invitation).await?
+            }
         };
         txn.commit().await?;
         Ok(outcome)
@@ -264,6 +278,31 @@ impl Store {
         }
         Ok(find
             .order_by_asc(memberships::Column::Id)
+            .limit(limit)
+            .all(&self.reads)
+            .await?)
+    }
+
+    /// Up to `limit` live invitations of `organization_id` (in `status`, if
+    /// given) after invitation id `after`, in id order.
+    pub(crate) async fn list_invitations(
+        &self,
+        organization_id: &str,
+        status: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Vec<Invitation>, Error> {
+        let mut find = invitations::Entity::find()
+            .filter(invitations::Column::OrganizationId.eq(organization_id))
+            .filter(invitations::Column::DeletedAt.is_null());
+        if let Some(status) = status {
+            find = find.filter(invitations::Column::Status.eq(status));
+        }
+        if let Some(after) = after {
+            find = find.filter(invitations::Column::Id.gt(after));
+        }
+        Ok(find
+            .order_by_asc(invitations::Column::Id)
             .limit(limit)
             .all(&self.reads)
             .await?)
@@ -463,7 +502,81 @@ async fn delete_organization(
         deleted_at,
     )
     .await?;
+    invitations::Entity::update_many()
+        .col_expr(invitations::Column::DeletedAt, Expr::value(deleted_at))
+        .col_expr(invitations::Column::EmailAddress, Expr::value(""))
+        .col_expr(invitations::Column::PublicMetadata, Expr::value(EMPTY))
+        .col_expr(
+            invitations::Column::PrivateMetadata,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(invitations::Column::OrganizationId.eq(id.as_str()))
+        .filter(invitations::Column::DeletedAt.is_null())
+        .exec(txn)
+        .await?;
     Ok(Outcome::Applied)
+}
+
+/// Writes `invitation` if it is new or newer than the stored one (on a tie,
+/// an accepted or revoked invitation wins over a pending one); an invitation
+/// to a deleted organization is stored ended, its address erased.
+async fn upsert_invitation(
+    txn: &DatabaseTransaction,
+    invitation: Invitation,
+) -> Result<Outcome, Error> {
+    let organization_deleted = organizations::Entity::find_by_id(&invitation.organization_id)
+        .filter(organizations::Column::DeletedAt.is_not_null())
+        .one(txn)
+        .await?;
+    let id = invitation.id.clone();
+    let mut row = invitations::ActiveModel::from(invitation);
+    if let Some(organization) = &organization_deleted {
+        row.email_address = Set(String::new());
+        row.public_metadata = Set(EMPTY.to_owned());
+        row.private_metadata = Set(None);
+        row.deleted_at = Set(organization.deleted_at);
+    }
+    let stored = |column| Expr::col((invitations::Entity, column));
+    let settles_a_tie = stored(invitations::Column::UpdatedAt)
+        .eq(Expr::cust("excluded.updated_at"))
+        .and(stored(invitations::Column::Status).eq(INVITATION_PENDING))
+        .and(Expr::cust("excluded.status").ne(INVITATION_PENDING));
+    let upsert = invitations::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(invitations::Column::Id)
+                .update_columns([
+                    invitations::Column::OrganizationId,
+                    invitations::Column::EmailAddress,
+                    invitations::Column::Role,
+                    invitations::Column::RoleName,
+                    invitations::Column::Status,
+                    invitations::Column::PublicMetadata,
+                    invitations::Column::PrivateMetadata,
+                    invitations::Column::UserId,
+                    invitations::Column::ExpiresAt,
+                    invitations::Column::CreatedAt,
+                    invitations::Column::UpdatedAt,
+                    invitations::Column::DeletedAt,
+                ])
+                .action_and_where(
+                    newer_than_a_live(
+                        invitations::Column::UpdatedAt,
+                        invitations::Column::DeletedAt,
+                    )
+                    .or(settles_a_tie.and(stored(invitations::Column::DeletedAt).is_null())),
+                )
+                .to_owned(),
+        )
+        .into_query();
+    let written = txn.execute(&upsert).await?.rows_affected() > 0;
+    if organization_deleted.is_some() {
+        return Ok(Outcome::Deleted);
+    }
+    if written {
+        return Ok(Outcome::Applied);
+    }
+    let stored = invitations::Entity::find_by_id(id).one(txn).await?;
+    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
 }
 
 /// Writes `membership` if it is new or newer than the stored one; a

@@ -230,7 +230,13 @@ fn delete(event_id: &str, id: &str, at: i64) -> Event {
 
 async fn a_batch_over_every_bind_limit_is_applied(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let store = Store::connect(&options(&db.url)).await.unwrap();
+    // The batch must run whole: on a loaded machine it can outlast the
+    // default statement timeout, and a batch that fails is applied event by
+    // event, which answers differently (a create and a delete of the same
+    // user are then both applied).
+    let mut config = clerk_sync_service::Config::with_database(&db.url);
+    config.database_statement_timeout_ms = 600_000;
+    let store = Store::connect(&config.store_options()).await.unwrap();
     store.migrate().await.unwrap();
     // 10,000 events (the largest --max-batch): 40,000 ledger parameters,
     // 150,000 users parameters, 40,000 email index parameters.

@@ -7,8 +7,9 @@
 
 use clerk_sync_api::v1::{
     self, ApplyOrganizationEventRequest, CheckPermissionRequest, DenialReason,
-    GetMembershipRequest, GetOrganizationRequest, ListMembershipsRequest, ListOrganizationsRequest,
-    MembershipDeleted, MembershipUpserted, OrganizationDeleted, OrganizationUpserted, Outcome,
+    GetMembershipRequest, GetOrganizationRequest, InvitationChanged, InvitationStatus,
+    ListInvitationsRequest, ListMembershipsRequest, ListOrganizationsRequest, MembershipDeleted,
+    MembershipUpserted, OrganizationDeleted, OrganizationUpserted, Outcome,
     apply_organization_event_request::Event,
     organization_directory_service_client::OrganizationDirectoryServiceClient,
     organization_sync_service_client::OrganizationSyncServiceClient,
@@ -22,6 +23,7 @@ crate::on_both_backends!(
     organizations_and_memberships_follow_the_users_rules,
     deletions_end_memberships_and_the_permission_check_says_why,
     lists_are_paged_and_bad_requests_name_the_field,
+    invitations_move_once_and_end_with_their_organization,
 );
 
 struct Clients {
@@ -617,6 +619,137 @@ async fn lists_are_paged_and_bad_requests_name_the_field(backend: Backend) {
         no_permission.message().starts_with("permission"),
         "{no_permission:?}"
     );
+    app.stop().await;
+}
+
+fn invitation(id: &str, status: InvitationStatus, updated_at: i64) -> Event {
+    Event::InvitationChanged(InvitationChanged {
+        meta: Some(meta(
+            &format!("msg_{id}_{updated_at}_{}", status as i32),
+            1_000,
+        )),
+        invitation: Some(v1::Invitation {
+            id: id.into(),
+            organization_id: "org_1".into(),
+            email_address: format!("{id}@example.com"),
+            role: "org:teacher".into(),
+            role_name: "Teacher".into(),
+            status: status.into(),
+            updated_at: Some(ts(updated_at)),
+            ..v1::Invitation::default()
+        }),
+    })
+}
+
+async fn invitations(
+    clients: &Clients,
+    status: InvitationStatus,
+) -> Result<Vec<(String, InvitationStatus)>, tonic::Status> {
+    Ok(clients
+        .directory
+        .clone()
+        .list_invitations(ListInvitationsRequest {
+            organization_id: "org_1".into(),
+            status: status.into(),
+            ..ListInvitationsRequest::default()
+        })
+        .await?
+        .into_inner()
+        .invitations
+        .into_iter()
+        .map(|i| (i.id.clone(), i.status()))
+        .collect())
+}
+
+async fn invitations_move_once_and_end_with_their_organization(backend: Backend) {
+    use InvitationStatus::{Accepted, Pending, Revoked, Unspecified};
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db.url).await;
+    let c = clients(&app);
+    apply(&c, upserted("msg_o1", organization("org_1", "One", 100))).await;
+    assert_eq!(
+        apply(&c, invitation("orginv_1", Pending, 100)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply(&c, invitation("orginv_1", Accepted, 200)).await,
+        Outcome::Applied
+    );
+    // A late creation does not bring it back to pending.
+    assert_eq!(
+        apply(&c, invitation("orginv_1", Pending, 100)).await,
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        apply(&c, invitation("orginv_1", Pending, 150)).await,
+        Outcome::Stale
+    );
+    // On a tie, a revocation wins over pending.
+    assert_eq!(
+        apply(&c, invitation("orginv_2", Pending, 300)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply(&c, invitation("orginv_2", Revoked, 300)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply(&c, invitation("orginv_3", Pending, 300)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        invitations(&c, Unspecified).await.unwrap(),
+        [
+            ("orginv_1".to_owned(), Accepted),
+            ("orginv_2".to_owned(), Revoked),
+            ("orginv_3".to_owned(), Pending)
+        ]
+    );
+    assert_eq!(
+        invitations(&c, Pending).await.unwrap(),
+        [("orginv_3".to_owned(), Pending)]
+    );
+
+    // A bad status is refused by name.
+    let mut bad = invitation("orginv_4", Pending, 1);
+    if let Event::InvitationChanged(changed) = &mut bad {
+        changed.invitation.as_mut().unwrap().status = Unspecified.into();
+    }
+    let status = c
+        .sync
+        .clone()
+        .apply_organization_event(ApplyOrganizationEventRequest { event: Some(bad) })
+        .await
+        .unwrap_err();
+    assert!(
+        status
+            .message()
+            .starts_with("invitation_changed.invitation.status"),
+        "{status:?}"
+    );
+
+    // The organization's deletion ends them all, addresses erased.
+    let deleted = Event::OrganizationDeleted(OrganizationDeleted {
+        meta: Some(meta("msg_odel", 5_000)),
+        organization_id: "org_1".into(),
+    });
+    assert_eq!(apply(&c, deleted).await, Outcome::Applied);
+    assert!(invitations(&c, Unspecified).await.unwrap().is_empty());
+    assert_eq!(
+        apply(&c, invitation("orginv_5", Pending, 9_000)).await,
+        Outcome::Deleted
+    );
+    let sql = connect_sql(&db.url).await;
+    use sea_orm::ConnectionTrait as _;
+    let row = sql
+        .query_one_raw(sea_orm::Statement::from_string(
+            sql.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM organization_invitations WHERE email_address <> ''",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i64>("", "n").unwrap(), 0);
     app.stop().await;
 }
 
