@@ -45,7 +45,7 @@ pub enum Begun {
     CoveredBy(ReconcilePass),
 }
 
-/// A granted lease, renewed in the background until [`Lease::end`].
+/// A granted lease, renewed in the background until [`Passes::end`].
 pub struct Lease {
     /// The pass as recorded when it began.
     pub pass: ReconcilePass,
