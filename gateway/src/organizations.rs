@@ -1,6 +1,6 @@
-//! Clerk's organization, membership and invitation webhooks
-//! (`organization.*`, `organizationMembership.*`,
-//! `organizationInvitation.*`), parsed from the verified body and mapped onto
+//! Clerk's organization, membership, invitation, role and permission
+//! webhooks (`organization.*`, `organizationMembership.*`,
+//! `organizationInvitation.*`, `role.*`, `permission.*`), parsed from the verified body and mapped onto
 //! the event `OrganizationSyncService` applies. An invitation's acceptance
 //! link (`url`) is never forwarded: its token lets whoever holds it join.
 //!
@@ -13,8 +13,8 @@ use clerk_sync_api::{
     json::struct_from_json,
     v1::{
         self, EventMeta, InvitationChanged, InvitationStatus, MembershipDeleted,
-        MembershipUpserted, OrganizationDeleted, OrganizationUpserted,
-        apply_organization_event_request::Event,
+        MembershipUpserted, OrganizationDeleted, OrganizationUpserted, PermissionChanged,
+        PermissionDeleted, RoleChanged, RoleDeleted, apply_organization_event_request::Event,
     },
 };
 use clerk_sync_common::time::timestamp_from_millis;
@@ -25,7 +25,7 @@ use serde_json::{Map, Value, value::RawValue};
 use crate::{Error, verify::Delivery};
 
 /// The event types mapped here.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 15] = [
     "organization.created",
     "organization.updated",
     "organization.deleted",
@@ -35,6 +35,12 @@ pub const EVENT_TYPES: [&str; 9] = [
     "organizationInvitation.created",
     "organizationInvitation.accepted",
     "organizationInvitation.revoked",
+    "role.created",
+    "role.updated",
+    "role.deleted",
+    "permission.created",
+    "permission.updated",
+    "permission.deleted",
 ];
 
 /// A Clerk organization object; optional where Clerk may send `null`.
@@ -102,9 +108,36 @@ struct ClerkInvitation {
     updated_at: Option<i64>,
 }
 
-/// `organization.deleted` carries only the id (and a slug).
+/// A Clerk permission object, alone or inside a role.
 #[derive(Debug, Deserialize)]
-struct DeletedOrganization {
+struct ClerkPermission {
+    id: Option<String>,
+    key: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+/// A Clerk role object with its permissions.
+#[derive(Debug, Deserialize)]
+struct ClerkRole {
+    id: Option<String>,
+    key: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    is_creator_eligible: Option<bool>,
+    permissions: Option<Vec<ClerkPermission>>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+/// `organization.deleted`, `role.deleted` and `permission.deleted` carry
+/// only the id (and a slug).
+#[derive(Debug, Deserialize)]
+struct Deleted {
     id: Option<String>,
 }
 
@@ -136,7 +169,7 @@ pub fn from_clerk(
             })
         }
         "organization.deleted" => {
-            let deleted: DeletedOrganization = parse(data)?;
+            let deleted: Deleted = parse(data)?;
             Event::OrganizationDeleted(OrganizationDeleted {
                 meta: Some(meta),
                 organization_id: required(deleted.id, "data.id")?,
@@ -157,6 +190,24 @@ pub fn from_clerk(
         | "organizationInvitation.revoked" => Event::InvitationChanged(InvitationChanged {
             meta: Some(meta),
             invitation: Some(invitation(parse(data)?, private_metadata)?),
+        }),
+        "role.created" | "role.updated" => Event::RoleChanged(RoleChanged {
+            meta: Some(meta),
+            role: Some(role(parse(data)?)?),
+        }),
+        "role.deleted" => Event::RoleDeleted(RoleDeleted {
+            meta: Some(meta),
+            role_id: required(parse::<Deleted>(data)?.id, "data.id")?,
+        }),
+        "permission.created" | "permission.updated" => {
+            Event::PermissionChanged(PermissionChanged {
+                meta: Some(meta),
+                permission: Some(permission(parse(data)?, "data")?),
+            })
+        }
+        "permission.deleted" => Event::PermissionDeleted(PermissionDeleted {
+            meta: Some(meta),
+            permission_id: required(parse::<Deleted>(data)?.id, "data.id")?,
         }),
         other => {
             return Err(Error::Unmappable(format!(
@@ -207,6 +258,49 @@ fn organization(o: ClerkOrganization, private_metadata: bool) -> Result<v1::Orga
         created_at: o.created_at.map(timestamp_from_millis),
         updated_at: Some(timestamp_from_millis(
             o.updated_at.ok_or(Error::MissingField("data.updated_at"))?,
+        )),
+    })
+}
+
+fn role(r: ClerkRole) -> Result<v1::Role, Error> {
+    Ok(v1::Role {
+        id: required(r.id, "data.id")?,
+        key: required(r.key, "data.key")?,
+        name: r.name.unwrap_or_default(),
+        description: r.description.unwrap_or_default(),
+        is_creator_eligible: r.is_creator_eligible.unwrap_or(false),
+        permissions: r
+            .permissions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| permission(p, "data.permissions[]"))
+            .collect::<Result<_, _>>()?,
+        created_at: r.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(
+            r.updated_at.ok_or(Error::MissingField("data.updated_at"))?,
+        )),
+    })
+}
+
+/// A permission at `at` (`data`, or `data.permissions[]` inside a role).
+fn permission(p: ClerkPermission, at: &'static str) -> Result<v1::Permission, Error> {
+    let (id, key, updated_at) = match at {
+        "data" => ("data.id", "data.key", "data.updated_at"),
+        _ => (
+            "data.permissions[].id",
+            "data.permissions[].key",
+            "data.permissions[].updated_at",
+        ),
+    };
+    Ok(v1::Permission {
+        id: required(p.id, id)?,
+        key: required(p.key, key)?,
+        name: p.name.unwrap_or_default(),
+        description: p.description.unwrap_or_default(),
+        r#type: p.kind.unwrap_or_default(),
+        created_at: p.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(
+            p.updated_at.ok_or(Error::MissingField(updated_at))?,
         )),
     })
 }

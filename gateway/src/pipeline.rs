@@ -160,7 +160,11 @@ pub fn check_organization_carriable(event: &Event, max_message_bytes: usize) -> 
             .invitation
             .as_ref()
             .map(|i| (i.public_metadata.as_ref(), i.private_metadata.as_ref())),
-        Event::OrganizationDeleted(_) => None,
+        Event::OrganizationDeleted(_)
+        | Event::RoleChanged(_)
+        | Event::RoleDeleted(_)
+        | Event::PermissionChanged(_)
+        | Event::PermissionDeleted(_) => None,
     };
     let metadata = metadata
         .into_iter()

@@ -1,6 +1,7 @@
-//! `organizations`, `organization_memberships` and
-//! `organization_invitations`: Clerk's organizations, who belongs to them
-//! with which role, and who is invited. Like `users`, a deleted row stays as
+//! `organizations`, `organization_memberships`, `organization_invitations`,
+//! `organization_roles` and `organization_permissions`: Clerk's
+//! organizations, who belongs to them with which role, who is invited, and
+//! what each role may do. Like `users`, a deleted row stays as
 //! a tombstone (`deleted_at` set, names and metadata erased) so late events
 //! cannot revive it. A membership is stored whether or not its organization
 //! or user is known yet; queries join what is there.
@@ -58,6 +59,33 @@ enum OrganizationInvitations {
     PrivateMetadata,
     UserId,
     ExpiresAt,
+    CreatedAt,
+    UpdatedAt,
+    DeletedAt,
+}
+
+#[derive(DeriveIden)]
+enum OrganizationRoles {
+    Table,
+    Id,
+    Key,
+    Name,
+    Description,
+    IsCreatorEligible,
+    PermissionIds,
+    CreatedAt,
+    UpdatedAt,
+    DeletedAt,
+}
+
+#[derive(DeriveIden)]
+enum OrganizationPermissions {
+    Table,
+    Id,
+    Key,
+    Name,
+    Description,
+    Type,
     CreatedAt,
     UpdatedAt,
     DeletedAt,
@@ -224,8 +252,6 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
-        let text = |column| ColumnDef::new(column).text().not_null().to_owned();
-        let time = |column| ColumnDef::new(column).big_integer().null().to_owned();
         manager
             .create_table(
                 Table::create()
@@ -278,10 +304,72 @@ impl MigrationTrait for Migration {
                     .col(OrganizationInvitations::Id)
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(OrganizationRoles::Table)
+                    .col(
+                        ColumnDef::new(OrganizationRoles::Id)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(text(OrganizationRoles::Key))
+                    .col(text(OrganizationRoles::Name))
+                    .col(text(OrganizationRoles::Description))
+                    .col(
+                        ColumnDef::new(OrganizationRoles::IsCreatorEligible)
+                            .boolean()
+                            .not_null(),
+                    )
+                    // A JSON array of permission ids.
+                    .col(text(OrganizationRoles::PermissionIds))
+                    .col(time(OrganizationRoles::CreatedAt))
+                    .col(
+                        ColumnDef::new(OrganizationRoles::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(time(OrganizationRoles::DeletedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(OrganizationPermissions::Table)
+                    .col(
+                        ColumnDef::new(OrganizationPermissions::Id)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(text(OrganizationPermissions::Key))
+                    .col(text(OrganizationPermissions::Name))
+                    .col(text(OrganizationPermissions::Description))
+                    .col(text(OrganizationPermissions::Type))
+                    .col(time(OrganizationPermissions::CreatedAt))
+                    .col(
+                        ColumnDef::new(OrganizationPermissions::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(time(OrganizationPermissions::DeletedAt))
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            OrganizationPermissions::Table.into_iden(),
+            OrganizationRoles::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
+        }
         manager
             .drop_table(
                 Table::drop()
@@ -300,4 +388,14 @@ impl MigrationTrait for Migration {
             .drop_table(Table::drop().table(Organizations::Table).to_owned())
             .await
     }
+}
+
+/// A required text column.
+fn text(column: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(column).text().not_null().to_owned()
+}
+
+/// An optional time column (Unix milliseconds).
+fn time(column: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(column).big_integer().null().to_owned()
 }

@@ -109,7 +109,6 @@ async fn organization_fixtures_land_and_answer(backend: Backend) {
         ("msg_invited", "organizationInvitation.created.json"),
         ("msg_accepted", "organizationInvitation.accepted.json"),
         ("msg_revoked", "organizationInvitation.revoked.json"),
-        // Events this release does not keep yet are acknowledged.
         ("msg_role", "role.created.json"),
         ("msg_permission", "permission.created.json"),
     ] {
@@ -144,6 +143,29 @@ async fn organization_fixtures_land_and_answer(backend: Backend) {
     );
     // The acceptance link's token is never kept.
     assert!(!invited.to_string().contains("tok_"), "{invited}");
+    let roles = grpcurl(
+        &stack,
+        "clerk.sync.v1.OrganizationDirectoryService/ListRoles",
+        "{}",
+    )
+    .await;
+    let teacher = &roles["roles"][0];
+    assert_eq!(teacher["key"], "org:teacher");
+    let keys: Vec<&str> = teacher["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["org:courses:publish", "org:courses:read"]);
+    deliver(&stack, "msg_role_deleted", "role.deleted.json").await;
+    let roles = grpcurl(
+        &stack,
+        "clerk.sync.v1.OrganizationDirectoryService/ListRoles",
+        "{}",
+    )
+    .await;
+    assert!(roles.get("roles").is_none(), "{roles}");
 
     let answer = grpcurl(
         &stack,

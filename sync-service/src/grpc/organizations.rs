@@ -12,7 +12,7 @@ use clerk_sync_api::{
         GetMembershipResponse, GetOrganizationRequest, GetOrganizationResponse, InvitationStatus,
         ListInvitationsRequest, ListInvitationsResponse, ListMembershipsRequest,
         ListMembershipsResponse, ListOrganizationsRequest, ListOrganizationsResponse,
-        apply_organization_event_request::Event,
+        ListRolesRequest, ListRolesResponse, apply_organization_event_request::Event,
     },
 };
 use serde_json::{Map, Value};
@@ -24,7 +24,7 @@ use crate::{
     error::Error,
     store::{
         INVITATION_PENDING, Invitation, MembersOf, Membership, Organization, OrganizationEvent,
-        Permission, Store,
+        Permission, Role, Store, StoredPermission,
     },
 };
 
@@ -210,6 +210,27 @@ impl v1::organization_directory_service_server::OrganizationDirectoryService
         }))
     }
 
+    async fn list_roles(
+        &self,
+        request: Request<ListRolesRequest>,
+    ) -> Result<Response<ListRolesResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = page_size(request.page_size)?;
+        let after = decode_token(&request.page_token, "r")?;
+        let mut page = self
+            .store
+            .list_roles(u64::from(page_size) + 1, after.as_deref())
+            .await?;
+        let next_page_token = next_token(&mut page, page_size, "r", |(role, _)| &role.key);
+        Ok(Response::new(ListRolesResponse {
+            roles: page
+                .into_iter()
+                .map(|(role, permissions)| role_to_proto(role, permissions))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
     async fn check_permission(
         &self,
         request: Request<CheckPermissionRequest>,
@@ -251,6 +272,10 @@ fn parse_event(
         Event::MembershipUpserted(e) => (&e.meta, "membership_upserted"),
         Event::MembershipDeleted(e) => (&e.meta, "membership_deleted"),
         Event::InvitationChanged(e) => (&e.meta, "invitation_changed"),
+        Event::RoleChanged(e) => (&e.meta, "role_changed"),
+        Event::RoleDeleted(e) => (&e.meta, "role_deleted"),
+        Event::PermissionChanged(e) => (&e.meta, "permission_changed"),
+        Event::PermissionDeleted(e) => (&e.meta, "permission_deleted"),
     };
     let meta = meta
         .clone()
@@ -292,6 +317,46 @@ fn parse_event(
             "invitation_changed.invitation",
             store_private_metadata,
         )?),
+        Event::RoleChanged(e) => {
+            let field = "role_changed.role";
+            let role = e.role.ok_or_else(|| Error::invalid(field, "is required"))?;
+            let permissions = role
+                .permissions
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| parse_permission(p, &format!("{field}.permissions[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<&str> = permissions.iter().map(|p| p.id.as_str()).collect();
+            OrganizationEvent::RoleChanged {
+                role: Role {
+                    id: parse_id(role.id, &format!("{field}.id"))?,
+                    key: parse_id(role.key, &format!("{field}.key"))?,
+                    name: text(role.name, &format!("{field}.name"))?,
+                    description: text(role.description, &format!("{field}.description"))?,
+                    is_creator_eligible: role.is_creator_eligible,
+                    permission_ids: Value::from(ids).to_string(),
+                    created_at: optional_time(role.created_at, &format!("{field}.created_at"))?,
+                    updated_at: required_time(role.updated_at, &format!("{field}.updated_at"))?,
+                    deleted_at: None,
+                },
+                permissions,
+            }
+        }
+        Event::RoleDeleted(e) => OrganizationEvent::RoleDeleted {
+            id: parse_id(e.role_id, "role_deleted.role_id")?,
+            deleted_at: occurred_at()?,
+        },
+        Event::PermissionChanged(e) => {
+            let field = "permission_changed.permission";
+            let permission = e
+                .permission
+                .ok_or_else(|| Error::invalid(field, "is required"))?;
+            OrganizationEvent::PermissionChanged(parse_permission(permission, field)?)
+        }
+        Event::PermissionDeleted(e) => OrganizationEvent::PermissionDeleted {
+            id: parse_id(e.permission_id, "permission_deleted.permission_id")?,
+            deleted_at: occurred_at()?,
+        },
     };
     Ok((event_id, event))
 }
@@ -324,6 +389,20 @@ fn parse_invitation(
         expires_at: optional_time(i.expires_at, &path("expires_at"))?,
         created_at: optional_time(i.created_at, &path("created_at"))?,
         updated_at: required_time(i.updated_at, &path("updated_at"))?,
+        deleted_at: None,
+    })
+}
+
+fn parse_permission(p: v1::Permission, field: &str) -> Result<StoredPermission, Error> {
+    let path = |name: &str| format!("{field}.{name}");
+    Ok(StoredPermission {
+        id: parse_id(p.id, &path("id"))?,
+        key: parse_id(p.key, &path("key"))?,
+        name: text(p.name, &path("name"))?,
+        description: text(p.description, &path("description"))?,
+        kind: text(p.r#type, &path("type"))?,
+        created_at: optional_time(p.created_at, &path("created_at"))?,
+        updated_at: required_time(p.updated_at, &path("updated_at"))?,
         deleted_at: None,
     })
 }
@@ -551,6 +630,30 @@ fn invitation_to_proto(i: Invitation, private: bool) -> Result<v1::Invitation, E
         created_at: i.created_at.map(timestamp_from_millis),
         updated_at: Some(timestamp_from_millis(i.updated_at)),
     })
+}
+
+fn role_to_proto(role: Role, permissions: Vec<StoredPermission>) -> v1::Role {
+    v1::Role {
+        id: role.id,
+        key: role.key,
+        name: role.name,
+        description: role.description,
+        is_creator_eligible: role.is_creator_eligible,
+        permissions: permissions
+            .into_iter()
+            .map(|p| v1::Permission {
+                id: p.id,
+                key: p.key,
+                name: p.name,
+                description: p.description,
+                r#type: p.kind,
+                created_at: p.created_at.map(timestamp_from_millis),
+                updated_at: Some(timestamp_from_millis(p.updated_at)),
+            })
+            .collect(),
+        created_at: role.created_at.map(timestamp_from_millis),
+        updated_at: Some(timestamp_from_millis(role.updated_at)),
+    }
 }
 
 /// Version tag of these page tokens.

@@ -51,7 +51,7 @@ use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::users;
 pub(crate) use organizations::{
     INVITATION_PENDING, Invitation, MembersOf, Membership, Organization, OrganizationEvent,
-    Permission,
+    Permission, Role, StoredPermission,
 };
 pub use page::{ListQuery, Page};
 pub use quarantine::{NewQuarantined, Quarantined};

@@ -1,5 +1,5 @@
-//! Organizations, memberships and invitations, applied with the users'
-//! rules and read back for `OrganizationDirectoryService`.
+//! Organizations, memberships, invitations, roles and permissions, applied
+//! with the users' rules and read back for `OrganizationDirectoryService`.
 //!
 //! Each event is one transaction: the ledger row first (a write, so SQLite
 //! takes its write lock at once; its key is the duplicate check), then one
@@ -29,7 +29,8 @@ use super::{
     Store,
     entity::{
         organization_invitations as invitations, organization_memberships as memberships,
-        organizations, processed_events as ledger, users,
+        organization_permissions as permissions, organization_roles as roles, organizations,
+        processed_events as ledger, users,
     },
 };
 use crate::{
@@ -43,6 +44,10 @@ pub(crate) type Organization = organizations::Model;
 pub(crate) type Membership = memberships::Model;
 /// A stored invitation.
 pub(crate) type Invitation = invitations::Model;
+/// A stored role.
+pub(crate) type Role = roles::Model;
+/// A stored permission.
+pub(crate) type StoredPermission = permissions::Model;
 
 /// Invitation statuses as stored; a pending one is the only one that moves.
 pub(crate) const INVITATION_PENDING: &str = "pending";
@@ -64,6 +69,17 @@ pub(crate) enum OrganizationEvent {
     },
     /// organizationInvitation.created / .accepted / .revoked.
     InvitationChanged(Invitation),
+    /// role.created / role.updated, with the permissions it embeds.
+    RoleChanged {
+        role: Role,
+        permissions: Vec<StoredPermission>,
+    },
+    /// role.deleted, at `deleted_at` (Unix ms).
+    RoleDeleted { id: String, deleted_at: i64 },
+    /// permission.created / permission.updated.
+    PermissionChanged(StoredPermission),
+    /// permission.deleted, at `deleted_at` (Unix ms).
+    PermissionDeleted { id: String, deleted_at: i64 },
 }
 
 impl OrganizationEvent {
@@ -75,6 +91,10 @@ impl OrganizationEvent {
             Self::MembershipUpserted(_) => "organizationMembership.upserted",
             Self::MembershipDeleted { .. } => "organizationMembership.deleted",
             Self::InvitationChanged(_) => "organizationInvitation.changed",
+            Self::RoleChanged { .. } => "role.changed",
+            Self::RoleDeleted { .. } => "role.deleted",
+            Self::PermissionChanged(_) => "permission.changed",
+            Self::PermissionDeleted { .. } => "permission.deleted",
         }
     }
 
@@ -87,6 +107,9 @@ impl OrganizationEvent {
                 &membership.id
             }
             Self::InvitationChanged(invitation) => &invitation.id,
+            Self::RoleChanged { role, .. } => &role.id,
+            Self::PermissionChanged(permission) => &permission.id,
+            Self::RoleDeleted { id, .. } | Self::PermissionDeleted { id, .. } => id,
         }
     }
 }
@@ -150,6 +173,54 @@ impl Store {
             } => end_membership(&txn, membership, deleted_at).await?,
             OrganizationEvent::InvitationChanged(invitation) => {
                 upsert_invitation(&txn, invitation).await?
+            }
+            OrganizationEvent::RoleChanged { role, permissions } => {
+                for permission in permissions {
+                    upsert_permission(&txn, permission).await?;
+                }
+                upsert_role(&txn, role).await?
+            }
+            OrganizationEvent::PermissionChanged(permission) => {
+                upsert_permission(&txn, permission).await?
+            }
+            OrganizationEvent::RoleDeleted { id, deleted_at } => {
+                let tombstone = roles::ActiveModel {
+                    id: Set(id),
+                    key: Set(String::new()),
+                    name: Set(String::new()),
+                    description: Set(String::new()),
+                    is_creator_eligible: Set(false),
+                    permission_ids: Set("[]".to_owned()),
+                    created_at: Set(None),
+                    updated_at: Set(deleted_at),
+                    deleted_at: Set(Some(deleted_at)),
+                };
+                tombstone_row::<roles::Entity, _>(
+                    &txn,
+                    tombstone,
+                    roles::Column::Id,
+                    roles::Column::DeletedAt,
+                )
+                .await?
+            }
+            OrganizationEvent::PermissionDeleted { id, deleted_at } => {
+                let tombstone = permissions::ActiveModel {
+                    id: Set(id),
+                    key: Set(String::new()),
+                    name: Set(String::new()),
+                    description: Set(String::new()),
+                    kind: Set(String::new()),
+                    created_at: Set(None),
+                    updated_at: Set(deleted_at),
+                    deleted_at: Set(Some(deleted_at)),
+                };
+                tombstone_row::<permissions::Entity, _>(
+                    &txn,
+                    tombstone,
+                    permissions::Column::Id,
+                    permissions::Column::DeletedAt,
+                )
+                .await?
             }
         };
         txn.commit().await?;
@@ -306,6 +377,49 @@ impl Store {
             .limit(limit)
             .all(&self.reads)
             .await?)
+    }
+
+    /// Up to `limit` live roles after key `after`, in key order, each with
+    /// its live permissions.
+    pub(crate) async fn list_roles(
+        &self,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Vec<(Role, Vec<StoredPermission>)>, Error> {
+        let mut find = roles::Entity::find().filter(roles::Column::DeletedAt.is_null());
+        if let Some(after) = after {
+            find = find.filter(roles::Column::Key.gt(after));
+        }
+        let page = find
+            .order_by_asc(roles::Column::Key)
+            .limit(limit)
+            .all(&self.reads)
+            .await?;
+        let ids_of = |role: &Role| -> Result<Vec<String>, Error> {
+            serde_json::from_str(&role.permission_ids)
+                .map_err(|e| Error::Corrupt(format!("role permissions: {e}")))
+        };
+        let mut wanted = Vec::new();
+        for role in &page {
+            wanted.extend(ids_of(role)?);
+        }
+        let known: HashMap<String, StoredPermission> = permissions::Entity::find()
+            .filter(permissions::Column::DeletedAt.is_null())
+            .filter(permissions::Column::Id.is_in(wanted))
+            .all(&self.reads)
+            .await?
+            .into_iter()
+            .map(|permission| (permission.id.clone(), permission))
+            .collect();
+        page.into_iter()
+            .map(|role| {
+                let carried = ids_of(&role)?
+                    .iter()
+                    .filter_map(|id| known.get(id).cloned())
+                    .collect();
+                Ok((role, carried))
+            })
+            .collect()
     }
 
     /// Whether `user_id` holds `permission` in `organization_id`.
@@ -515,6 +629,93 @@ async fn delete_organization(
         .exec(txn)
         .await?;
     Ok(Outcome::Applied)
+}
+
+/// Writes `role` if it is new or newer than the stored one.
+async fn upsert_role(txn: &DatabaseTransaction, role: Role) -> Result<Outcome, Error> {
+    let id = role.id.clone();
+    let upsert = roles::Entity::insert(roles::ActiveModel::from(role))
+        .on_conflict(
+            OnConflict::column(roles::Column::Id)
+                .update_columns([
+                    roles::Column::Key,
+                    roles::Column::Name,
+                    roles::Column::Description,
+                    roles::Column::IsCreatorEligible,
+                    roles::Column::PermissionIds,
+                    roles::Column::CreatedAt,
+                    roles::Column::UpdatedAt,
+                ])
+                .action_and_where(newer_than_a_live(
+                    roles::Column::UpdatedAt,
+                    roles::Column::DeletedAt,
+                ))
+                .to_owned(),
+        )
+        .into_query();
+    if txn.execute(&upsert).await?.rows_affected() > 0 {
+        return Ok(Outcome::Applied);
+    }
+    let stored = roles::Entity::find_by_id(id).one(txn).await?;
+    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+}
+
+/// Writes `permission` if it is new or newer than the stored one.
+async fn upsert_permission(
+    txn: &DatabaseTransaction,
+    permission: StoredPermission,
+) -> Result<Outcome, Error> {
+    let id = permission.id.clone();
+    let upsert = permissions::Entity::insert(permissions::ActiveModel::from(permission))
+        .on_conflict(
+            OnConflict::column(permissions::Column::Id)
+                .update_columns([
+                    permissions::Column::Key,
+                    permissions::Column::Name,
+                    permissions::Column::Description,
+                    permissions::Column::Kind,
+                    permissions::Column::CreatedAt,
+                    permissions::Column::UpdatedAt,
+                ])
+                .action_and_where(newer_than_a_live(
+                    permissions::Column::UpdatedAt,
+                    permissions::Column::DeletedAt,
+                ))
+                .to_owned(),
+        )
+        .into_query();
+    if txn.execute(&upsert).await?.rows_affected() > 0 {
+        return Ok(Outcome::Applied);
+    }
+    let stored = permissions::Entity::find_by_id(id).one(txn).await?;
+    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+}
+
+/// Stores `tombstone` unless its row is one already: `Applied` the first
+/// time, `Deleted` after.
+async fn tombstone_row<E, A>(
+    txn: &DatabaseTransaction,
+    tombstone: A,
+    id: E::Column,
+    deleted_at: E::Column,
+) -> Result<Outcome, Error>
+where
+    E: EntityTrait,
+    A: sea_orm::ActiveModelTrait<Entity = E>,
+{
+    let upsert = E::insert(tombstone)
+        .on_conflict(
+            OnConflict::column(id)
+                .update_column(deleted_at)
+                .action_and_where(Expr::col((deleted_at.entity_name(), deleted_at)).is_null())
+                .to_owned(),
+        )
+        .into_query();
+    Ok(if txn.execute(&upsert).await?.rows_affected() > 0 {
+        Outcome::Applied
+    } else {
+        Outcome::Deleted
+    })
 }
 
 /// Writes `invitation` if it is new or newer than the stored one (on a tie,

@@ -8,8 +8,9 @@
 use clerk_sync_api::v1::{
     self, ApplyOrganizationEventRequest, CheckPermissionRequest, DenialReason,
     GetMembershipRequest, GetOrganizationRequest, InvitationChanged, InvitationStatus,
-    ListInvitationsRequest, ListMembershipsRequest, ListOrganizationsRequest, MembershipDeleted,
-    MembershipUpserted, OrganizationDeleted, OrganizationUpserted, Outcome,
+    ListInvitationsRequest, ListMembershipsRequest, ListOrganizationsRequest, ListRolesRequest,
+    MembershipDeleted, MembershipUpserted, OrganizationDeleted, OrganizationUpserted, Outcome,
+    PermissionChanged, PermissionDeleted, RoleChanged, RoleDeleted,
     apply_organization_event_request::Event,
     organization_directory_service_client::OrganizationDirectoryServiceClient,
     organization_sync_service_client::OrganizationSyncServiceClient,
@@ -24,6 +25,7 @@ crate::on_both_backends!(
     deletions_end_memberships_and_the_permission_check_says_why,
     lists_are_paged_and_bad_requests_name_the_field,
     invitations_move_once_and_end_with_their_organization,
+    roles_list_the_permissions_they_carry,
 );
 
 struct Clients {
@@ -750,6 +752,141 @@ async fn invitations_move_once_and_end_with_their_organization(backend: Backend)
         .unwrap()
         .unwrap();
     assert_eq!(row.try_get::<i64>("", "n").unwrap(), 0);
+    app.stop().await;
+}
+
+fn permission(id: &str, key: &str, name: &str, updated_at: i64) -> v1::Permission {
+    v1::Permission {
+        id: id.into(),
+        key: key.into(),
+        name: name.into(),
+        r#type: "custom".into(),
+        updated_at: Some(ts(updated_at)),
+        ..v1::Permission::default()
+    }
+}
+
+fn role_changed(event_id: &str, updated_at: i64, permissions: Vec<v1::Permission>) -> Event {
+    Event::RoleChanged(RoleChanged {
+        meta: Some(meta(event_id, 1_000)),
+        role: Some(v1::Role {
+            id: "role_1".into(),
+            key: "org:teacher".into(),
+            name: "Teacher".into(),
+            permissions,
+            updated_at: Some(ts(updated_at)),
+            ..v1::Role::default()
+        }),
+    })
+}
+
+/// Each live role's key and its permissions' (key, name).
+async fn roles(clients: &Clients) -> Vec<(String, Vec<(String, String)>)> {
+    clients
+        .directory
+        .clone()
+        .list_roles(ListRolesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .roles
+        .into_iter()
+        .map(|role| {
+            let permissions = role
+                .permissions
+                .into_iter()
+                .map(|p| (p.key, p.name))
+                .collect();
+            (role.key, permissions)
+        })
+        .collect()
+}
+
+async fn roles_list_the_permissions_they_carry(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db.url).await;
+    let c = clients(&app);
+    let publish = permission("perm_1", "org:courses:publish", "Publish", 100);
+    let read = permission("perm_2", "org:courses:read", "Read", 100);
+    let teacher = role_changed("msg_r1", 100, vec![publish, read]);
+    assert_eq!(apply(&c, teacher).await, Outcome::Applied);
+    let named = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, n)| (k.to_string(), n.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        roles(&c).await,
+        [(
+            "org:teacher".to_owned(),
+            named(&[
+                ("org:courses:publish", "Publish"),
+                ("org:courses:read", "Read")
+            ])
+        )]
+    );
+    // A permission renamed later shows in its roles; an older role does not
+    // bring the old name back.
+    let renamed = Event::PermissionChanged(PermissionChanged {
+        meta: Some(meta("msg_p1", 1_000)),
+        permission: Some(permission(
+            "perm_1",
+            "org:courses:publish",
+            "Publish courses",
+            200,
+        )),
+    });
+    assert_eq!(apply(&c, renamed).await, Outcome::Applied);
+    let older = role_changed(
+        "msg_r0",
+        50,
+        vec![permission("perm_1", "org:courses:publish", "Publish", 100)],
+    );
+    assert_eq!(apply(&c, older).await, Outcome::Stale);
+    // A deleted permission leaves its roles.
+    let removed = Event::PermissionDeleted(PermissionDeleted {
+        meta: Some(meta("msg_p2", 1_000)),
+        permission_id: "perm_2".into(),
+    });
+    assert_eq!(apply(&c, removed).await, Outcome::Applied);
+    assert_eq!(
+        roles(&c).await,
+        [(
+            "org:teacher".to_owned(),
+            named(&[("org:courses:publish", "Publish courses")])
+        )]
+    );
+    // A deleted role is gone for good.
+    let deleted = Event::RoleDeleted(RoleDeleted {
+        meta: Some(meta("msg_r2", 5_000)),
+        role_id: "role_1".into(),
+    });
+    assert_eq!(apply(&c, deleted).await, Outcome::Applied);
+    assert!(roles(&c).await.is_empty());
+    assert_eq!(
+        apply(&c, role_changed("msg_r3", 9_000, vec![])).await,
+        Outcome::Deleted
+    );
+
+    // Bad roles are refused by name.
+    let mut keyless = role_changed("msg_r4", 1, vec![]);
+    if let Event::RoleChanged(changed) = &mut keyless {
+        changed.role.as_mut().unwrap().key = String::new();
+    }
+    let idless = role_changed("msg_r5", 1, vec![permission("", "org:x", "X", 1)]);
+    for (event, field) in [
+        (keyless, "role_changed.role.key"),
+        (idless, "role_changed.role.permissions[0].id"),
+    ] {
+        let status = c
+            .sync
+            .clone()
+            .apply_organization_event(ApplyOrganizationEventRequest { event: Some(event) })
+            .await
+            .unwrap_err();
+        assert!(status.message().starts_with(field), "{field}: {status:?}");
+    }
     app.stop().await;
 }
 

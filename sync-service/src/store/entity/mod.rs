@@ -3,6 +3,8 @@
 pub(crate) mod feed_head;
 pub(crate) mod organization_invitations;
 pub(crate) mod organization_memberships;
+pub(crate) mod organization_permissions;
+pub(crate) mod organization_roles;
 pub(crate) mod organizations;
 pub(crate) mod processed_events;
 pub(crate) mod quarantined_events;
