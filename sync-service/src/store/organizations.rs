@@ -517,34 +517,64 @@ async fn upsert_organization(
     organization: Organization,
 ) -> Result<Outcome, Error> {
     let id = organization.id.clone();
-    let upsert = organizations::Entity::insert(organizations::ActiveModel::from(organization))
+    let written = organizations::ActiveModel::from(organization);
+    let columns = [
+        organizations::Column::Name,
+        organizations::Column::Slug,
+        organizations::Column::ImageUrl,
+        organizations::Column::HasImage,
+        organizations::Column::MaxAllowedMemberships,
+        organizations::Column::AdminDeleteEnabled,
+        organizations::Column::PublicMetadata,
+        organizations::Column::PrivateMetadata,
+        organizations::Column::CreatedBy,
+        organizations::Column::CreatedAt,
+        organizations::Column::UpdatedAt,
+    ];
+    last_write_wins(txn, written, &id, organizations::Column::Id, &columns).await
+}
+
+/// Writes `row` (id `id`) over the stored one of `E` only if it is newer and
+/// not a tombstone, updating `columns`: `Applied` if written, else `Deleted`
+/// (a tombstone) or `Stale`. Every entity here keeps `updated_at` and
+/// `deleted_at` columns.
+async fn last_write_wins<E, A>(
+    txn: &DatabaseTransaction,
+    row: A,
+    id: &str,
+    id_column: E::Column,
+    columns: &[E::Column],
+) -> Result<Outcome, Error>
+where
+    E: EntityTrait,
+    A: sea_orm::ActiveModelTrait<Entity = E>,
+{
+    let column = |name: &str| {
+        <E::Column as std::str::FromStr>::from_str(name)
+            .unwrap_or_else(|_| unreachable!("every table here has {name}"))
+    };
+    let (updated_at, deleted_at) = (column("updated_at"), column("deleted_at"));
+    let upsert = E::insert(row)
         .on_conflict(
-            OnConflict::column(organizations::Column::Id)
-                .update_columns([
-                    organizations::Column::Name,
-                    organizations::Column::Slug,
-                    organizations::Column::ImageUrl,
-                    organizations::Column::HasImage,
-                    organizations::Column::MaxAllowedMemberships,
-                    organizations::Column::AdminDeleteEnabled,
-                    organizations::Column::PublicMetadata,
-                    organizations::Column::PrivateMetadata,
-                    organizations::Column::CreatedBy,
-                    organizations::Column::CreatedAt,
-                    organizations::Column::UpdatedAt,
-                ])
-                .action_and_where(newer_than_a_live(
-                    organizations::Column::UpdatedAt,
-                    organizations::Column::DeletedAt,
-                ))
+            OnConflict::column(id_column)
+                .update_columns(columns.iter().copied())
+                .action_and_where(newer_than_a_live(updated_at, deleted_at))
                 .to_owned(),
         )
         .into_query();
     if txn.execute(&upsert).await?.rows_affected() > 0 {
         return Ok(Outcome::Applied);
     }
-    let stored = organizations::Entity::find_by_id(id).one(txn).await?;
-    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+    let tombstone = E::find()
+        .filter(id_column.eq(id))
+        .filter(deleted_at.is_not_null())
+        .one(txn)
+        .await?;
+    Ok(if tombstone.is_some() {
+        Outcome::Deleted
+    } else {
+        Outcome::Stale
+    })
 }
 
 /// The condition of a last-write-wins upsert: the stored row is older than
@@ -634,30 +664,17 @@ async fn delete_organization(
 /// Writes `role` if it is new or newer than the stored one.
 async fn upsert_role(txn: &DatabaseTransaction, role: Role) -> Result<Outcome, Error> {
     let id = role.id.clone();
-    let upsert = roles::Entity::insert(roles::ActiveModel::from(role))
-        .on_conflict(
-            OnConflict::column(roles::Column::Id)
-                .update_columns([
-                    roles::Column::Key,
-                    roles::Column::Name,
-                    roles::Column::Description,
-                    roles::Column::IsCreatorEligible,
-                    roles::Column::PermissionIds,
-                    roles::Column::CreatedAt,
-                    roles::Column::UpdatedAt,
-                ])
-                .action_and_where(newer_than_a_live(
-                    roles::Column::UpdatedAt,
-                    roles::Column::DeletedAt,
-                ))
-                .to_owned(),
-        )
-        .into_query();
-    if txn.execute(&upsert).await?.rows_affected() > 0 {
-        return Ok(Outcome::Applied);
-    }
-    let stored = roles::Entity::find_by_id(id).one(txn).await?;
-    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+    let written = roles::ActiveModel::from(role);
+    let columns = [
+        roles::Column::Key,
+        roles::Column::Name,
+        roles::Column::Description,
+        roles::Column::IsCreatorEligible,
+        roles::Column::PermissionIds,
+        roles::Column::CreatedAt,
+        roles::Column::UpdatedAt,
+    ];
+    last_write_wins(txn, written, &id, roles::Column::Id, &columns).await
 }
 
 /// Writes `permission` if it is new or newer than the stored one.
@@ -666,29 +683,16 @@ async fn upsert_permission(
     permission: StoredPermission,
 ) -> Result<Outcome, Error> {
     let id = permission.id.clone();
-    let upsert = permissions::Entity::insert(permissions::ActiveModel::from(permission))
-        .on_conflict(
-            OnConflict::column(permissions::Column::Id)
-                .update_columns([
-                    permissions::Column::Key,
-                    permissions::Column::Name,
-                    permissions::Column::Description,
-                    permissions::Column::Kind,
-                    permissions::Column::CreatedAt,
-                    permissions::Column::UpdatedAt,
-                ])
-                .action_and_where(newer_than_a_live(
-                    permissions::Column::UpdatedAt,
-                    permissions::Column::DeletedAt,
-                ))
-                .to_owned(),
-        )
-        .into_query();
-    if txn.execute(&upsert).await?.rows_affected() > 0 {
-        return Ok(Outcome::Applied);
-    }
-    let stored = permissions::Entity::find_by_id(id).one(txn).await?;
-    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+    let written = permissions::ActiveModel::from(permission);
+    let columns = [
+        permissions::Column::Key,
+        permissions::Column::Name,
+        permissions::Column::Description,
+        permissions::Column::Kind,
+        permissions::Column::CreatedAt,
+        permissions::Column::UpdatedAt,
+    ];
+    last_write_wins(txn, written, &id, permissions::Column::Id, &columns).await
 }
 
 /// Stores `tombstone` unless its row is one already: `Applied` the first
@@ -802,33 +806,20 @@ async fn upsert_membership(
         return Ok(Outcome::Deleted);
     }
     let id = membership.id.clone();
-    let upsert = memberships::Entity::insert(memberships::ActiveModel::from(membership))
-        .on_conflict(
-            OnConflict::column(memberships::Column::Id)
-                .update_columns([
-                    memberships::Column::OrganizationId,
-                    memberships::Column::UserId,
-                    memberships::Column::Role,
-                    memberships::Column::RoleName,
-                    memberships::Column::Permissions,
-                    memberships::Column::PublicMetadata,
-                    memberships::Column::PrivateMetadata,
-                    memberships::Column::PublicUserData,
-                    memberships::Column::CreatedAt,
-                    memberships::Column::UpdatedAt,
-                ])
-                .action_and_where(newer_than_a_live(
-                    memberships::Column::UpdatedAt,
-                    memberships::Column::DeletedAt,
-                ))
-                .to_owned(),
-        )
-        .into_query();
-    if txn.execute(&upsert).await?.rows_affected() > 0 {
-        return Ok(Outcome::Applied);
-    }
-    let stored = memberships::Entity::find_by_id(id).one(txn).await?;
-    Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
+    let written = memberships::ActiveModel::from(membership);
+    let columns = [
+        memberships::Column::OrganizationId,
+        memberships::Column::UserId,
+        memberships::Column::Role,
+        memberships::Column::RoleName,
+        memberships::Column::Permissions,
+        memberships::Column::PublicMetadata,
+        memberships::Column::PrivateMetadata,
+        memberships::Column::PublicUserData,
+        memberships::Column::CreatedAt,
+        memberships::Column::UpdatedAt,
+    ];
+    last_write_wins(txn, written, &id, memberships::Column::Id, &columns).await
 }
 
 /// Stores `membership` ended at `deleted_at`, its personal data erased,
