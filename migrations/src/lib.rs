@@ -19,7 +19,11 @@
 //! - `reconcile_passes` and `reconcile_lease`: every backfill pass (status,
 //!   cursor, counts) and the lease that lets one run at a time.
 //! - `organizations` and `organization_memberships`: Clerk's organizations
-//!   and their members' roles and permissions, with tombstones like users.
+//!   and their members' roles and permissions, with tombstones like users;
+//!   `organization_invitations`, `organization_roles` and
+//!   `organization_permissions` beside them.
+//! - `organization_changes`: the organizations' and memberships' entries in
+//!   the change feed's log, positioned by the same `feed_head`.
 //!
 //! On PostgreSQL the function `clerk_sync_apply_batch` applies a batch of
 //! events in one round trip ([`APPLY_BATCH_FUNCTION`]).
@@ -54,6 +58,7 @@ mod m20261203_000002_apply_batch_function_v4;
 mod m20261203_000003_quarantine_user;
 mod m20261203_000004_reconcile_passes;
 mod m20261203_000005_organizations;
+mod m20261203_000006_organization_changes;
 
 /// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
 /// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
@@ -79,6 +84,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000003_quarantine_user::Migration),
             Box::new(m20261203_000004_reconcile_passes::Migration),
             Box::new(m20261203_000005_organizations::Migration),
+            Box::new(m20261203_000006_organization_changes::Migration),
         ]
     }
 }

@@ -123,7 +123,8 @@ pub struct Limits {
     )]
     pub request_timeout: Duration,
 
-    /// Most change-feed watchers (WatchUsers streams) on this server.
+    /// Most change-feed watchers (WatchUsers and WatchOrganizations streams)
+    /// on this server.
     #[arg(
         long = "max-watchers", value_name = "N",
         env = "SYNC_SERVICE_MAX_WATCHERS",

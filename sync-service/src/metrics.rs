@@ -223,7 +223,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let watchers = Gauge::default();
     registry.register(
         "change_feed_watchers",
-        "Open WatchUsers streams on this server",
+        "Open change-feed streams (WatchUsers and WatchOrganizations) on this server",
         watchers.clone(),
     );
     let reconcile_last_success = Family::default();

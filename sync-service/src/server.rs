@@ -144,16 +144,19 @@ pub async fn serve(
         store: store.clone(),
         store_private_metadata: config.store_private_metadata,
     };
-    let organization_directory = OrganizationDirectoryService {
-        store: store.clone(),
-    };
     let limits = std::sync::Arc::new(config.limits.clone());
     let trim = Trim::default();
     let trim_task = tokio::spawn(trim.clone().run());
+    let watchers = Watchers::new(std::sync::Arc::clone(&limits), trim);
+    let organization_directory = OrganizationDirectoryService {
+        store: store.clone(),
+        stopping: stopping.clone(),
+        watchers: std::sync::Arc::clone(&watchers),
+    };
     let directory = DirectoryService {
         store,
         stopping,
-        watchers: Watchers::new(std::sync::Arc::clone(&limits), trim),
+        watchers,
     };
     // Explicit message limits on every service. The write services take
     // whole profiles and quarantined bodies (up to the gateway's body limit);

@@ -1,8 +1,10 @@
-//! The change feed RPCs of `UserDirectoryService`: `WatchUsers` (a stream
-//! that catches up from the log, then follows each commit) and `ListChanges`
-//! (the same log, a page at a time). They parse, delegate to the store's
-//! change log ([`Store::changes_after`]) and translate; waking on commits is
-//! the store's signal.
+//! The change feed RPCs: `WatchUsers` (a stream that catches up from the
+//! log, then follows each commit) and `ListChanges` (the same log, a page at
+//! a time) of `UserDirectoryService`, and the machinery
+//! `OrganizationDirectoryService`'s `WatchOrganizations` shares ([`watch`],
+//! over any [`Feed`]). They parse, delegate to the store's change log
+//! ([`Store::changes_after`]) and translate; waking on commits is the store's
+//! signal.
 //!
 //! A watcher costs the server memory for as long as its client lets it, so
 //! watchers are bounded ([`Watchers`], settings in `limits.rs`): so many per
@@ -44,20 +46,89 @@ pub(crate) const MAX_CHANGES_PAGE: u32 = 1000;
 /// Entries a watcher reads from the log at a time.
 const WATCH_PAGE: u32 = 500;
 
-/// The stream `WatchUsers` answers with.
-pub(crate) type WatchStream =
-    Pin<Box<dyn Stream<Item = Result<WatchUsersResponse, Status>> + Send + 'static>>;
+/// The stream a watch RPC answers with: `WatchUsers`' by default.
+pub(crate) type WatchStream<M = WatchUsersResponse> =
+    Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'static>>;
+
+/// A log a watcher follows, and how its entries become stream messages.
+pub(crate) trait Feed: Send + Sync + 'static {
+    /// One message of the stream.
+    type Message: prost::Message + Send + 'static;
+
+    /// Up to `limit` entries after `after` as messages, deletions at or
+    /// below `hide_deletions_through` left out (as [`Store::changes_after`]).
+    fn read(
+        &self,
+        store: &Store,
+        after: Position,
+        limit: u32,
+        hide_deletions_through: Position,
+    ) -> impl Future<Output = Result<MessagePage<Self::Message>, Error>> + Send;
+
+    /// The `caught_up` marker at `position`.
+    fn caught_up(position: Position) -> Self::Message;
+}
+
+/// A page of a log as stream messages.
+pub(crate) struct MessagePage<M> {
+    /// Each entry's position and message, in order.
+    pub(crate) messages: Vec<(Position, M)>,
+    /// As in [`crate::store::ChangePage`].
+    pub(crate) next_after: Position,
+    /// As in [`crate::store::ChangePage`].
+    pub(crate) has_more: bool,
+}
+
+/// The users' log, as `WatchUsers` sends it.
+struct Users {
+    /// Whether the caller may see private metadata.
+    private: bool,
+}
+
+impl Feed for Users {
+    type Message = WatchUsersResponse;
+
+    async fn read(
+        &self,
+        store: &Store,
+        after: Position,
+        limit: u32,
+        hide_deletions_through: Position,
+    ) -> Result<MessagePage<WatchUsersResponse>, Error> {
+        let page = store
+            .changes_after(after, limit, hide_deletions_through)
+            .await?;
+        Ok(MessagePage {
+            messages: page
+                .entries
+                .into_iter()
+                .map(|entry| (entry.position, watch_message(entry, self.private)))
+                .collect(),
+            next_after: page.next_after,
+            has_more: page.has_more,
+        })
+    }
+
+    fn caught_up(position: Position) -> WatchUsersResponse {
+        WatchUsersResponse {
+            position,
+            event: Some(WatchEvent::CaughtUp(CaughtUp {})),
+        }
+    }
+}
 
 /// Where a watcher starts, parsed from the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StartAt {
+pub(crate) enum StartAt {
     After(Position),
     Now,
     Snapshot,
 }
 
-fn parse_start(request: WatchUsersRequest) -> Result<StartAt, Error> {
-    match request.start {
+/// Parses where a watch starts (`WatchOrganizations` converts its own oneof
+/// into `WatchUsers`').
+pub(crate) fn parse_start(start: Option<Start>) -> Result<StartAt, Error> {
+    match start {
         Some(Start::AfterPosition(p)) if p < 0 => {
             Err(Error::invalid("after_position", "must not be negative"))
         }
@@ -154,15 +225,13 @@ impl Drop for WatcherSlot {
 
 /// A message on its way to the client, holding its share of the watcher's
 /// buffer until the stream hands it to the connection.
-struct Queued {
-    message: Result<WatchUsersResponse, Status>,
+struct Queued<M> {
+    message: Result<M, Status>,
     _bytes: Option<OwnedSemaphorePermit>,
 }
 
-/// Starts a `WatchUsers` stream for the caller holding `token`. The request
-/// is checked (and the starting position found) before answering, so a bad
-/// one fails the call itself. `private`: whether the caller may see private
-/// metadata.
+/// Starts a `WatchUsers` stream for the caller holding `token`; `private`:
+/// whether the caller may see private metadata.
 pub(crate) async fn watch_users(
     store: &Store,
     stopping: &watch::Receiver<bool>,
@@ -171,14 +240,28 @@ pub(crate) async fn watch_users(
     request: WatchUsersRequest,
     private: bool,
 ) -> Result<WatchStream, Error> {
-    let start = parse_start(request)?;
+    let start = parse_start(request.start)?;
+    watch(store, stopping, watchers, token, start, Users { private }).await
+}
+
+/// Starts a stream of `feed` from `start` for the caller holding `token`.
+/// The start is checked (and the starting position found) before answering,
+/// so a bad one fails the call itself.
+pub(crate) async fn watch<F: Feed>(
+    store: &Store,
+    stopping: &watch::Receiver<bool>,
+    watchers: &Arc<Watchers>,
+    token: Option<[u8; 32]>,
+    start: StartAt,
+    feed: F,
+) -> Result<WatchStream<F::Message>, Error> {
     let slot = watchers.admit(token)?;
     // Subscribed before the first read: a commit after it rings this.
     let wake = store.subscribe_changes();
     let (after, hide_deletions_through) = match start {
         StartAt::After(position) => {
             // Fails now (FAILED_PRECONDITION) rather than as a stream error.
-            store.changes_after(position, 0, 0).await?;
+            feed.read(store, position, 0, 0).await?;
             (position, 0)
         }
         StartAt::Now => (store.feed_head().await?, 0),
@@ -196,22 +279,22 @@ pub(crate) async fn watch_users(
         stopping: stopping.clone(),
         after,
         hide_deletions_through,
-        private,
+        feed,
     };
     tokio::spawn(watcher.run());
     // The slot lives as long as the stream: what the stream still holds
     // counts against the limits until the client (or the server) ends it.
-    let stream = UnboundedReceiverStream::new(receiver).map(move |queued: Queued| {
+    let stream = UnboundedReceiverStream::new(receiver).map(move |queued: Queued<F::Message>| {
         let _slot = &slot;
         queued.message
     });
     Ok(Box::pin(stream))
 }
 
-/// One `WatchUsers` stream's reading loop.
-struct Watcher {
+/// One watch stream's reading loop.
+struct Watcher<F: Feed> {
     store: Store,
-    sender: mpsc::UnboundedSender<Queued>,
+    sender: mpsc::UnboundedSender<Queued<F::Message>>,
     /// The watcher's buffer, in bytes of encoded messages not yet taken by
     /// the client's stream.
     buffer: Arc<Semaphore>,
@@ -227,11 +310,11 @@ struct Watcher {
     after: Position,
     /// Deletions at or below this are not sent (a snapshot's start).
     hide_deletions_through: Position,
-    /// Whether the caller may see private metadata.
-    private: bool,
+    /// The log it follows.
+    feed: F,
 }
 
-impl Watcher {
+impl<F: Feed> Watcher<F> {
     async fn run(mut self) {
         if let Err(status) = self.follow().await {
             // The client may be gone already; nothing else to tell. The last
@@ -252,12 +335,16 @@ impl Watcher {
             // Marked seen before reading: a commit during the read rings again.
             self.wake.borrow_and_update();
             let page = self
-                .store
-                .changes_after(self.after, WATCH_PAGE, self.hide_deletions_through)
+                .feed
+                .read(
+                    &self.store,
+                    self.after,
+                    WATCH_PAGE,
+                    self.hide_deletions_through,
+                )
                 .await?;
-            for entry in page.entries {
-                let position = entry.position;
-                if !self.send(watch_message(entry, self.private)).await? {
+            for (position, message) in page.messages {
+                if !self.send(message).await? {
                     return Ok(());
                 }
                 // Sent: a stream ended from here on resumes after it.
@@ -269,11 +356,7 @@ impl Watcher {
             }
             if !caught_up {
                 caught_up = true;
-                let marker = WatchUsersResponse {
-                    position: self.after,
-                    event: Some(WatchEvent::CaughtUp(CaughtUp {})),
-                };
-                if !self.send(marker).await? {
+                if !self.send(F::caught_up(self.after)).await? {
                     return Ok(());
                 }
             }
@@ -293,7 +376,7 @@ impl Watcher {
 
     /// Queues one message once the buffer has room for it; false once the
     /// client has gone, an error once it has left the buffer full too long.
-    async fn send(&self, message: WatchUsersResponse) -> Result<bool, Status> {
+    async fn send(&self, message: F::Message) -> Result<bool, Status> {
         // A message larger than the whole buffer waits for all of it.
         let bytes = u32::try_from(message.encoded_len())
             .unwrap_or(u32::MAX)
@@ -352,23 +435,8 @@ pub(crate) async fn list_changes(
     request: ListChangesRequest,
     private: bool,
 ) -> Result<ListChangesResponse, Error> {
-    let page_size = match request.page_size {
-        0 => DEFAULT_CHANGES_PAGE,
-        n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
-        n if n as u32 > MAX_CHANGES_PAGE => {
-            return Err(Error::invalid(
-                "page_size",
-                format!("must be at most {MAX_CHANGES_PAGE}"),
-            ));
-        }
-        n => n as u32,
-    };
-    if request.after_position < 0 {
-        return Err(Error::invalid("after_position", "must not be negative"));
-    }
-    let page = store
-        .changes_after(request.after_position, page_size, 0)
-        .await?;
+    let (after, page_size) = parse_changes_page(request.after_position, request.page_size)?;
+    let page = store.changes_after(after, page_size, 0).await?;
     Ok(ListChangesResponse {
         changes: page
             .entries
@@ -388,4 +456,27 @@ pub(crate) async fn list_changes(
         next_after_position: page.next_after,
         has_more: page.has_more,
     })
+}
+
+/// Parses a polling call's `after_position` and `page_size` (0: the
+/// default).
+pub(crate) fn parse_changes_page(
+    after_position: i64,
+    page_size: i32,
+) -> Result<(Position, u32), Error> {
+    let page_size = match page_size {
+        0 => DEFAULT_CHANGES_PAGE,
+        n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
+        n if n as u32 > MAX_CHANGES_PAGE => {
+            return Err(Error::invalid(
+                "page_size",
+                format!("must be at most {MAX_CHANGES_PAGE}"),
+            ));
+        }
+        n => n as u32,
+    };
+    if after_position < 0 {
+        return Err(Error::invalid("after_position", "must not be negative"));
+    }
+    Ok((after_position, page_size))
 }

@@ -11,8 +11,11 @@ use clerk_sync_api::{
         CheckPermissionRequest, CheckPermissionResponse, DenialReason, GetMembershipRequest,
         GetMembershipResponse, GetOrganizationRequest, GetOrganizationResponse, InvitationStatus,
         ListInvitationsRequest, ListInvitationsResponse, ListMembershipsRequest,
-        ListMembershipsResponse, ListOrganizationsRequest, ListOrganizationsResponse,
-        ListRolesRequest, ListRolesResponse, apply_organization_event_request::Event,
+        ListMembershipsResponse, ListOrganizationChangesRequest, ListOrganizationChangesResponse,
+        ListOrganizationsRequest, ListOrganizationsResponse, ListRolesRequest, ListRolesResponse,
+        WatchOrganizationsRequest, WatchOrganizationsResponse,
+        apply_organization_event_request::Event, watch_organizations_request,
+        watch_organizations_response, watch_users_request::Start,
     },
 };
 use serde_json::{Map, Value};
@@ -22,9 +25,11 @@ use crate::{
     auth::Caller,
     domain::{EventId, optional_time, page_size, parse_id, required_time, timestamp_from_millis},
     error::Error,
+    grpc::feed,
     store::{
-        INVITATION_PENDING, Invitation, MembersOf, Membership, Organization, OrganizationEvent,
-        Permission, Role, Store, StoredPermission,
+        FeedEntry, INVITATION_PENDING, Invitation, MembersOf, Membership, Organization,
+        OrganizationEvent, OrganizationFeedChange, Permission, Position, Role, Store,
+        StoredPermission,
     },
 };
 
@@ -43,6 +48,10 @@ pub(crate) struct OrganizationSyncService {
 #[derive(Clone, Debug)]
 pub(crate) struct OrganizationDirectoryService {
     pub(crate) store: Store,
+    /// Turns true when the server shuts down: ends the watchers.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// The watchers of this server, `WatchUsers`' and these alike.
+    pub(crate) watchers: std::sync::Arc<feed::Watchers>,
 }
 
 #[tonic::async_trait]
@@ -256,6 +265,142 @@ impl v1::organization_directory_service_server::OrganizationDirectoryService
             reason: reason.into(),
         }))
     }
+
+    type WatchOrganizationsStream = feed::WatchStream<WatchOrganizationsResponse>;
+
+    async fn watch_organizations(
+        &self,
+        request: Request<WatchOrganizationsRequest>,
+    ) -> Result<Response<Self::WatchOrganizationsStream>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        // Counted per token only once the token is known to be valid.
+        let token = private
+            .then(|| crate::auth::token_key(request.metadata()))
+            .flatten();
+        let start = feed::parse_start(request.into_inner().start.map(|start| match start {
+            watch_organizations_request::Start::AfterPosition(p) => Start::AfterPosition(p),
+            watch_organizations_request::Start::Now(()) => Start::Now(()),
+            watch_organizations_request::Start::Snapshot(()) => Start::Snapshot(()),
+        }))?;
+        let stream = feed::watch(
+            &self.store,
+            &self.stopping,
+            &self.watchers,
+            token,
+            start,
+            Organizations { private },
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_organization_changes(
+        &self,
+        request: Request<ListOrganizationChangesRequest>,
+    ) -> Result<Response<ListOrganizationChangesResponse>, Status> {
+        let private = Caller::of(&request).is_authenticated();
+        let request = request.into_inner();
+        let (after, page_size) =
+            feed::parse_changes_page(request.after_position, request.page_size)?;
+        let page = self
+            .store
+            .organization_changes_after(after, page_size, 0)
+            .await?;
+        Ok(Response::new(ListOrganizationChangesResponse {
+            changes: page
+                .entries
+                .into_iter()
+                .map(|entry| change_to_proto(entry, private))
+                .collect::<Result<_, _>>()?,
+            next_after_position: page.next_after,
+            has_more: page.has_more,
+        }))
+    }
+}
+
+/// The organizations' log, as `WatchOrganizations` sends it.
+struct Organizations {
+    /// Whether the caller may see private metadata.
+    private: bool,
+}
+
+impl feed::Feed for Organizations {
+    type Message = WatchOrganizationsResponse;
+
+    async fn read(
+        &self,
+        store: &Store,
+        after: Position,
+        limit: u32,
+        hide_deletions_through: Position,
+    ) -> Result<feed::MessagePage<WatchOrganizationsResponse>, Error> {
+        let page = store
+            .organization_changes_after(after, limit, hide_deletions_through)
+            .await?;
+        Ok(feed::MessagePage {
+            messages: page
+                .entries
+                .into_iter()
+                .map(|entry| {
+                    let position = entry.position;
+                    let change = change_to_proto(entry, self.private)?;
+                    Ok((
+                        position,
+                        WatchOrganizationsResponse {
+                            position,
+                            event: Some(watch_organizations_response::Event::Change(change)),
+                        },
+                    ))
+                })
+                .collect::<Result<_, Error>>()?,
+            next_after: page.next_after,
+            has_more: page.has_more,
+        })
+    }
+
+    fn caught_up(position: Position) -> WatchOrganizationsResponse {
+        WatchOrganizationsResponse {
+            position,
+            event: Some(watch_organizations_response::Event::CaughtUp(
+                v1::CaughtUp {},
+            )),
+        }
+    }
+}
+
+/// One entry of the organizations' log as the API shows it.
+fn change_to_proto(
+    entry: FeedEntry<OrganizationFeedChange>,
+    private: bool,
+) -> Result<v1::OrganizationChange, Error> {
+    use v1::organization_change::Change;
+    let change = match entry.change {
+        OrganizationFeedChange::Organization {
+            organization,
+            members_count,
+        } => Change::Organization(organization_to_proto(organization, members_count, private)?),
+        OrganizationFeedChange::OrganizationDeleted { id, deleted_at } => {
+            Change::OrganizationDeleted(v1::OrganizationDeletion {
+                id,
+                deleted_at: Some(timestamp_from_millis(deleted_at)),
+            })
+        }
+        OrganizationFeedChange::Membership(membership) => {
+            Change::Membership(membership_to_proto(membership, private)?)
+        }
+        OrganizationFeedChange::MembershipEnded(membership) => {
+            Change::MembershipDeleted(v1::MembershipDeletion {
+                deleted_at: membership.deleted_at.map(timestamp_from_millis),
+                id: membership.id,
+                organization_id: membership.organization_id,
+                user_id: membership.user_id,
+            })
+        }
+    };
+    Ok(v1::OrganizationChange {
+        position: entry.position,
+        change: Some(change),
+    })
 }
 
 /// Parses an ApplyOrganizationEvent request into its event id and event.

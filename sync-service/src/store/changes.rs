@@ -29,6 +29,10 @@
 //! far, so a reader resuming from before it (it could miss a deletion) is told
 //! to restart from a snapshot instead.
 //!
+//! The log has two tables: `user_changes`, here, and `organization_changes`
+//! (organizations and memberships; `organization_feed`), numbered by the one
+//! counter, each with its own pruning horizon.
+//!
 //! Reads of the counter and of the log happen in one snapshot (a REPEATABLE
 //! READ transaction on PostgreSQL, a read transaction in WAL mode on SQLite),
 //! so the position a page ends at never runs ahead of what the page saw.
@@ -44,7 +48,7 @@ use tokio::sync::watch;
 
 use super::{
     Store,
-    entity::{feed_head, user_changes, user_email_addresses, users},
+    entity::{feed_head, organization_changes, user_changes, user_email_addresses, users},
     rows::profile_from_row,
     script::Script,
 };
@@ -128,13 +132,14 @@ pub(super) fn record(
 /// A position in the change log. 0 is before the first change.
 pub type Position = i64;
 
-/// One entry of the change log.
+/// One entry of the change log: a user's (`C` = [`FeedChange`]) or an
+/// organization's or membership's.
 #[derive(Clone, Debug, PartialEq)]
-pub struct FeedEntry {
+pub struct FeedEntry<C = FeedChange> {
     /// Where the change sits in the log.
     pub position: Position,
-    /// The user's state after it.
-    pub change: FeedChange,
+    /// The object's state after it.
+    pub change: C,
 }
 
 /// What a change log entry says about its user.
@@ -153,9 +158,9 @@ pub enum FeedChange {
 
 /// One page of the change log.
 #[derive(Clone, Debug)]
-pub struct ChangePage {
+pub struct ChangePage<C = FeedChange> {
     /// Entries in position order.
-    pub entries: Vec<FeedEntry>,
+    pub entries: Vec<FeedEntry<C>>,
     /// Where the next read starts: the last entry's position while more
     /// follow, otherwise the log's head as of this read.
     pub next_after: Position,
@@ -233,7 +238,9 @@ impl Store {
         limit: u32,
         hide_deletions_through: Position,
     ) -> Result<ChangePage, Error> {
-        let read = self.begin_log_read(after, hide_deletions_through).await?;
+        let read = self
+            .begin_log_read(Log::Users, after, hide_deletions_through)
+            .await?;
         let mut rows = log_after(after, limit)
             .find_also_related(users::Entity)
             .all(&read.txn)
@@ -279,7 +286,7 @@ impl Store {
         after: Position,
         limit: u32,
     ) -> Result<ChangedKeys, Error> {
-        let read = self.begin_log_read(after, 0).await?;
+        let read = self.begin_log_read(Log::Users, after, 0).await?;
         let mut rows: Vec<(Position, String)> = log_after(after, limit)
             .select_only()
             .columns([user_changes::Column::Position, user_changes::Column::UserId])
@@ -317,10 +324,11 @@ impl Store {
         })
     }
 
-    /// Opens one snapshot for reading the log after `after`, once the log's
+    /// Opens one snapshot for reading `log` after `after`, once the log's
     /// head shows it can serve that reader (see [`Store::changes_after`]).
-    async fn begin_log_read(
+    pub(super) async fn begin_log_read(
         &self,
+        log: Log,
         after: Position,
         hide_deletions_through: Position,
     ) -> Result<LogRead<'_>, Error> {
@@ -339,12 +347,14 @@ impl Store {
                 head.position
             )));
         }
-        if after > 0 && after < head.pruned_through && head.pruned_through > hide_deletions_through
-        {
+        let pruned_through = match log {
+            Log::Users => head.pruned_through,
+            Log::Organizations => head.organizations_pruned_through,
+        };
+        if after > 0 && after < pruned_through && pruned_through > hide_deletions_through {
             return Err(Error::FailedPrecondition(format!(
                 "position {after} is older than the change log keeps: deletions up to position \
-                 {} were compacted away; restart from a snapshot",
-                head.pruned_through
+                 {pruned_through} were compacted away; restart from a snapshot"
             )));
         }
         Ok(LogRead {
@@ -354,37 +364,23 @@ impl Store {
         })
     }
 
-    /// Drops the deletion entries committed before `before` (local Unix
-    /// milliseconds) and raises the pruning horizon past them. Returns how
-    /// many were dropped. The tombstones themselves stay in `users`.
+    /// Drops the deletion entries (of users, organizations and memberships)
+    /// committed before `before` (local Unix milliseconds) and raises each
+    /// table's pruning horizon past them. Returns how many were dropped. The
+    /// tombstones themselves stay.
     pub async fn prune_deletions(&self, before: Millis) -> Result<u64, Error> {
         let txn = self.db.begin().await?;
-        let horizon: Option<i64> = user_changes::Entity::find()
-            .select_only()
-            .column_as(user_changes::Column::Position.max(), "horizon")
-            .filter(user_changes::Column::Deleted.eq(true))
-            .filter(user_changes::Column::ChangedAt.lt(before))
-            .into_tuple::<Option<i64>>()
-            .one(&txn)
-            .await?
-            .flatten();
-        let Some(horizon) = horizon else {
-            return Ok(0);
-        };
-        let dropped = user_changes::Entity::delete_many()
-            .filter(user_changes::Column::Deleted.eq(true))
-            .filter(user_changes::Column::Position.lte(horizon))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        feed_head::Entity::update_many()
-            .col_expr(feed_head::Column::PrunedThrough, Expr::value(horizon))
-            .filter(feed_head::Column::Id.eq(HEAD_ROW))
-            .filter(feed_head::Column::PrunedThrough.lt(horizon))
-            .exec(&txn)
-            .await?;
+        let users =
+            prune_table::<user_changes::Entity>(&txn, before, feed_head::Column::PrunedThrough)
+                .await?;
+        let organizations = prune_table::<organization_changes::Entity>(
+            &txn,
+            before,
+            feed_head::Column::OrganizationsPrunedThrough,
+        )
+        .await?;
         txn.commit().await?;
-        Ok(dropped)
+        Ok(users + organizations)
     }
 
     /// Rings the watchers of this process whenever the log's head moves,
@@ -426,12 +422,80 @@ impl Store {
     }
 }
 
+/// Which table of the log a reader follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Log {
+    /// `user_changes`.
+    Users,
+    /// `organization_changes`.
+    Organizations,
+}
+
 /// A read of the log in progress: its snapshot and its share of the pool.
-struct LogRead<'a> {
+pub(super) struct LogRead<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
-    txn: DatabaseTransaction,
+    pub(super) txn: DatabaseTransaction,
     /// The head row, read in `txn`.
-    head: feed_head::Model,
+    pub(super) head: feed_head::Model,
+}
+
+/// Drops `E`'s deletion entries committed before `before` and raises its
+/// horizon (`horizon`, a column of `feed_head`) past them; returns how many.
+/// `E` is a log table: `position`, `deleted` and `changed_at` columns.
+async fn prune_table<E: EntityTrait>(
+    txn: &DatabaseTransaction,
+    before: Millis,
+    horizon: feed_head::Column,
+) -> Result<u64, Error> {
+    let column = |name: &str| {
+        <E::Column as std::str::FromStr>::from_str(name)
+            .unwrap_or_else(|_| unreachable!("every log table has {name}"))
+    };
+    let (position, deleted) = (column("position"), column("deleted"));
+    let pruned: Option<i64> = E::find()
+        .select_only()
+        .column_as(position.max(), "horizon")
+        .filter(deleted.eq(true))
+        .filter(column("changed_at").lt(before))
+        .into_tuple::<Option<i64>>()
+        .one(txn)
+        .await?
+        .flatten();
+    let Some(pruned) = pruned else {
+        return Ok(0);
+    };
+    let dropped = E::delete_many()
+        .filter(deleted.eq(true))
+        .filter(position.lte(pruned))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    feed_head::Entity::update_many()
+        .col_expr(horizon, Expr::value(pruned))
+        .filter(feed_head::Column::Id.eq(HEAD_ROW))
+        .filter(horizon.lt(pruned))
+        .exec(txn)
+        .await?;
+    Ok(dropped)
+}
+
+/// Takes `count` positions for changes of the transaction `txn` as its
+/// last statement (the counter's row lock puts them in commit order; see the
+/// module doc) and returns the first; the others follow it.
+pub(super) async fn take_positions(
+    txn: &DatabaseTransaction,
+    count: usize,
+) -> Result<Position, DbErr> {
+    let count = count as i64;
+    feed_head::Entity::update_many()
+        .col_expr(
+            feed_head::Column::Position,
+            Expr::col(feed_head::Column::Position).add(count),
+        )
+        .filter(feed_head::Column::Id.eq(HEAD_ROW))
+        .exec(txn)
+        .await?;
+    Ok(head_row(txn).await?.position - count + 1)
 }
 
 /// The first `limit + 1` entries after `after`, in order (the extra one
@@ -445,7 +509,11 @@ fn log_after(after: Position, limit: u32) -> sea_orm::Select<user_changes::Entit
 
 /// Where the next read starts: the page's last position while more follow,
 /// otherwise the head the page was read at.
-fn page_end(last: Option<Position>, has_more: bool, head: &feed_head::Model) -> Position {
+pub(super) fn page_end(
+    last: Option<Position>,
+    has_more: bool,
+    head: &feed_head::Model,
+) -> Position {
     match last {
         Some(last) if has_more => last,
         _ => head.position,

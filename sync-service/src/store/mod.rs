@@ -9,6 +9,10 @@
 //! - `apply`: the write path, and how the sync semantics are made atomic on
 //!   both backends: deduplication by a ledger insert in the same transaction
 //!   as the change, last write wins and final deletes by conditional upserts;
+//! - `organizations`: organizations, memberships, invitations, roles and
+//!   permissions, applied and read, through `organization_feed` (their
+//!   entries in the change feed's log, in order) and `members` (the
+//!   live-membership rule);
 //! - `changes`: the change feed's log, kept in the writers' transactions, and
 //!   its reads;
 //! - `page`: ListUsers' typed query and its opaque page token;
@@ -23,6 +27,8 @@ mod apply;
 mod cache;
 mod changes;
 pub(crate) mod entity;
+mod members;
+mod organization_feed;
 mod organizations;
 mod page;
 mod prune;
@@ -49,6 +55,7 @@ pub use changes::{ChangePage, FeedChange, FeedEntry, Position};
 use clerk_sync_common::time::now_millis;
 use clerk_sync_migrations::{Migrator, MigratorTrait};
 use entity::users;
+pub(crate) use organization_feed::OrganizationFeedChange;
 pub(crate) use organizations::{
     INVITATION_PENDING, Invitation, MembersOf, Membership, Organization, OrganizationEvent,
     Permission, Role, StoredPermission,

@@ -20,7 +20,7 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
-    sea_query::{Expr, ExprTrait, OnConflict, Query},
+    sea_query::{Expr, ExprTrait, OnConflict},
 };
 
 use clerk_sync_common::time::now_millis;
@@ -32,6 +32,8 @@ use super::{
         organization_permissions as permissions, organization_roles as roles, organizations,
         processed_events as ledger, users,
     },
+    members::{deleted_users, live_memberships, members_counts},
+    organization_feed::{self, Logged},
 };
 use crate::{
     domain::{EventId, Outcome},
@@ -98,6 +100,18 @@ impl OrganizationEvent {
         }
     }
 
+    /// Whether it can change the organizations' change feed (organizations
+    /// and memberships are in it; invitations, roles and permissions not).
+    fn feeds(&self) -> bool {
+        matches!(
+            self,
+            Self::OrganizationUpserted(_)
+                | Self::OrganizationDeleted { .. }
+                | Self::MembershipUpserted(_)
+                | Self::MembershipDeleted { .. }
+        )
+    }
+
     /// The id of the row it is about.
     fn subject(&self) -> &str {
         match self {
@@ -142,6 +156,9 @@ impl Store {
         event: OrganizationEvent,
     ) -> Result<Outcome, Error> {
         let txn = self.db.begin().await?;
+        if event.feeds() {
+            organization_feed::lock_log(&txn).await?;
+        }
         let recorded = ledger::Entity::insert(ledger::ActiveModel {
             event_id: Set(event_id.as_str().to_owned()),
             user_id: Set(event.subject().to_owned()),
@@ -157,20 +174,21 @@ impl Store {
         if txn.execute(&recorded).await?.rows_affected() == 0 {
             return Ok(Outcome::Duplicate);
         }
+        let mut logged = Vec::new();
         let outcome = match event {
             OrganizationEvent::OrganizationUpserted(organization) => {
-                upsert_organization(&txn, organization).await?
+                upsert_organization(&txn, organization, &mut logged).await?
             }
             OrganizationEvent::OrganizationDeleted { id, deleted_at } => {
-                delete_organization(&txn, id, deleted_at).await?
+                delete_organization(&txn, id, deleted_at, &mut logged).await?
             }
             OrganizationEvent::MembershipUpserted(membership) => {
-                upsert_membership(&txn, membership).await?
+                upsert_membership(&txn, membership, &mut logged).await?
             }
             OrganizationEvent::MembershipDeleted {
                 membership,
                 deleted_at,
-            } => end_membership(&txn, membership, deleted_at).await?,
+            } => end_membership(&txn, membership, deleted_at, &mut logged).await?,
             OrganizationEvent::InvitationChanged(invitation) => {
                 upsert_invitation(&txn, invitation).await?
             }
@@ -223,7 +241,11 @@ impl Store {
                 .await?
             }
         };
+        organization_feed::record(&txn, &logged, now_millis()).await?;
         txn.commit().await?;
+        if !logged.is_empty() {
+            self.signal.ring();
+        }
         Ok(outcome)
     }
 
@@ -232,12 +254,9 @@ impl Store {
     pub async fn end_memberships_of(&self, users: &[&str]) -> Result<u64, Error> {
         let mut ended = 0;
         for chunk in users.chunks(1000) {
-            ended += end_memberships(
-                &self.db,
-                memberships::Column::UserId.is_in(chunk.iter().copied()),
-                now_millis(),
-            )
-            .await?;
+            ended += self
+                .end_memberships_where(memberships::Column::UserId.is_in(chunk.iter().copied()))
+                .await?;
         }
         Ok(ended)
     }
@@ -245,12 +264,26 @@ impl Store {
     /// Ends the live memberships of every deleted user (the sweep behind
     /// [`Store::end_memberships_of`]); returns how many.
     pub async fn end_memberships_of_deleted_users(&self) -> Result<u64, Error> {
-        end_memberships(
-            &self.db,
-            memberships::Column::UserId.in_subquery(deleted_users()),
-            now_millis(),
-        )
-        .await
+        self.end_memberships_where(memberships::Column::UserId.in_subquery(deleted_users()))
+            .await
+    }
+
+    /// Ends the live memberships `which` selects, in one transaction with
+    /// their change feed entries; returns how many.
+    async fn end_memberships_where(
+        &self,
+        which: impl sea_orm::sea_query::IntoCondition,
+    ) -> Result<u64, Error> {
+        let txn = self.db.begin().await?;
+        organization_feed::lock_log(&txn).await?;
+        let mut logged = Vec::new();
+        end_memberships(&txn, which, now_millis(), &mut logged).await?;
+        organization_feed::record(&txn, &logged, now_millis()).await?;
+        txn.commit().await?;
+        if !logged.is_empty() {
+            self.signal.ring();
+        }
+        Ok(logged.len() as u64)
     }
 
     /// The live organization with `id`, or the live one holding `slug`.
@@ -467,54 +500,18 @@ impl Store {
         })
     }
 
-    /// Live members of each of `organizations` (memberships not ended, whose
-    /// user is not deleted).
+    /// Live members of each of `organizations`; see [`members_counts`].
     async fn members_counts(&self, organizations: &[&str]) -> Result<HashMap<String, u64>, Error> {
-        if organizations.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let counts: Vec<(String, i64)> = live_memberships()
-            .select_only()
-            .column(memberships::Column::OrganizationId)
-            .column_as(memberships::Column::Id.count(), "members")
-            .filter(memberships::Column::OrganizationId.is_in(organizations.iter().copied()))
-            .group_by(memberships::Column::OrganizationId)
-            .into_tuple()
-            .all(&self.reads)
-            .await?;
-        Ok(counts
-            .into_iter()
-            .map(|(id, count)| (id, u64::try_from(count).unwrap_or(0)))
-            .collect())
+        members_counts(&self.reads, organizations).await
     }
 }
 
-/// Memberships not ended whose organization and user are not tombstones.
-fn live_memberships() -> sea_orm::Select<memberships::Entity> {
-    let deleted_organizations = Query::select()
-        .column(organizations::Column::Id)
-        .from(organizations::Entity)
-        .and_where(organizations::Column::DeletedAt.is_not_null())
-        .to_owned();
-    memberships::Entity::find()
-        .filter(memberships::Column::DeletedAt.is_null())
-        .filter(memberships::Column::UserId.not_in_subquery(deleted_users()))
-        .filter(memberships::Column::OrganizationId.not_in_subquery(deleted_organizations))
-}
-
-/// The ids of deleted users.
-fn deleted_users() -> sea_orm::sea_query::SelectStatement {
-    Query::select()
-        .column(users::Column::Id)
-        .from(users::Entity)
-        .and_where(users::Column::DeletedAt.is_not_null())
-        .to_owned()
-}
-
-/// Writes `organization` if it is new or newer than the stored one.
+/// Writes `organization` if it is new or newer than the stored one; then it
+/// and its memberships not ended (in that order) are `logged`.
 async fn upsert_organization(
     txn: &DatabaseTransaction,
     organization: Organization,
+    logged: &mut Vec<Logged>,
 ) -> Result<Outcome, Error> {
     let id = organization.id.clone();
     let written = organizations::ActiveModel::from(organization);
@@ -531,7 +528,23 @@ async fn upsert_organization(
         organizations::Column::CreatedAt,
         organizations::Column::UpdatedAt,
     ];
-    last_write_wins(txn, written, &id, organizations::Column::Id, &columns).await
+    let outcome = last_write_wins(txn, written, &id, organizations::Column::Id, &columns).await?;
+    if outcome == Outcome::Applied {
+        // Every membership not ended, a deleted user's too until it is ended:
+        // none may stay behind its organization.
+        let members: Vec<String> = memberships::Entity::find()
+            .select_only()
+            .column(memberships::Column::Id)
+            .filter(memberships::Column::OrganizationId.eq(id.as_str()))
+            .filter(memberships::Column::DeletedAt.is_null())
+            .order_by_asc(memberships::Column::Id)
+            .into_tuple()
+            .all(txn)
+            .await?;
+        logged.push(Logged::organization(&id, false));
+        logged.extend(members.into_iter().map(|id| Logged::membership(id, false)));
+    }
+    Ok(outcome)
 }
 
 /// Writes `row` (id `id`) over the stored one of `E` only if it is newer and
@@ -597,11 +610,13 @@ fn unchanged(deleted_at: Option<i64>) -> Outcome {
     }
 }
 
-/// Tombstones organization `id` (known or not) and ends its memberships.
+/// Tombstones organization `id` (known or not) and ends its memberships
+/// (`logged` after it).
 async fn delete_organization(
     txn: &DatabaseTransaction,
     id: String,
     deleted_at: i64,
+    logged: &mut Vec<Logged>,
 ) -> Result<Outcome, Error> {
     let tombstone = organizations::ActiveModel {
         id: Set(id.clone()),
@@ -640,10 +655,12 @@ async fn delete_organization(
     if txn.execute(&upsert).await?.rows_affected() == 0 {
         return Ok(Outcome::Deleted);
     }
+    logged.push(Logged::organization(&id, true));
     end_memberships(
         txn,
         memberships::Column::OrganizationId.eq(id.as_str()),
         deleted_at,
+        logged,
     )
     .await?;
     invitations::Entity::update_many()
@@ -784,17 +801,22 @@ async fn upsert_invitation(
     Ok(unchanged(stored.and_then(|stored| stored.deleted_at)))
 }
 
-/// Writes `membership` if it is new or newer than the stored one; a
-/// membership of a deleted organization or user is stored ended.
+/// Writes `membership` if it is new or newer than the stored one (`logged`
+/// if its organization is known); a membership of a deleted organization or
+/// user is stored ended.
 async fn upsert_membership(
     txn: &DatabaseTransaction,
     membership: Membership,
+    logged: &mut Vec<Logged>,
 ) -> Result<Outcome, Error> {
-    let organization_deleted = organizations::Entity::find_by_id(&membership.organization_id)
-        .filter(organizations::Column::DeletedAt.is_not_null())
-        .one(txn)
-        .await?
-        .is_some();
+    let organization: Option<Option<i64>> =
+        organizations::Entity::find_by_id(&membership.organization_id)
+            .select_only()
+            .column(organizations::Column::DeletedAt)
+            .into_tuple()
+            .one(txn)
+            .await?;
+    let organization_deleted = matches!(organization, Some(Some(_)));
     let user_deleted = users::Entity::find_by_id(&membership.user_id)
         .filter(users::Column::DeletedAt.is_not_null())
         .one(txn)
@@ -802,7 +824,7 @@ async fn upsert_membership(
         .is_some();
     if organization_deleted || user_deleted {
         let deleted_at = membership.updated_at;
-        end_membership(txn, membership, deleted_at).await?;
+        end_membership(txn, membership, deleted_at, logged).await?;
         return Ok(Outcome::Deleted);
     }
     let id = membership.id.clone();
@@ -819,17 +841,23 @@ async fn upsert_membership(
         memberships::Column::CreatedAt,
         memberships::Column::UpdatedAt,
     ];
-    last_write_wins(txn, written, &id, memberships::Column::Id, &columns).await
+    let outcome = last_write_wins(txn, written, &id, memberships::Column::Id, &columns).await?;
+    if outcome == Outcome::Applied && organization.is_some() {
+        logged.push(Logged::membership(id, false));
+    }
+    Ok(outcome)
 }
 
 /// Stores `membership` ended at `deleted_at`, its personal data erased,
 /// whatever its version (a deletion wins a tie: Clerk keeps the deleted
-/// membership's updated_at).
+/// membership's updated_at); `logged` if it was not ended already.
 async fn end_membership(
     txn: &DatabaseTransaction,
     membership: Membership,
     deleted_at: i64,
+    logged: &mut Vec<Logged>,
 ) -> Result<Outcome, Error> {
+    let id = membership.id.clone();
     let tombstone = memberships::ActiveModel {
         public_metadata: Set(EMPTY.to_owned()),
         private_metadata: Set(None),
@@ -852,34 +880,46 @@ async fn end_membership(
                 .to_owned(),
         )
         .into_query();
-    Ok(if txn.execute(&upsert).await?.rows_affected() > 0 {
-        Outcome::Applied
-    } else {
-        Outcome::Deleted
-    })
+    if txn.execute(&upsert).await?.rows_affected() == 0 {
+        return Ok(Outcome::Deleted);
+    }
+    logged.push(Logged::membership(id, true));
+    Ok(Outcome::Applied)
 }
 
 /// Ends the live memberships `which` selects at `deleted_at`, erasing their
-/// personal data; returns how many.
+/// personal data; each is `logged`.
 async fn end_memberships(
-    db: &impl ConnectionTrait,
+    txn: &DatabaseTransaction,
     which: impl sea_orm::sea_query::IntoCondition,
     deleted_at: i64,
-) -> Result<u64, Error> {
-    Ok(memberships::Entity::update_many()
-        .col_expr(memberships::Column::DeletedAt, Expr::value(deleted_at))
-        .col_expr(memberships::Column::PublicMetadata, Expr::value(EMPTY))
-        .col_expr(
-            memberships::Column::PrivateMetadata,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(memberships::Column::PublicUserData, Expr::value(EMPTY))
+    logged: &mut Vec<Logged>,
+) -> Result<(), Error> {
+    let ended: Vec<String> = memberships::Entity::find()
+        .select_only()
+        .column(memberships::Column::Id)
         .filter(
             Condition::all()
                 .add(which)
                 .add(memberships::Column::DeletedAt.is_null()),
         )
-        .exec(db)
-        .await?
-        .rows_affected)
+        .order_by_asc(memberships::Column::Id)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    for chunk in ended.chunks(1000) {
+        memberships::Entity::update_many()
+            .col_expr(memberships::Column::DeletedAt, Expr::value(deleted_at))
+            .col_expr(memberships::Column::PublicMetadata, Expr::value(EMPTY))
+            .col_expr(
+                memberships::Column::PrivateMetadata,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(memberships::Column::PublicUserData, Expr::value(EMPTY))
+            .filter(memberships::Column::Id.is_in(chunk.iter().map(String::as_str)))
+            .exec(txn)
+            .await?;
+    }
+    logged.extend(ended.into_iter().map(|id| Logged::membership(id, true)));
+    Ok(())
 }

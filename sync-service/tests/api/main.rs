@@ -21,6 +21,7 @@ mod grpcurl;
 mod helpers;
 mod hostile;
 mod metrics;
+mod organization_feed;
 mod organizations;
 mod outage;
 mod pools;

@@ -28,19 +28,19 @@ crate::on_both_backends!(
     roles_list_the_permissions_they_carry,
 );
 
-struct Clients {
-    sync: OrganizationSyncServiceClient<Channel>,
-    directory: OrganizationDirectoryServiceClient<Channel>,
+pub(crate) struct Clients {
+    pub(crate) sync: OrganizationSyncServiceClient<Channel>,
+    pub(crate) directory: OrganizationDirectoryServiceClient<Channel>,
 }
 
-fn clients(app: &TestApp) -> Clients {
+pub(crate) fn clients(app: &TestApp) -> Clients {
     Clients {
         sync: OrganizationSyncServiceClient::new(app.channel.clone()),
         directory: OrganizationDirectoryServiceClient::new(app.channel.clone()),
     }
 }
 
-fn organization(id: &str, name: &str, updated_at: i64) -> v1::Organization {
+pub(crate) fn organization(id: &str, name: &str, updated_at: i64) -> v1::Organization {
     v1::Organization {
         id: id.into(),
         name: name.into(),
@@ -61,7 +61,7 @@ fn organization(id: &str, name: &str, updated_at: i64) -> v1::Organization {
     }
 }
 
-fn membership(
+pub(crate) fn membership(
     id: &str,
     organization_id: &str,
     user_id: &str,
@@ -88,28 +88,28 @@ fn membership(
     }
 }
 
-fn upserted(event_id: &str, o: v1::Organization) -> Event {
+pub(crate) fn upserted(event_id: &str, o: v1::Organization) -> Event {
     Event::OrganizationUpserted(OrganizationUpserted {
         meta: Some(meta(event_id, 1_000)),
         organization: Some(o),
     })
 }
 
-fn joined(event_id: &str, m: v1::Membership) -> Event {
+pub(crate) fn joined(event_id: &str, m: v1::Membership) -> Event {
     Event::MembershipUpserted(MembershipUpserted {
         meta: Some(meta(event_id, 1_000)),
         membership: Some(m),
     })
 }
 
-fn left(event_id: &str, m: v1::Membership) -> Event {
+pub(crate) fn left(event_id: &str, m: v1::Membership) -> Event {
     Event::MembershipDeleted(MembershipDeleted {
         meta: Some(meta(event_id, 5_000)),
         membership: Some(m),
     })
 }
 
-async fn apply(clients: &Clients, event: Event) -> Outcome {
+pub(crate) async fn apply(clients: &Clients, event: Event) -> Outcome {
     clients
         .sync
         .clone()
@@ -120,7 +120,10 @@ async fn apply(clients: &Clients, event: Event) -> Outcome {
         .outcome()
 }
 
-async fn get_organization(clients: &Clients, id: &str) -> Result<v1::Organization, tonic::Status> {
+pub(crate) async fn get_organization(
+    clients: &Clients,
+    id: &str,
+) -> Result<v1::Organization, tonic::Status> {
     clients
         .directory
         .clone()
@@ -132,7 +135,7 @@ async fn get_organization(clients: &Clients, id: &str) -> Result<v1::Organizatio
         .map(|r| r.into_inner().organization.unwrap())
 }
 
-async fn get_membership(
+pub(crate) async fn get_membership(
     clients: &Clients,
     organization_id: &str,
     user_id: &str,
@@ -148,7 +151,7 @@ async fn get_membership(
         .map(|r| r.into_inner().membership.unwrap())
 }
 
-async fn check(
+pub(crate) async fn check(
     clients: &Clients,
     user_id: &str,
     organization_id: &str,

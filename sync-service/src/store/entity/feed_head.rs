@@ -11,8 +11,11 @@ pub(crate) struct Model {
     pub(crate) id: i32,
     /// The last position handed out.
     pub(crate) position: i64,
-    /// Deletion entries at or below this position may have been pruned.
+    /// Deletion entries of `user_changes` at or below this position may
+    /// have been pruned.
     pub(crate) pruned_through: i64,
+    /// The same for `organization_changes`.
+    pub(crate) organizations_pruned_through: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,7 @@
 //! sea-orm entities for the tables `clerk-sync-migrations` creates.
 
 pub(crate) mod feed_head;
+pub(crate) mod organization_changes;
 pub(crate) mod organization_invitations;
 pub(crate) mod organization_memberships;
 pub(crate) mod organization_permissions;
