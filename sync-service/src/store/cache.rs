@@ -1,7 +1,9 @@
-//! The read cache in front of `GetUser`, `BatchGetUsers` and
-//! `FindUserByEmail`: live users by id, and the owner of each verified
-//! address (lowercased) by address. A hot read then costs no database round
-//! trip. Absence is never cached: a miss always asks the database.
+//! The read cache in front of `GetUser`, `BatchGetUsers`, `FindUserByEmail`,
+//! `GetMembership` and `CheckPermission`: live users by id, the owner of
+//! each verified address (lowercased) by address, and each user's live
+//! memberships (all of them, so "no membership" is answered from memory
+//! too). A hot read then costs no database round trip. Absence of a user or
+//! an address is never cached: a miss always asks the database.
 //!
 //! # Coherence with this process's writes
 //!
@@ -37,6 +39,14 @@
 //! releases its stripes without knowing whether it committed; the change feed
 //! below then bounds how long a fill that raced it can last.)
 //!
+//! A user's memberships share the user's stripe. What can change them: a
+//! membership event (marks its user), a user's deletion (the batch marks the
+//! user; the memberships it ends afterwards mark the users again), and an
+//! organization's deletion, whose members are known only inside its
+//! transaction: it marks every stripe ([`ReadCache::begin_every_member_write`];
+//! organizations are deleted rarely). An organization's creation or change
+//! changes no membership's liveness.
+//!
 //! An address's owner can change without the cached owner being written: a
 //! newer user verifies it (that user's write invalidates the address: every
 //! verified address of an upserted profile is a key of the batch), or the
@@ -51,7 +61,10 @@
 //! learnt from the change feed: [`Store::follow_changes_into_cache`] reads
 //! the log past the last position it processed on every poll tick and
 //! invalidates each changed user (and the verified addresses of its current
-//! profile, as the email index holds them) under the same protocol. A
+//! profile, as the email index holds them) under the same protocol; the
+//! organizations' side of the log is followed alike, invalidating the
+//! memberships of each changed membership's user, and every user's
+//! memberships when an organization changed. A
 //! replica therefore serves another's commit at most one poll interval plus
 //! one log read late. It reads back its own commits too (their positions are
 //! known only inside the write path, and telling them apart by the head
@@ -67,11 +80,18 @@ use std::{
 
 use moka::sync::Cache;
 
-use super::{Position, Store, rows::email_key};
+use super::{Position, Store, entity::organization_memberships, rows::email_key};
 use crate::{
     domain::{Change, Event, Profile, UserId},
     error::Error,
 };
+
+/// A user's live memberships, as cached.
+pub(super) type Memberships = Arc<[organization_memberships::Model]>;
+
+/// Most memberships one user's cache entry holds; a user in more
+/// organizations is read from the database each time.
+pub(super) const MAX_CACHED_MEMBERSHIPS: usize = 1000;
 
 /// Fill-guard stripes: enough that unrelated keys rarely share one, few
 /// enough that a batch of writes marks them in microseconds.
@@ -90,11 +110,14 @@ pub(super) fn has_verified(user: &Profile, key: &str) -> bool {
         .any(|email| email.verified && email_key(&email.address) == key)
 }
 
-/// A key of either map, for picking its stripe.
-#[derive(Clone, Copy, Debug, Hash)]
+/// A key of any map, for picking its stripe. A user's memberships share
+/// the user's stripe, so a user's write covers both.
+#[derive(Clone, Copy, Debug)]
 enum Key<'a> {
     User(&'a UserId),
     Email(&'a str),
+    /// The memberships of the user with this id.
+    Member(&'a str),
 }
 
 /// One fill guard; see the module documentation.
@@ -106,12 +129,14 @@ struct Stripe {
     writing: u32,
 }
 
-/// The two maps and their fill guards.
+/// The maps and their fill guards.
 pub(super) struct ReadCache {
     /// Live users by id.
     users: Cache<UserId, Arc<Profile>>,
     /// The owner of each verified address, by [`email_key`].
     emails: Cache<String, UserId>,
+    /// Each user's live memberships, by user id.
+    memberships: Cache<String, Memberships>,
     /// The fill guards, [`STRIPES`] of them.
     stripes: Box<[Mutex<Stripe>]>,
     /// Picks a key's stripe.
@@ -123,6 +148,7 @@ impl std::fmt::Debug for ReadCache {
         f.debug_struct("ReadCache")
             .field("users", &self.users.entry_count())
             .field("emails", &self.emails.entry_count())
+            .field("memberships", &self.memberships.entry_count())
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +174,10 @@ impl ReadCache {
                 .max_capacity(capacity)
                 .time_to_live(TIME_TO_LIVE)
                 .build(),
+            memberships: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(TIME_TO_LIVE)
+                .build(),
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
         }
@@ -159,6 +189,24 @@ impl ReadCache {
 
     pub(super) fn email_owner(&self, key: &str) -> Option<UserId> {
         self.emails.get(key)
+    }
+
+    pub(super) fn memberships_of(&self, user_id: &str) -> Option<Memberships> {
+        self.memberships.get(user_id)
+    }
+
+    /// Notes the state of `user_id`'s memberships' stripe before a database
+    /// read.
+    pub(super) fn member_ticket(&self, user_id: &str) -> Ticket {
+        self.ticket(Key::Member(user_id))
+    }
+
+    /// Inserts the live memberships of `user_id`, read after `ticket`, under
+    /// the condition of [`ReadCache::fill_user`].
+    pub(super) fn fill_memberships(&self, ticket: Ticket, user_id: &str, memberships: Memberships) {
+        self.fill(ticket, || {
+            self.memberships.insert(user_id.to_owned(), memberships);
+        });
     }
 
     /// Drops the cached owner of the address `key`: it no longer owns it.
@@ -204,21 +252,81 @@ impl ReadCache {
             .filter(|email| email.verified)
             .map(|email| email_key(&email.address))
             .collect();
+        // A deleted user's memberships stop being live (their user's stripe
+        // is marked with the user's).
+        let members = events
+            .iter()
+            .filter(|event| matches!(event.change, Change::Delete { .. }))
+            .map(|event| event.user_id().as_str().to_owned())
+            .collect();
         let keys = (users.iter().map(Key::User)).chain(emails.iter().map(|key| Key::Email(key)));
-        let mut stripes: Vec<usize> = keys.map(|key| self.stripe_of(key)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        for &stripe in &stripes {
+        let stripes = keys.map(|key| self.stripe_of(key)).collect();
+        self.mark(WriteGuard {
+            cache: self,
+            users,
+            emails,
+            members,
+            every_member: false,
+            stripes,
+        })
+    }
+
+    /// Marks the memberships of `members` (user ids), which a write is about
+    /// to change, as [`ReadCache::begin_write`] does.
+    pub(super) fn begin_member_write(&self, members: Vec<String>) -> WriteGuard<'_> {
+        let stripes = members
+            .iter()
+            .map(|user_id| self.stripe_of(Key::Member(user_id)))
+            .collect();
+        self.mark(WriteGuard {
+            cache: self,
+            users: Vec::new(),
+            emails: Vec::new(),
+            members,
+            every_member: false,
+            stripes,
+        })
+    }
+
+    /// Marks everyone's memberships: for a write whose members are known only
+    /// inside its transaction (an organization's deletion).
+    pub(super) fn begin_every_member_write(&self) -> WriteGuard<'_> {
+        self.mark(WriteGuard {
+            cache: self,
+            users: Vec::new(),
+            emails: Vec::new(),
+            members: Vec::new(),
+            every_member: true,
+            stripes: (0..STRIPES).collect(),
+        })
+    }
+
+    /// Raises `writing` and bumps the generation of `guard`'s stripes (made
+    /// distinct here).
+    fn mark<'a>(&self, mut guard: WriteGuard<'a>) -> WriteGuard<'a> {
+        guard.stripes.sort_unstable();
+        guard.stripes.dedup();
+        for &stripe in &guard.stripes {
             let mut stripe = self.lock(stripe);
             stripe.writing += 1;
             stripe.generation += 1;
         }
-        WriteGuard {
-            cache: self,
-            users,
-            emails,
-            stripes,
+        guard
+    }
+
+    /// Invalidates the memberships of `members` (user ids) changed elsewhere.
+    fn invalidate_members(&self, members: &[String]) {
+        for user_id in members {
+            self.invalidate(Key::Member(user_id));
         }
+    }
+
+    /// Drops everyone's memberships and refuses every fill that began before.
+    fn invalidate_every_member(&self) {
+        for stripe in 0..STRIPES {
+            self.lock(stripe).generation += 1;
+        }
+        self.memberships.invalidate_all();
     }
 
     /// Invalidates what changes made elsewhere may have made stale: the
@@ -238,6 +346,7 @@ impl ReadCache {
         match key {
             Key::User(id) => self.users.invalidate(id),
             Key::Email(key) => self.emails.invalidate(key),
+            Key::Member(user_id) => self.memberships.invalidate(user_id),
         }
         stripe.generation += 1;
     }
@@ -251,6 +360,7 @@ impl ReadCache {
         }
         self.users.invalidate_all();
         self.emails.invalidate_all();
+        self.memberships.invalidate_all();
     }
 
     fn ticket(&self, key: Key<'_>) -> Ticket {
@@ -273,7 +383,12 @@ impl ReadCache {
     }
 
     fn stripe_of(&self, key: Key<'_>) -> usize {
-        (self.hasher.hash_one(key) % STRIPES as u64) as usize
+        let hash = match key {
+            Key::User(id) => self.hasher.hash_one(id.as_str()),
+            Key::Member(user_id) => self.hasher.hash_one(user_id),
+            Key::Email(address) => self.hasher.hash_one(("email", address)),
+        };
+        (hash % STRIPES as u64) as usize
     }
 
     /// A stripe's lock. A panic while holding it leaves consistent counters
@@ -292,7 +407,11 @@ pub(super) struct WriteGuard<'a> {
     cache: &'a ReadCache,
     users: Vec<UserId>,
     emails: Vec<String>,
-    /// The distinct stripes of `users` and `emails`.
+    /// The users whose memberships it may change.
+    members: Vec<String>,
+    /// Whether it may change anyone's memberships.
+    every_member: bool,
+    /// The distinct stripes of all of the above.
     stripes: Vec<usize>,
 }
 
@@ -303,6 +422,12 @@ impl Drop for WriteGuard<'_> {
         }
         for key in &self.emails {
             self.cache.emails.invalidate(key);
+        }
+        for user_id in &self.members {
+            self.cache.memberships.invalidate(user_id);
+        }
+        if self.every_member {
+            self.cache.memberships.invalidate_all();
         }
         for &stripe in &self.stripes {
             let mut stripe = self.cache.lock(stripe);
@@ -324,7 +449,8 @@ impl Store {
         let Some(cache) = self.cache.as_deref() else {
             return;
         };
-        let mut last = Some(from);
+        // How far each side of the log was read.
+        let mut last = (from, from);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -336,29 +462,34 @@ impl Store {
                     continue;
                 }
             };
-            last = match last {
-                Some(last) if last == head => Some(last),
-                Some(last) if last < head => match self.invalidate_changes_after(cache, last).await
-                {
-                    Ok(position) => Some(position),
-                    Err(error) => {
-                        tracing::debug!(%error, "read cache: cannot follow the change feed; dropping it");
-                        cache.invalidate_all();
-                        Some(head)
-                    }
-                },
+            if last.0 > head || last.1 > head {
                 // A log behind what was seen (the database was replaced):
                 // nothing cached can be trusted.
-                _ => {
+                cache.invalidate_all();
+                last = (head, head);
+                continue;
+            }
+            if last == (head, head) {
+                continue;
+            }
+            let followed = async {
+                let users = self.invalidate_changes_after(cache, last.0).await?;
+                let members = self.invalidate_member_changes_after(cache, last.1).await?;
+                Ok::<_, Error>((users, members))
+            };
+            last = match followed.await {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::debug!(%error, "read cache: cannot follow the change feed; dropping it");
                     cache.invalidate_all();
-                    Some(head)
+                    (head, head)
                 }
             };
         }
     }
 
-    /// Invalidates every change after `after`, page by page; returns the
-    /// position read up to.
+    /// Invalidates every user change after `after`, page by page; returns
+    /// the position read up to.
     async fn invalidate_changes_after(
         &self,
         cache: &ReadCache,
@@ -367,6 +498,27 @@ impl Store {
         loop {
             let page = self.changed_keys_after(after, FEED_PAGE).await?;
             cache.invalidate_changed(&page.users, &page.emails);
+            after = page.next_after;
+            if !page.has_more {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Invalidates the memberships every organization or membership change
+    /// after `after` may have changed; returns the position read up to.
+    async fn invalidate_member_changes_after(
+        &self,
+        cache: &ReadCache,
+        mut after: Position,
+    ) -> Result<Position, Error> {
+        loop {
+            let page = self.changed_members_after(after, FEED_PAGE).await?;
+            if page.organizations_changed {
+                cache.invalidate_every_member();
+            } else {
+                cache.invalidate_members(&page.members);
+            }
             after = page.next_after;
             if !page.has_more {
                 return Ok(after);

@@ -14,11 +14,11 @@
 //! and by the periodic sweep). Until then, reads skip memberships whose
 //! organization or user is a tombstone.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
@@ -27,6 +27,7 @@ use clerk_sync_common::time::now_millis;
 
 use super::{
     Store,
+    cache::{MAX_CACHED_MEMBERSHIPS, Memberships},
     entity::{
         organization_invitations as invitations, organization_memberships as memberships,
         organization_permissions as permissions, organization_roles as roles, organizations,
@@ -36,8 +37,9 @@ use super::{
     organization_feed::{self, Logged},
 };
 use crate::{
-    domain::{EventId, Outcome},
+    domain::{EventId, Outcome, UserId},
     error::Error,
+    metrics,
 };
 
 /// A stored organization.
@@ -155,6 +157,16 @@ impl Store {
         event_id: &EventId,
         event: OrganizationEvent,
     ) -> Result<Outcome, Error> {
+        // Marked before the transaction, invalidated after it (see the
+        // `cache` module).
+        let _writing = self.cache.as_deref().and_then(|cache| match &event {
+            OrganizationEvent::MembershipUpserted(membership)
+            | OrganizationEvent::MembershipDeleted { membership, .. } => {
+                Some(cache.begin_member_write(vec![membership.user_id.clone()]))
+            }
+            OrganizationEvent::OrganizationDeleted { .. } => Some(cache.begin_every_member_write()),
+            _ => None,
+        });
         let txn = self.db.begin().await?;
         if event.feeds() {
             organization_feed::lock_log(&txn).await?;
@@ -254,6 +266,9 @@ impl Store {
     pub async fn end_memberships_of(&self, users: &[&str]) -> Result<u64, Error> {
         let mut ended = 0;
         for chunk in users.chunks(1000) {
+            let _writing = self.cache.as_deref().map(|cache| {
+                cache.begin_member_write(chunk.iter().map(|&id| id.to_owned()).collect())
+            });
             ended += self
                 .end_memberships_where(memberships::Column::UserId.is_in(chunk.iter().copied()))
                 .await?;
@@ -264,6 +279,10 @@ impl Store {
     /// Ends the live memberships of every deleted user (the sweep behind
     /// [`Store::end_memberships_of`]); returns how many.
     pub async fn end_memberships_of_deleted_users(&self) -> Result<u64, Error> {
+        let _writing = self
+            .cache
+            .as_deref()
+            .map(|cache| cache.begin_every_member_write());
         self.end_memberships_where(memberships::Column::UserId.in_subquery(deleted_users()))
             .await
     }
@@ -338,23 +357,59 @@ impl Store {
             .collect())
     }
 
-    /// The live membership of `user_id` in `organization_id`.
+    /// The live membership of `user_id` in `organization_id`: from the
+    /// user's memberships in the read cache, or else the database.
     pub(crate) async fn get_membership(
         &self,
         organization_id: &str,
         user_id: &str,
     ) -> Result<Membership, Error> {
-        live_memberships()
-            .filter(memberships::Column::OrganizationId.eq(organization_id))
+        let found = match self.memberships_of(user_id).await? {
+            Some(all) => all
+                .iter()
+                .filter(|m| m.organization_id == organization_id)
+                .max_by_key(|m| m.updated_at)
+                .cloned(),
+            None => {
+                live_memberships()
+                    .filter(memberships::Column::OrganizationId.eq(organization_id))
+                    .filter(memberships::Column::UserId.eq(user_id))
+                    .order_by_desc(memberships::Column::UpdatedAt)
+                    .one(&self.reads)
+                    .await?
+            }
+        };
+        found.ok_or_else(|| {
+            Error::NotFound(format!(
+                "{user_id:?} has no membership in {organization_id:?}"
+            ))
+        })
+    }
+
+    /// Every live membership of `user_id`, through the read cache; `None`
+    /// when there is no cache or the user has too many to cache (then ask
+    /// the database for the one wanted).
+    async fn memberships_of(&self, user_id: &str) -> Result<Option<Memberships>, Error> {
+        let Some(cache) = self.cache.as_deref() else {
+            return Ok(None);
+        };
+        if let Some(all) = cache.memberships_of(user_id) {
+            metrics::record_user_cache("memberships", true);
+            return Ok(Some(all));
+        }
+        metrics::record_user_cache("memberships", false);
+        let ticket = cache.member_ticket(user_id);
+        let all = live_memberships()
             .filter(memberships::Column::UserId.eq(user_id))
-            .order_by_desc(memberships::Column::UpdatedAt)
-            .one(&self.reads)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "{user_id:?} has no membership in {organization_id:?}"
-                ))
-            })
+            .limit(MAX_CACHED_MEMBERSHIPS as u64 + 1)
+            .all(&self.reads)
+            .await?;
+        if all.len() > MAX_CACHED_MEMBERSHIPS {
+            return Ok(None);
+        }
+        let all: Memberships = all.into();
+        cache.fill_memberships(ticket, user_id, Arc::clone(&all));
+        Ok(Some(all))
     }
 
     /// Up to `limit` live memberships of `of` (with `role`, if given) after
@@ -462,25 +517,21 @@ impl Store {
         organization_id: &str,
         permission: &str,
     ) -> Result<Permission, Error> {
-        #[derive(FromQueryResult)]
-        struct Account {
-            banned: bool,
-            deleted_at: Option<i64>,
-        }
-        let account = users::Entity::find_by_id(user_id)
-            .select_only()
-            .column(users::Column::Banned)
-            .column(users::Column::DeletedAt)
-            .into_model::<Account>()
-            .one(&self.reads)
-            .await?;
-        match account {
-            Some(Account {
-                deleted_at: Some(_),
-                ..
-            }) => return Ok(Permission::UserDeleted),
-            Some(Account { banned: true, .. }) => return Ok(Permission::UserBanned),
-            _ => {}
+        // A live user from the cache; only one it does not hold (deleted, or
+        // not known yet: a membership may come first) costs a query.
+        let id = UserId::parse(user_id.to_owned(), "user_id")?;
+        match self.cached_user(&id).await? {
+            Some(user) if user.state.banned => return Ok(Permission::UserBanned),
+            Some(_) => {}
+            None => {
+                let deleted = users::Entity::find_by_id(user_id)
+                    .filter(users::Column::DeletedAt.is_not_null())
+                    .count(&self.reads)
+                    .await?;
+                if deleted > 0 {
+                    return Ok(Permission::UserDeleted);
+                }
+            }
         }
         let membership = match self.get_membership(organization_id, user_id).await {
             Ok(membership) => membership,

@@ -34,7 +34,7 @@ impl Store {
     }
 
     /// The live user with this id, from the cache or else the database.
-    async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+    pub(super) async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_user(id).await;
         };

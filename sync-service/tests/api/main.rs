@@ -24,6 +24,7 @@ mod metrics;
 mod organization_feed;
 mod organizations;
 mod outage;
+mod permission_cache;
 mod pools;
 mod properties;
 mod quarantine;
