@@ -15,7 +15,8 @@
 #   BENCH_USERS        4000   users per ingest run (each 1 create + BENCH_UPDATES updates)
 #   BENCH_UPDATES      4
 #   BENCH_CONNECTIONS  "32 256"
-#   BENCH_CALLS        20000  calls per query method
+#   BENCH_CALLS        20000  calls per query method (CheckPermission and
+#                      GetMembership over memberships seed-organizations made)
 #   BENCH_STORM_SECS   60     0 skips the storm
 #   BENCH_SCALE_USERS  1000000  users loaded for the scale figures (0 skips):
 #                      ingest, random GetUser / FindUserByEmail over all of
@@ -84,11 +85,11 @@ rss_mib() { # rss_mib PID WHEN FILE: peak RSS in MiB
   [[ -n $kib ]] && awk -v k="$kib" 'BEGIN { printf "%.0f", k / 1024 }' || echo "?"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "?" }'; }
-bench() { # bench LOGNAME ARGS…: runs clerk-sync-bench, keeps its output
+bench() { # [TOKEN=…] bench LOGNAME ARGS…: runs clerk-sync-bench (with the read token unless TOKEN is set), keeps its output
   local name=$1 log=$WORK/$1.log
   shift
   echo "== clerk-sync-bench $*" >&2
-  if ! timeout "$STEP_TIMEOUT" env SYNC_SERVICE_TOKEN="$READ_TOKEN" "$BIN/clerk-sync-bench" "$@" >"$log" 2>&1; then
+  if ! timeout "$STEP_TIMEOUT" env SYNC_SERVICE_TOKEN="${TOKEN:-$READ_TOKEN}" "$BIN/clerk-sync-bench" "$@" >"$log" 2>&1; then
     cat "$log" >&2
     echo "bench/run.sh: step $name failed" >&2
     exit 1
@@ -188,7 +189,11 @@ for backend in $BACKENDS; do
       "gateway $(rss_mib "$GATEWAY_PID" end "$log"), sync $(rss_mib "$SYNC_PID" end "$log")"
   done
 
-  for method in health get-user batch-get-users find-user-by-email list-users; do
+  # Organizations for CheckPermission / GetMembership: the first 4,000
+  # users become members of 20 organizations, half of them teachers.
+  TOKEN=$WRITE_TOKEN bench "$backend-seed-organizations" seed-organizations \
+    --sync-service-url "$SYNC" --organizations 20 --sample 4000
+  for method in health get-user batch-get-users find-user-by-email list-users check-permission get-membership; do
     bench "$backend-query-$method" query --sync-service-url "$SYNC" --method "$method" \
       --calls "$CALLS" --connections "$FIRST_C" --sample 4000 --server-pids "$SYNC_PID"
     log=$WORK/$backend-query-$method.log

@@ -22,8 +22,12 @@ pub enum Command {
     /// Post signed Clerk webhooks to a gateway, then (with
     /// --sync-service-url) verify the end state through the directory.
     Ingest(Box<IngestArgs>),
-    /// Drive the sync-service's UserDirectoryService (or its health check).
+    /// Drive the sync-service's UserDirectoryService, its
+    /// OrganizationDirectoryService's point reads, or its health check.
     Query(QueryArgs),
+    /// Put the directory's first users into organizations (through the
+    /// write role), for `query --method check-permission | get-membership`.
+    SeedOrganizations(SeedArgs),
     /// Start a bare hyper `200 {}` server and a no-op tonic server as child
     /// processes and measure them with the same load: the machine's ceiling.
     Baselines(BaselineArgs),
@@ -127,6 +131,11 @@ pub enum Method {
     FindUserByEmail,
     /// UserDirectoryService/ListUsers: the first page of --batch-size users.
     ListUsers,
+    /// OrganizationDirectoryService/CheckPermission of a random known member
+    /// in their organization (half of them hold the permission).
+    CheckPermission,
+    /// OrganizationDirectoryService/GetMembership of a random known member.
+    GetMembership,
     /// grpc.health.v1.Health/Check: the same server's near no-op call.
     Health,
 }
@@ -170,6 +179,26 @@ pub struct QueryArgs {
     /// Load settings.
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+/// `seed-organizations` settings.
+#[derive(Clone, Debug, Args)]
+pub struct SeedArgs {
+    /// The sync-service (plain http).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Uri,
+
+    /// Write token (sent as `authorization: Bearer …`).
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
+    pub token: Option<String>,
+
+    /// Organizations to create.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub organizations: u32,
+
+    /// Users to make members (the directory's first, one membership each).
+    #[arg(long, value_name = "N", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sample: u32,
 }
 
 /// `scan` settings.

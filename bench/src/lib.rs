@@ -4,7 +4,8 @@
 //! - [`phases::ingest`] signs unique Clerk events ([`plan`], [`signing`]),
 //!   posts them over keep-alive connections ([`load`]) and checks the end
 //!   state through the directory ([`verify`]);
-//! - [`phases::query`] drives the directory's RPCs;
+//! - [`phases::query`] drives the directory's RPCs, the organizations'
+//!   point reads over what [`organizations::seed`] put there;
 //! - [`phases::scan`] times a full ListUsers pass and [`phases::ready`] a
 //!   sync-service's start-up;
 //! - [`phases::baselines`] measures a bare hyper server and a no-op tonic
@@ -16,6 +17,7 @@ pub mod attack;
 pub mod baselines;
 pub mod cli;
 pub mod load;
+pub mod organizations;
 pub mod phases;
 pub mod plan;
 pub mod procstat;
@@ -55,6 +57,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             report.failures == 0
+        }
+        Command::SeedOrganizations(args) => {
+            organizations::seed(&args).await?;
+            true
         }
         Command::Baselines(args) => {
             let (http, grpc) = phases::baselines(&args).await?;

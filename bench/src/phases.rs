@@ -8,7 +8,9 @@ use std::{
 };
 
 use clerk_sync_api::v1::{
-    BatchGetUsersRequest, FindUserByEmailRequest, GetUserRequest, ListUsersRequest,
+    BatchGetUsersRequest, CheckPermissionRequest, FindUserByEmailRequest, GetMembershipRequest,
+    GetUserRequest, ListUsersRequest,
+    organization_directory_service_client::OrganizationDirectoryServiceClient,
     user_directory_service_client::UserDirectoryServiceClient,
 };
 use tonic::transport::Channel;
@@ -315,6 +317,8 @@ impl Iterator for StormLane {
 struct Known {
     ids: Vec<String>,
     emails: Vec<String>,
+    /// (user id, organization id) of known memberships.
+    memberships: Vec<(String, String)>,
 }
 
 async fn known_users(
@@ -327,12 +331,14 @@ async fn known_users(
         return Ok(Known {
             ids: (0..users).map(|n| user_id(run, n)).collect(),
             emails: (0..users).map(|n| user_email(run, n)).collect(),
+            memberships: Vec::new(),
         });
     }
     let mut client = UserDirectoryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let mut known = Known {
         ids: Vec::new(),
         emails: Vec::new(),
+        memberships: Vec::new(),
     };
     let mut page_token = String::new();
     while known.ids.len() < args.sample as usize {
@@ -387,22 +393,33 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
     for _ in 0..lanes {
         channels.push(target.connect().await?);
     }
-    let known = Arc::new(if args.method == Method::Health {
-        Known {
+    let known = Arc::new(match args.method {
+        Method::Health => Known {
             ids: Vec::new(),
             emails: Vec::new(),
-        }
-    } else {
-        known_users(args, &target, channels[0].clone()).await?
+            memberships: Vec::new(),
+        },
+        Method::CheckPermission | Method::GetMembership => Known {
+            ids: Vec::new(),
+            emails: Vec::new(),
+            memberships: crate::organizations::known_memberships(
+                &target,
+                channels[0].clone(),
+                args.sample,
+            )
+            .await?,
+        },
+        _ => known_users(args, &target, channels[0].clone()).await?,
     });
     let name = format!("{:?}", args.method);
     println!(
-        "query {name}: {} over {lanes} connections -> {} ({} known users)",
+        "query {name}: {} over {lanes} connections -> {} ({} known users, {} memberships)",
         args.load
             .duration
             .map_or(format!("{} calls", args.calls), |s| format!("{s} s")),
         target.url,
         known.ids.len(),
+        known.memberships.len(),
     );
     let directories: Vec<_> = channels
         .iter()
@@ -412,6 +429,10 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
         .iter()
         .map(|c| HealthClient::new(c.clone()))
         .collect();
+    let organizations: Vec<_> = channels
+        .iter()
+        .map(|c| OrganizationDirectoryServiceClient::new(c.clone()))
+        .collect();
     let method = args.method;
     let batch = args.batch_size as usize;
     let call = {
@@ -419,10 +440,14 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
         move |lane: usize, random: u64| {
             let mut directory = directories[lane].clone();
             let mut health = health[lane].clone();
+            let mut organizations = organizations[lane].clone();
             let target = target.clone();
             let known = Arc::clone(&known);
             async move {
                 let pick = |r: u64| &known.ids[(r % known.ids.len() as u64) as usize];
+                let member = |r: u64| {
+                    known.memberships[(r % known.memberships.len() as u64) as usize].clone()
+                };
                 match method {
                     Method::GetUser => directory
                         .get_user(target.request(GetUserRequest {
@@ -456,6 +481,27 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
                         }))
                         .await
                         .map(drop),
+                    Method::CheckPermission => {
+                        let (user_id, organization_id) = member(random);
+                        organizations
+                            .check_permission(target.request(CheckPermissionRequest {
+                                user_id,
+                                organization_id,
+                                permission: crate::organizations::PERMISSION.into(),
+                            }))
+                            .await
+                            .map(drop)
+                    }
+                    Method::GetMembership => {
+                        let (user_id, organization_id) = member(random);
+                        organizations
+                            .get_membership(target.request(GetMembershipRequest {
+                                organization_id,
+                                user_id,
+                            }))
+                            .await
+                            .map(drop)
+                    }
                     Method::Health => health
                         .check(HealthCheckRequest {
                             service: String::new(),
