@@ -46,9 +46,10 @@ export interface ConnectOptions {
    */
   caFile?: string;
   /**
-   * Default deadline of every call, in milliseconds; none by default (a
-   * WatchUsers stream runs for as long as it is read). A call's own
-   * `{ timeoutMs }` overrides it.
+   * Default deadline of every call, in milliseconds; none by default. A
+   * call's own `{ timeoutMs }` overrides it, and `{ timeoutMs: 0 }` means
+   * none: what a WatchUsers stream, which runs for as long as it is read,
+   * needs when a default is set.
    */
   timeoutMs?: number;
 }
