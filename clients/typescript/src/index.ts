@@ -16,6 +16,7 @@
  */
 
 import { readFileSync } from "node:fs";
+import type * as http2 from "node:http2";
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { UserDirectoryService } from "./gen/clerk/sync/v1/directory_pb.js";
@@ -79,7 +80,7 @@ export function connect(address: string, options: ConnectOptions = {}): SyncServ
   }
   const tls = options.caFile !== undefined;
   const baseUrl = `${tls ? "https" : "http"}://${address}`;
-  const sessionManager = new Http2SessionManager(
+  const sessionManager = new GoawaySafeSessionManager(
     baseUrl,
     {},
     tls ? { ca: readFileSync(options.caFile as string) } : {},
@@ -111,4 +112,33 @@ export function bearerToken(token: string): Interceptor {
     request.header.set("authorization", header);
     return next(request);
   };
+}
+
+/**
+ * Connect-ES's HTTP/2 session manager, with every connection it opens kept
+ * from crashing the process when it is torn down.
+ *
+ * A GOAWAY on an idle connection (a sync-service shutting down or restarting,
+ * a load balancer closing idle connections) makes the manager destroy it
+ * with an error that Node raises only once the socket has closed; if the
+ * manager has moved on by then (a new call reconnecting, or close()), nobody
+ * listens for that error and it becomes an uncaught exception
+ * (connectrpc/connect-es#1768, open for the versions supporting Node 20). A
+ * no-op listener for the connection's lifetime absorbs it: the manager's own
+ * listeners still see every error while they are attached.
+ */
+class GoawaySafeSessionManager extends Http2SessionManager {
+  private readonly guarded = new WeakSet<http2.Http2Session>();
+
+  override async request(
+    ...args: Parameters<Http2SessionManager["request"]>
+  ): Promise<http2.ClientHttp2Stream> {
+    const stream = await super.request(...args);
+    const session = stream.session;
+    if (session && !this.guarded.has(session)) {
+      this.guarded.add(session);
+      session.on("error", () => {});
+    }
+    return stream;
+  }
 }

@@ -246,3 +246,46 @@ test("without caFile or token: plaintext to a loopback sync-service without toke
 test("connect takes host:port, not a URL", () => {
   assert.throws(() => connect("https://127.0.0.1:50051"), /host:port/);
 });
+
+test("a sync-service restart: a stream ends UNAVAILABLE and resumes, an idle connection reconnects", async (t) => {
+  const service = await startSyncService(t, { secure: true });
+  const { writer, reader } = clients(t, service);
+  assert.equal(await create(writer, "msg_restart_1", user("user_ada", "ada@example.org", 1_700_000_007_000)), Outcome.APPLIED);
+  // These connections go idle after a call; the watcher keeps a stream open.
+  assert.equal((await reader.users.getUser({ id: "user_ada" })).user?.id, "user_ada");
+  const leaving = connect(service.address, { token: READ_TOKEN, caFile: service.caFile });
+  assert.equal((await leaving.users.getUser({ id: "user_ada" })).user?.id, "user_ada");
+  const watcher = connect(service.address, { token: READ_TOKEN, caFile: service.caFile });
+  t.after(() => watcher.close());
+  const feed = watcher.users.watchUsers({ start: { case: "now", value: {} } })[Symbol.asyncIterator]();
+  const caughtUp = await next(feed);
+  assert.equal(caughtUp.event.case, "caughtUp");
+
+  // The server's GOAWAY on shutdown: the stream ends UNAVAILABLE, and the
+  // idle connection's teardown must not surface as an uncaught exception
+  // (which node:test would pin on this test).
+  await service.stop();
+  // Closed right after the server's GOAWAY (a process shutting down with
+  // the sync-service): the connection's late teardown error must go nowhere.
+  leaving.close();
+  // A call right away finds the connection torn down and fails to reconnect.
+  const down = await failure(reader.users.getUser({ id: "user_ada" }));
+  assert.equal(down.code, Code.Unavailable, down.message);
+  const ended = await failure(feed.next());
+  assert.equal(ended.code, Code.Unavailable, ended.message);
+  await new Promise((done) => setTimeout(done, 500));
+
+  await service.restart();
+  assert.equal((await reader.users.getUser({ id: "user_ada" })).user?.id, "user_ada");
+  const resumed = watcher.users
+    .watchUsers({ start: { case: "afterPosition", value: caughtUp.position } }, { signal: AbortSignal.timeout(10_000) })
+    [Symbol.asyncIterator]();
+  const renamed = user("user_ada", "ada@example.org", 1_700_000_008_000, "Augusta");
+  const first = await next(resumed);
+  assert.equal(first.event.case, "caughtUp");
+  await writer.userSync.applyUserUpdated({ event: { meta: { eventId: "msg_restart_2", occurredAt: renamed.updatedAt }, user: renamed } });
+  const change = await next(resumed);
+  assert.equal(change.event.case, "user");
+  assert.equal(change.event.value.firstName, "Augusta");
+  await resumed.return?.();
+});

@@ -7,6 +7,7 @@
  * of the repository (`cargo build -p clerk-sync-service` first).
  */
 
+import assert from "node:assert/strict";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -69,6 +70,10 @@ export interface SyncService {
   caFile?: string;
   /** Its log lines so far (JSON), to show when something fails. */
   logs: string[];
+  /** Stops it (SIGTERM) and waits for a clean exit. */
+  stop(): Promise<void>;
+  /** Starts it again, stopped, on the same address and database. */
+  restart(): Promise<void>;
 }
 
 /**
@@ -96,23 +101,53 @@ export async function startSyncService(t: TestContext, { secure }: { secure: boo
     env.SYNC_SERVICE_WRITE_TOKENS = WRITE_TOKEN;
     env.SYNC_SERVICE_READ_TOKENS = READ_TOKEN;
   }
-  const child = spawn(serviceBinary(), args, { cwd: dir, env, stdio: ["ignore", "ignore", "pipe"] });
-  const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)));
+  const logs: string[] = [];
+  let running: Running | undefined;
+  const stop = async () => {
+    if (running === undefined) return;
+    const { child, exited } = running;
+    running = undefined;
+    if (child.exitCode === null) child.kill("SIGTERM");
+    const code = await exited;
+    if (code !== 0) {
+      throw new Error(`sync-service exited with ${code}:\n${logs.join("\n")}`);
+    }
+  };
   // One hook, so that the database outlives the process.
   t.after(async () => {
     try {
-      if (child.exitCode === null) child.kill("SIGTERM");
-      const code = await exited;
-      if (code !== 0) {
-        throw new Error(`sync-service exited with ${code}:\n${logs.join("\n")}`);
-      }
+      await stop();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
-  const logs: string[] = [];
-  const address = await listeningAddress(child, logs);
-  return { address, caFile, logs };
+  running = spawnService(dir, args, env, logs);
+  const address = await running.address;
+  return {
+    address,
+    caFile,
+    logs,
+    stop,
+    restart: async () => {
+      assert.equal(running, undefined, "restart() a stopped sync-service");
+      running = spawnService(dir, args, { ...env, SYNC_SERVICE_LISTEN_ADDR: address }, logs);
+      assert.equal(await running.address, address);
+    },
+  };
+}
+
+interface Running {
+  child: ChildProcess;
+  /** Its exit code. */
+  exited: Promise<number | null>;
+  /** Where it listens, once it does. */
+  address: Promise<string>;
+}
+
+function spawnService(dir: string, args: string[], env: NodeJS.ProcessEnv, logs: string[]): Running {
+  const child = spawn(serviceBinary(), args, { cwd: dir, env, stdio: ["ignore", "ignore", "pipe"] });
+  const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)));
+  return { child, exited, address: listeningAddress(child, logs) };
 }
 
 /** Reads the service's logs (and keeps reading them) until it says where it listens. */
