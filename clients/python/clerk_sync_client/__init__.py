@@ -23,6 +23,8 @@ try:
     from clerk.sync.v1 import (
         directory_pb2,
         directory_pb2_grpc,
+        organization_pb2,
+        organization_pb2_grpc,
         sync_pb2,
         sync_pb2_grpc,
         user_pb2,
@@ -38,6 +40,8 @@ __all__ = [
     "connect",
     "directory_pb2",
     "directory_pb2_grpc",
+    "organization_pb2",
+    "organization_pb2_grpc",
     "sync_pb2",
     "sync_pb2_grpc",
     "user_pb2",

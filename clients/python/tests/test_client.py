@@ -18,6 +18,8 @@ from clerk_sync_client import (
     connect,
     directory_pb2,
     directory_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
     sync_pb2,
     sync_pb2_grpc,
     user_pb2,
@@ -88,6 +90,93 @@ def test_list_users_pages_through_everyone_in_order(sync_service):
                 break
             request.page_token = page.next_page_token
         assert pages == [["user_0", "user_1"], ["user_2", "user_3"], ["user_4"]]
+
+
+def membership(member_id: str, user_id: str, role: str, permissions: list[str], updated_at_ms: int):
+    return organization_pb2.Membership(
+        id=member_id,
+        organization_id="org_riverside",
+        user_id=user_id,
+        role=role,
+        role_name=role.removeprefix("org:").title(),
+        permissions=permissions,
+        public_user_data=organization_pb2.PublicUserData(user_id=user_id, first_name="Ada"),
+        created_at=timestamp(1_700_000_000_000),
+        updated_at=timestamp(updated_at_ms),
+    )
+
+
+def test_memberships_are_listed_and_permissions_checked(sync_service):
+    with connect(sync_service.address) as channel:
+        writer = organization_pb2_grpc.OrganizationSyncServiceStub(channel)
+        directory = organization_pb2_grpc.OrganizationDirectoryServiceStub(channel)
+
+        def apply(event_id: str, **event) -> int:
+            meta = sync_pb2.EventMeta(event_id=event_id, occurred_at=timestamp(1_700_000_009_000))
+            (kind, message), = event.items()
+            message.meta.CopyFrom(meta)
+            request = organization_pb2.ApplyOrganizationEventRequest(**{kind: message})
+            return writer.ApplyOrganizationEvent(request, timeout=10).outcome
+
+        organization = organization_pb2.Organization(
+            id="org_riverside",
+            name="Riverside Music",
+            slug="riverside-music",
+            created_at=timestamp(1_700_000_000_000),
+            updated_at=timestamp(1_700_000_000_000),
+        )
+        assert apply(
+            "msg_py_org", organization_upserted=organization_pb2.OrganizationUpserted(organization=organization)
+        ) == sync_pb2.OUTCOME_APPLIED
+        teacher = membership("orgmem_ada", "user_ada", "org:teacher", ["org:courses:publish"], 1_700_000_001_000)
+        student = membership("orgmem_bob", "user_bob", "org:student", [], 1_700_000_001_000)
+        for event_id, member in (("msg_py_m1", teacher), ("msg_py_m2", student)):
+            upserted = organization_pb2.MembershipUpserted(membership=member)
+            assert apply(event_id, membership_upserted=upserted) == sync_pb2.OUTCOME_APPLIED
+
+        listed = directory.ListMemberships(
+            organization_pb2.ListMembershipsRequest(organization_id="org_riverside", page_size=1),
+            timeout=10,
+        )
+        assert [m.user_id for m in listed.memberships] == ["user_ada"]
+        rest = directory.ListMemberships(
+            organization_pb2.ListMembershipsRequest(
+                organization_id="org_riverside", page_size=1, page_token=listed.next_page_token
+            ),
+            timeout=10,
+        )
+        assert [(m.user_id, m.role) for m in rest.memberships] == [("user_bob", "org:student")]
+        assert rest.next_page_token == ""
+        teachers = directory.ListMemberships(
+            organization_pb2.ListMembershipsRequest(organization_id="org_riverside", role="org:teacher"),
+            timeout=10,
+        )
+        assert [m.permissions for m in teachers.memberships] == [["org:courses:publish"]]
+
+        def check(user_id: str):
+            return directory.CheckPermission(
+                organization_pb2.CheckPermissionRequest(
+                    user_id=user_id, organization_id="org_riverside", permission="org:courses:publish"
+                ),
+                timeout=10,
+            )
+
+        allowed = check("user_ada")
+        assert (allowed.allowed, allowed.role) == (True, "org:teacher")
+        denied = check("user_bob")
+        assert (denied.allowed, denied.reason) == (False, organization_pb2.DENIAL_REASON_ROLE_LACKS_PERMISSION)
+        assert check("user_nobody").reason == organization_pb2.DENIAL_REASON_NO_MEMBERSHIP
+        ended = organization_pb2.MembershipDeleted(membership=teacher)
+        assert apply("msg_py_m1_del", membership_deleted=ended) == sync_pb2.OUTCOME_APPLIED
+        assert check("user_ada").reason == organization_pb2.DENIAL_REASON_NO_MEMBERSHIP
+
+        with pytest.raises(grpc.RpcError) as error:
+            directory.CheckPermission(
+                organization_pb2.CheckPermissionRequest(user_id="user_ada", organization_id="org_riverside"),
+                timeout=10,
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "permission" in error.value.details()
 
 
 def test_errors_carry_their_grpc_codes(sync_service):
