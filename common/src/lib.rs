@@ -5,6 +5,7 @@
 //! - [`runtime`]: the shutdown signal, the log format, binding a listener
 //!   with its setting's name, and the Prometheus metrics endpoint.
 //! - [`settings`]: parsing secret settings without echoing them.
+//! - [`telemetry`]: OpenTelemetry traces, and their context across gRPC.
 //! - [`tls`]: reading the PEM files TLS settings name.
 //! - [`redact`]: URLs with their passwords masked, for logs and banners.
 //! - [`time`]: Unix milliseconds ⇄ protobuf `Timestamp`.
@@ -14,5 +15,6 @@ pub mod io;
 pub mod redact;
 pub mod runtime;
 pub mod settings;
+pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -12,7 +12,11 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
+
+use crate::telemetry::{self, Traces};
 
 /// Completes on the first Ctrl-C (SIGINT) or SIGTERM.
 ///
@@ -123,15 +127,32 @@ impl fmt::Display for LogFormat {
 }
 
 /// Sends structured logs to stderr in `format`, filtered by `RUST_LOG`
-/// (default `info`).
-pub fn init_tracing(format: LogFormat) {
+/// (default `info`), and the same spans as traces when the environment asks
+/// for them ([`crate::telemetry`], under `service_name`). Keep the returned
+/// handle until exit: dropping it flushes the traces. Must run inside a
+/// Tokio runtime, at start-up: a trace setting that cannot be used stops the
+/// process with one line naming it.
+pub fn init_tracing(format: LogFormat, service_name: &'static str) -> Option<Traces> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    if !telemetry::configured() {
+        registry.init();
+        return None;
+    }
+    match Traces::start(service_name) {
+        Ok((traces, layer)) => {
+            registry.with(layer).init();
+            Some(traces)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
     }
 }
 

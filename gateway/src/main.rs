@@ -15,7 +15,7 @@ use clerk_sync_gateway::{Config, backfill, config::Command, metrics, quarantine,
 async fn main() -> ExitCode {
     // Bad settings stop here, with clap's one-line message naming the setting.
     let mut config = Config::parse();
-    init_tracing(config.log_format);
+    let _traces = init_tracing(config.log_format, "clerk-sync-gateway");
 
     if let Some(Command::Backfill(command)) = &config.command {
         let out = &mut std::io::stdout();

@@ -115,7 +115,13 @@ impl App {
     #[tracing::instrument(
         name = "webhook",
         skip_all,
-        fields(event_id = field::Empty, event_type = field::Empty, user_id = field::Empty)
+        fields(
+            event_id = field::Empty,
+            event_type = field::Empty,
+            user_id = field::Empty,
+            status = field::Empty,
+            outcome = field::Empty,
+        )
     )]
     async fn webhook<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
     where
@@ -131,6 +137,7 @@ impl App {
             .await
             .unwrap_or_else(Error::into_response);
         metrics::record_webhook(event_type, response.status());
+        Span::current().record("status", response.status().as_u16());
         response
     }
 
@@ -189,11 +196,18 @@ impl App {
             .verify(&parts.headers, &body, SystemTime::now())
             .inspect_err(metrics::record_verification_failure)?;
         match pipeline::forward(&self.upstream, self.carriage, &body, &delivery, event_type).await {
-            Ok(None) => tracing::info!("event type not synced; acknowledged"),
+            Ok(None) => {
+                span.record("outcome", "not_synced");
+                tracing::info!("event type not synced; acknowledged");
+            }
             Ok(Some(outcome)) => {
+                span.record("outcome", outcome.as_str_name());
                 tracing::info!(outcome = outcome.as_str_name(), "event forwarded");
             }
-            Err(error) if error.is_poison() => self.quarantine(&delivery, &body, error).await?,
+            Err(error) if error.is_poison() => {
+                span.record("outcome", "quarantined");
+                self.quarantine(&delivery, &body, error).await?;
+            }
             Err(error) => return Err(error),
         }
         Ok(empty_json())

@@ -276,6 +276,8 @@ impl SyncService {
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
+        // The caller's span continues in the sync-service (when traced).
+        clerk_sync_common::telemetry::inject(request.metadata_mut());
         request
     }
 

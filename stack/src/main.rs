@@ -10,7 +10,7 @@ use clerk_sync_stack::StackConfig;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = StackConfig::parse();
-    init_tracing(config.log_format);
+    let _traces = init_tracing(config.log_format, "clerk-sync");
     match clerk_sync_stack::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

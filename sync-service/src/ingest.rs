@@ -6,7 +6,9 @@
 
 use std::{sync::Arc, time::Instant};
 
+use clerk_sync_common::telemetry;
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::{
     domain::{Event, Outcome},
@@ -19,6 +21,9 @@ use crate::{
 struct Job {
     event: Event,
     reply: oneshot::Sender<Result<Outcome, Error>>,
+    /// The request's span, when traced: its batch's commit is recorded under
+    /// the first one and linked from the others.
+    span: Option<tracing::Span>,
 }
 
 /// Sizing of the write path.
@@ -70,7 +75,11 @@ impl Ingestor {
         let _permit = self.pending.try_acquire().map_err(|_| Error::Overloaded)?;
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Job { event, reply })
+            .send(Job {
+                event,
+                reply,
+                span: telemetry::enabled().then(tracing::Span::current),
+            })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         outcome.await.map_err(|_| Error::ShuttingDown)?
@@ -88,10 +97,11 @@ async fn write_loop(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max
                 return;
             }
         }
+        let commit = commit_span(&jobs);
         let (events, replies): (Vec<Event>, Vec<_>) =
             jobs.drain(..).map(|job| (job.event, job.reply)).unzip();
         let started = Instant::now();
-        let outcomes = store.apply_batch(&events).await;
+        let outcomes = store.apply_batch(&events).instrument(commit).await;
         metrics::record_batch(&events, &outcomes, started.elapsed());
         tracing::debug!(events = events.len(), "batch committed");
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -99,4 +109,19 @@ async fn write_loop(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max
             let _ = reply.send(outcome);
         }
     }
+}
+
+/// The span of one batch's commit, when traced: a child of its first
+/// event's request, following from the others' (one trace per delivery,
+/// each linked to the commit it shared).
+fn commit_span(jobs: &[Job]) -> tracing::Span {
+    let mut spans = jobs.iter().filter_map(|job| job.span.as_ref());
+    let Some(first) = spans.next() else {
+        return tracing::Span::none();
+    };
+    let commit = tracing::info_span!(parent: first, "commit_batch", events = jobs.len());
+    for other in spans {
+        commit.follows_from(other);
+    }
+    commit
 }

@@ -12,7 +12,7 @@ use clerk_sync_service::{Config, config::Command, metrics};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    init_tracing(config.log_format);
+    let _traces = init_tracing(config.log_format, "clerk-sync-service");
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -12,6 +12,7 @@ use clerk_sync_api::v1::{
     user_directory_service_server::UserDirectoryServiceServer,
     user_sync_service_server::UserSyncServiceServer,
 };
+use clerk_sync_common::telemetry::GrpcSpanLayer;
 use tokio::net::TcpListener;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -187,10 +188,12 @@ pub async fn serve(
         builder = builder.tls_config(tls.timeout(limits.handshake_timeout))?;
     }
     // Call tracking first: a connection with any call in flight is not idle.
+    // The call's span next (when traced), so everything below runs in it.
     // Metrics next: calls the authentication layer refuses are counted too
     // (UNAUTHENTICATED, PERMISSION_DENIED).
     let server = builder
         .layer(CallTrackingLayer)
+        .layer(GrpcSpanLayer)
         .layer(metrics::GrpcMetricsLayer)
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)

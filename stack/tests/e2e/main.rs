@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod operability;
 mod organizations;
+mod traces;
 mod trust;
 
 use bytes::Bytes;

@@ -122,9 +122,11 @@ async fn both_services_count_deliveries_exactly(backend: Backend) {
 
 /// The `clerk-sync` binary on ports chosen by the system, over SQLite in a
 /// temporary directory, its stderr collected by a thread.
-struct StackProcess {
+pub(crate) struct StackProcess {
     child: Child,
-    gateway: SocketAddr,
+    pub(crate) gateway: SocketAddr,
+    /// The sync-service's gRPC address.
+    pub(crate) sync: SocketAddr,
     metrics: Vec<SocketAddr>,
     stderr: Option<JoinHandle<String>>,
     _dir: tempfile::TempDir,
@@ -147,9 +149,15 @@ fn stack_command(dir: &std::path::Path) -> Command {
 
 impl StackProcess {
     fn start(log_format: &str) -> Self {
+        Self::start_with(log_format, &[])
+    }
+
+    /// As [`StackProcess::start`], with more environment.
+    pub(crate) fn start_with(log_format: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = stack_command(dir.path())
             .env("LOG_FORMAT", log_format)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -162,13 +170,18 @@ impl StackProcess {
         });
         // The banner on stdout says where everything listens.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let (mut gateway, mut metrics) = (None, None);
-        while gateway.is_none() || metrics.is_none() {
+        let (mut gateway, mut sync, mut metrics) = (None, None, None);
+        while gateway.is_none() || sync.is_none() || metrics.is_none() {
             let mut line = String::new();
             assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "the stack exited");
             let line = line.trim();
             if let Some(url) = line.strip_prefix("webhooks: POST http://") {
                 gateway = Some(url.trim_end_matches("/clerk").parse().unwrap());
+            } else if let Some(command) = line.strip_prefix("queries:  grpcurl -plaintext ") {
+                sync = command
+                    .split_whitespace()
+                    .next()
+                    .map(|a| a.parse().unwrap());
             } else if let Some(urls) = line.strip_prefix("metrics:") {
                 metrics = Some(
                     urls.split_whitespace()
@@ -183,13 +196,14 @@ impl StackProcess {
         Self {
             child,
             gateway: gateway.unwrap(),
+            sync: sync.unwrap(),
             metrics: metrics.unwrap(),
             stderr: Some(stderr),
             _dir: dir,
         }
     }
 
-    async fn wait_until_ready(&self) {
+    pub(crate) async fn wait_until_ready(&self) {
         for _ in 0..200 {
             let mut stream = tokio::net::TcpStream::connect(self.gateway).await.unwrap();
             stream
@@ -207,7 +221,7 @@ impl StackProcess {
     }
 
     /// Stops the process with SIGTERM; returns everything it logged.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let killed = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

@@ -20,6 +20,7 @@ use clerk_sync_api::{
 };
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     auth::Caller,
@@ -61,10 +62,17 @@ impl v1::organization_sync_service_server::OrganizationSyncService for Organizat
         request: Request<ApplyOrganizationEventRequest>,
     ) -> Result<Response<ApplyOrganizationEventResponse>, Status> {
         let (event_id, event) = parse_event(request.into_inner(), self.store_private_metadata)?;
+        let span = tracing::info_span!(
+            "apply_organization_event",
+            event_id = event_id.as_str(),
+            outcome = tracing::field::Empty,
+        );
         let outcome = self
             .store
             .apply_organization_event(&event_id, event)
+            .instrument(span.clone())
             .await?;
+        span.record("outcome", tracing::field::debug(outcome));
         Ok(Response::new(ApplyOrganizationEventResponse {
             outcome: v1::Outcome::from(outcome).into(),
         }))
