@@ -405,11 +405,6 @@ impl FakeClerk {
         state.orgs.sort();
     }
 
-    /// The organization objects Clerk holds now.
-    pub(crate) fn orgs(&self) -> Orgs {
-        self.state.lock().unwrap().orgs.clone()
-    }
-
     /// Answers organization list request number `request` (from 1) with
     /// `fault`.
     pub(crate) fn fail_org_list(&self, request: u32, fault: Fault) {
