@@ -875,10 +875,10 @@ impl Backfill {
         };
         let kind = OrgKind::Memberships;
         let page = offset_listing::parse_page(&body, kind, u32::MAX).map_err(|source| {
-            BackfillError::OrganizationListing {
-                source,
-                resume: Resume::default(),
-            }
+            BackfillError::ReconcileClerk(ClerkApiError::InvalidAnswer {
+                path: "/v1/organizations/{organization_id}/memberships",
+                reason: source.to_string(),
+            })
         })?;
         let Some(raw) = page
             .items
