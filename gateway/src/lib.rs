@@ -22,7 +22,8 @@
 //! - [`config`]: the command line, assembled from each module's settings.
 //!
 //! And the `backfill` command, which fills the directory from Clerk itself:
-//! - [`backfill`]: list Clerk's users, apply them like webhooks, reconcile;
+//! - [`backfill`]: list Clerk's users, then its organizations, memberships,
+//!   invitations and roles, apply them like webhooks, reconcile;
 //!   its [`backfill::clerk_api`] is the Backend API client (paging,
 //!   throttling, retries).
 

@@ -1,13 +1,19 @@
 //! The part of Clerk's Backend API that backfill needs: listing users, a
 //! page at a time by the `starting_after` cursor, counting them, and asking
-//! for one user, with the secret key as a bearer token.
+//! for one user; listing organizations, memberships, invitations and roles
+//! a page at a time by `offset` ([`OrgKind`]), and asking for one
+//! organization, one role or a user's membership in an organization; all
+//! with the secret key as a bearer token.
 //!
 //! HTTP client: hyper-util's pooled client over hyper-rustls (rustls with
 //! ring, as tonic uses, and the system's trust store), the hyper stack the gateway already runs on, rather
 //! than a second HTTP stack such as reqwest. Throttling and faults are
 //! handled here, once: 429 waits what `Retry-After` says; 5xx answers,
 //! timeouts and network errors are retried a bounded number of times with
-//! doubling waits; 401/403 stop at once (a bad key does not get better).
+//! doubling waits; 401/403 stop at once (a bad key does not get better),
+//! except Clerk's `organization_not_enabled_in_instance` refusal, which is
+//! [`ClerkApiError::OrganizationsDisabled`]: the key is fine, the instance
+//! has no organizations.
 //! Every answer is read up to a bound ([`page_body_limit`] for a page of
 //! users): a larger one is an error, never retried.
 
@@ -54,9 +60,76 @@ impl fmt::Debug for SecretKey {
     }
 }
 
+/// The error code Clerk answers organization endpoints with (403) on an
+/// instance whose organizations feature is off.
+pub const ORGANIZATIONS_NOT_ENABLED: &str = "organization_not_enabled_in_instance";
+
+/// Clerk's organization lists: offset-paged, `{data, total_count}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrgKind {
+    /// `GET /v1/organization_roles`, each role with its permissions.
+    Roles,
+    /// `GET /v1/organizations`.
+    Organizations,
+    /// `GET /v1/organization_memberships`: every organization's, instance-wide.
+    Memberships,
+    /// `GET /v1/organization_invitations`: every organization's, any status.
+    Invitations,
+}
+
+impl OrgKind {
+    /// In the order a pass lists them: roles before the memberships that
+    /// name them, organizations before their memberships and invitations.
+    pub const ALL: [Self; 4] = [
+        Self::Roles,
+        Self::Organizations,
+        Self::Memberships,
+        Self::Invitations,
+    ];
+
+    /// The list endpoint.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Roles => "/v1/organization_roles",
+            Self::Organizations => "/v1/organizations",
+            Self::Memberships => "/v1/organization_memberships",
+            Self::Invitations => "/v1/organization_invitations",
+        }
+    }
+
+    /// What the objects are called in summaries and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Roles => "roles",
+            Self::Organizations => "organizations",
+            Self::Memberships => "memberships",
+            Self::Invitations => "invitations",
+        }
+    }
+}
+
+impl fmt::Display for OrgKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What can go wrong talking to Clerk.
 #[derive(Debug, thiserror::Error)]
 pub enum ClerkApiError {
+    /// The instance has organizations turned off: Clerk refuses every
+    /// organization endpoint (403 `organization_not_enabled_in_instance`).
+    #[error(
+        "Clerk answered {status} to {path}: organizations are not enabled on this instance{detail}"
+    )]
+    OrganizationsDisabled {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The request path (no query).
+        path: &'static str,
+        /// Clerk's own error message.
+        detail: String,
+    },
     /// 401/403: the key is wrong, revoked, or for another instance.
     #[error("Clerk refused the secret key ({0}): check CLERK_SECRET_KEY (the instance's sk_… key)")]
     Unauthorized(StatusCode),
@@ -173,10 +246,80 @@ impl ClerkApi {
     /// Clerk answers 404 (it has no such user).
     pub async fn get_user(&self, user_id: &str) -> Result<Option<Bytes>, ClerkApiError> {
         let path = format!("/v1/users/{}", percent_encode(user_id));
-        match self
-            .get_path("/v1/users/{user_id}", &path, "", MAX_OBJECT_BYTES)
+        self.get_found("/v1/users/{user_id}", &path, "", MAX_OBJECT_BYTES)
             .await
-        {
+    }
+
+    /// One page of `kind` in creation order from `offset`: the raw
+    /// `{data, total_count}` Clerk sent
+    /// (`GET /v1/organizations?limit=…&offset=…&order_by=+created_at`, …).
+    /// Oldest first, so objects created during the listing join its end.
+    pub async fn list_page(
+        &self,
+        kind: OrgKind,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Bytes, ClerkApiError> {
+        let query = format!("limit={limit}&offset={offset}&order_by=%2Bcreated_at");
+        self.get(kind.path(), &query, page_body_limit(limit)).await
+    }
+
+    /// One organization (`GET /v1/organizations/{id}`), or `None` on 404.
+    pub async fn get_organization(&self, id: &str) -> Result<Option<Bytes>, ClerkApiError> {
+        let path = format!("/v1/organizations/{}", percent_encode(id));
+        self.get_found(
+            "/v1/organizations/{organization_id}",
+            &path,
+            "",
+            MAX_OBJECT_BYTES,
+        )
+        .await
+    }
+
+    /// One role (`GET /v1/organization_roles/{id}`), or `None` on 404.
+    pub async fn get_role(&self, id: &str) -> Result<Option<Bytes>, ClerkApiError> {
+        let path = format!("/v1/organization_roles/{}", percent_encode(id));
+        self.get_found(
+            "/v1/organization_roles/{organization_role_id}",
+            &path,
+            "",
+            MAX_OBJECT_BYTES,
+        )
+        .await
+    }
+
+    /// The memberships of `user_id` in `organization_id`
+    /// (`GET /v1/organizations/{id}/memberships?user_id=…`): the raw
+    /// `{data, total_count}`, or `None` when Clerk has no such organization.
+    pub async fn memberships_of(
+        &self,
+        organization_id: &str,
+        user_id: &str,
+    ) -> Result<Option<Bytes>, ClerkApiError> {
+        const LIMIT: u32 = 10;
+        let path = format!(
+            "/v1/organizations/{}/memberships",
+            percent_encode(organization_id)
+        );
+        let query = format!("limit={LIMIT}&user_id={}", percent_encode(user_id));
+        self.get_found(
+            "/v1/organizations/{organization_id}/memberships",
+            &path,
+            &query,
+            page_body_limit(LIMIT),
+        )
+        .await
+    }
+
+    /// GETs `target?query`: the answer, or `None` when Clerk answers 404.
+    async fn get_found(
+        &self,
+        path: &'static str,
+        target: &str,
+        query: &str,
+        max_body: usize,
+    ) -> Result<Option<Bytes>, ClerkApiError> {
+        match self.get_path(path, target, query, max_body).await {
             Ok(body) => Ok(Some(body)),
             Err(ClerkApiError::Status {
                 status: StatusCode::NOT_FOUND,
@@ -240,6 +383,16 @@ impl ClerkApi {
             let failure = match answer.await {
                 Ok(Ok((status, headers, body))) => match status {
                     status if status.is_success() => return Ok(body),
+                    status
+                        if status.is_client_error()
+                            && clerk_code(&body).as_deref() == Some(ORGANIZATIONS_NOT_ENABLED) =>
+                    {
+                        return Err(ClerkApiError::OrganizationsDisabled {
+                            status,
+                            path,
+                            detail: clerk_message(&body),
+                        });
+                    }
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                         return Err(ClerkApiError::Unauthorized(status));
                     }
@@ -385,6 +538,24 @@ fn clerk_message(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// Clerk's error code from an error body (`{"errors":[{"code":…}]}`).
+fn clerk_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        code: Option<String>,
+    }
+    serde_json::from_slice::<Errors>(body)
+        .ok()?
+        .errors
+        .into_iter()
+        .next()?
+        .code
+}
+
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -448,5 +619,12 @@ mod tests {
             br#"{"errors":[{"message":"bad","long_message":"offset is invalid","code":"x"}]}"#;
         assert_eq!(clerk_message(body), ": offset is invalid");
         assert_eq!(clerk_message(b"<html>"), "");
+        assert_eq!(clerk_code(body).as_deref(), Some("x"));
+        let disabled = br#"{"errors":[{"message":"access denied","code":"organization_not_enabled_in_instance"}]}"#;
+        assert_eq!(
+            clerk_code(disabled).as_deref(),
+            Some(ORGANIZATIONS_NOT_ENABLED)
+        );
+        assert_eq!(clerk_code(b"<html>"), None);
     }
 }

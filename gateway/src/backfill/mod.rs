@@ -37,10 +37,19 @@
 //! the summary with its gRPC code, counted as rejected and skipped; a
 //! sync-service that is down or restarting (`UNAVAILABLE`, or `UNKNOWN` from
 //! a broken connection) is retried.
+//!
+//! After the users, a pass copies Clerk's roles, organizations, memberships
+//! and invitations ([`organizations`], judged by [`offset_listing`]), and
+//! with `--reconcile` tombstones what Clerk lost of them after the users'
+//! reconcile. An instance without organizations is reported, not an error.
 
 pub mod clerk_api;
 pub mod listing;
+pub mod offset_listing;
+pub mod organizations;
 pub mod passes;
+
+pub use organizations::{ObjectCounts, OrganizationsStatus, OrganizationsSummary, SkippedObject};
 
 use std::{
     collections::HashMap,
@@ -52,7 +61,9 @@ use std::{
 use clap::{Args, Subcommand};
 use clerk_sync_api::v1::{
     BatchGetUsersRequest, BeginPassRequest, EventMeta, ListUsersRequest, Outcome, PassCounts,
-    PassStatus, User, UserDeleted, user_directory_service_client::UserDirectoryServiceClient,
+    PassStatus, User, UserDeleted,
+    organization_directory_service_client::OrganizationDirectoryServiceClient,
+    user_directory_service_client::UserDirectoryServiceClient,
 };
 use clerk_sync_common::{
     settings::{MAX_SETTING_SECS, SecretParser},
@@ -73,8 +84,9 @@ use crate::{
     upstream::Upstream,
     verify::Delivery,
 };
-use clerk_api::{ClerkApi, ClerkApiError, SecretKey, backoff};
+use clerk_api::{ClerkApi, ClerkApiError, OrgKind, SecretKey, backoff};
 use listing::{Listing, ListingError};
+use offset_listing::PagingError;
 use passes::{Begun, Passes, Report};
 use tokio::sync::watch;
 
@@ -365,6 +377,15 @@ pub enum BackfillError {
         /// Where a rerun picks up.
         resume: Resume,
     },
+    /// Clerk's listing of organization objects cannot be trusted: nothing
+    /// was tombstoned.
+    #[error("{source}; nothing was tombstoned; {resume}")]
+    OrganizationListing {
+        /// What is wrong with it.
+        source: PagingError,
+        /// Where a rerun picks up.
+        resume: Resume,
+    },
     /// The sync-service failed for good.
     #[error("sync-service: {}; {resume}", crate::error::chain(source))]
     SyncService {
@@ -390,6 +411,24 @@ pub enum BackfillError {
         /// Local users the listing lacks.
         candidates: u64,
         /// Live users in the directory.
+        live: u64,
+        /// The allowed share.
+        share: Share,
+    },
+    /// Reconcile would tombstone more of one kind of organization object
+    /// than allowed.
+    #[error(
+        "reconcile would tombstone {candidates} of the directory's {live} {kind}, more than \
+         --max-tombstone-share ({share}) allows; nothing of them was tombstoned. Check that the \
+         key is the directory's instance and what Clerk lists, then rerun with --force if they \
+         are really gone"
+    )]
+    TooManyOrganizationTombstones {
+        /// Organizations, memberships or roles.
+        kind: OrgKind,
+        /// Local objects the listing lacks.
+        candidates: u64,
+        /// Live objects of the kind in the directory.
         live: u64,
         /// The allowed share.
         share: Share,
@@ -469,6 +508,8 @@ pub struct Summary {
     /// Whether the listing ran from the first user to its end and agreed
     /// with Clerk's count.
     pub complete: bool,
+    /// Organizations, memberships, invitations and roles.
+    pub organizations: OrganizationsSummary,
 }
 
 impl Summary {
@@ -534,7 +575,7 @@ impl fmt::Display for Summary {
                 write!(f, " and {more} more (see the log)")?;
             }
         }
-        Ok(())
+        self.organizations.write(f, self.dry_run)
     }
 }
 
@@ -746,6 +787,9 @@ struct Backfill {
     service: SyncService,
     /// Reads the directory for reconcile and dry runs.
     directory: UserDirectoryServiceClient<Channel>,
+    /// Reads the directory's organizations, memberships, invitations and
+    /// roles.
+    organization_directory: OrganizationDirectoryServiceClient<Channel>,
     args: BackfillArgs,
     /// What the sync-service takes: every user is readied as a webhook is.
     carriage: Carriage,
@@ -786,6 +830,7 @@ impl Backfill {
             api,
             upstream,
             directory: service.directory_client(),
+            organization_directory: OrganizationDirectoryServiceClient::new(service.channel()),
             service,
             args: args.clone(),
             // The sync-service's default message limit: a backfill has no
@@ -806,7 +851,8 @@ impl Backfill {
     }
 
     /// Lists Clerk's users after `resume_after` (from the first without)
-    /// and applies them; with `reconcile`, then tombstones what Clerk lost.
+    /// and applies them, then the organization objects; with `reconcile`,
+    /// then tombstones what Clerk lost of both.
     async fn pass<F: Future<Output = ()>>(
         &mut self,
         resume_after: Option<String>,
@@ -832,6 +878,7 @@ impl Backfill {
                 self.summary.complete = true;
             }
         }
+        let organizations = self.copy_organizations(shutdown).await?;
         if reconcile {
             self.reconcile(
                 &listing,
@@ -839,6 +886,10 @@ impl Backfill {
                 shutdown,
             )
             .await?;
+            if let Some(organizations) = &organizations {
+                self.reconcile_organizations(organizations, shutdown)
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -148,6 +148,11 @@ async fn backfill_fills_the_directory_and_reconcile_removes_what_clerk_lost(back
             missed_by_listing: 0,
             quarantined: 0,
             complete: true,
+            // This fake instance has organizations but none of them.
+            organizations: backfill::OrganizationsSummary {
+                status: backfill::OrganizationsStatus::Listed,
+                ..backfill::OrganizationsSummary::default()
+            },
         }
     );
     // Only the two tombstoned users were asked for by id.

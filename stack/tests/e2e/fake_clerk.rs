@@ -47,6 +47,45 @@ pub(crate) const DEEP_OFFSET: usize = 500;
 /// Changes the user list before the list request with this number is served.
 pub(crate) type Mutation = Box<dyn FnMut(&mut Vec<Value>) + Send>;
 
+/// The organization objects Clerk holds, each list in created_at order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Orgs {
+    pub(crate) organizations: Vec<Value>,
+    pub(crate) memberships: Vec<Value>,
+    pub(crate) invitations: Vec<Value>,
+    pub(crate) roles: Vec<Value>,
+}
+
+impl Orgs {
+    /// Deletes organization `id` as Clerk does: its memberships and
+    /// invitations go with it.
+    pub(crate) fn delete_organization(&mut self, id: &str) {
+        self.organizations.retain(|o| o["id"] != id);
+        self.memberships.retain(|m| m["organization"]["id"] != id);
+        self.invitations.retain(|i| i["organization_id"] != id);
+    }
+
+    fn sort(&mut self) {
+        for list in [
+            &mut self.organizations,
+            &mut self.memberships,
+            &mut self.invitations,
+            &mut self.roles,
+        ] {
+            list.sort_by_key(|o| {
+                (
+                    o["created_at"].as_i64(),
+                    o["id"].as_str().map(str::to_owned),
+                )
+            });
+        }
+    }
+}
+
+/// Changes the organization objects before the organization list request
+/// with this number is served.
+pub(crate) type OrgMutation = Box<dyn FnMut(&mut Orgs) + Send>;
+
 /// A served (or refused) list request.
 #[derive(Clone, Debug)]
 pub(crate) struct Served {
@@ -75,6 +114,18 @@ struct State {
     lookups: Vec<String>,
     /// How long each list request waits before it is answered.
     page_delay: Duration,
+    orgs: Orgs,
+    /// Organization list requests so far (they number the next two).
+    org_requests: u32,
+    org_faults: HashMap<u32, Fault>,
+    org_mutations: HashMap<u32, OrgMutation>,
+    /// Paths of the organization list requests, in order.
+    org_served: Vec<String>,
+    /// Organization objects asked for by id (`GET /v1/organizations/{id}`,
+    /// its memberships, `GET /v1/organization_roles/{id}`).
+    org_lookups: Vec<String>,
+    /// Whether the instance has organizations turned off.
+    organizations_disabled: bool,
 }
 
 /// The running fake.
@@ -122,6 +173,125 @@ pub(crate) fn clerk_user(id: &str, created_at: i64, updated_at: i64) -> Value {
     })
 }
 
+/// A Clerk organization object as the Backend API sends it.
+pub(crate) fn clerk_organization(id: &str, created_at: i64, updated_at: i64) -> Value {
+    json!({
+        "object": "organization",
+        "id": id,
+        "name": format!("Org {id} v{updated_at}"),
+        "slug": id.replace('_', "-"),
+        "image_url": "https://img.clerk.com/org",
+        "has_image": false,
+        "members_count": 99,
+        "pending_invitations_count": 0,
+        "max_allowed_memberships": 5,
+        "admin_delete_enabled": true,
+        "public_metadata": {"tier": "gold"},
+        "private_metadata": {"secret": id},
+        "created_by": "user_00000",
+        "created_at": created_at,
+        "updated_at": updated_at,
+    })
+}
+
+/// A membership of `user_id` in `organization_id` with `role`, as Clerk's
+/// instance-wide list sends it (the organization embedded).
+pub(crate) fn clerk_membership(
+    id: &str,
+    organization_id: &str,
+    user_id: &str,
+    role: &str,
+    created_at: i64,
+    updated_at: i64,
+) -> Value {
+    json!({
+        "object": "organization_membership",
+        "id": id,
+        "role": role,
+        "role_name": role.trim_start_matches("org:"),
+        "permissions": [format!("{role}:read")],
+        "public_metadata": {},
+        "private_metadata": {},
+        // Clerk's snapshot: its count and time are not the directory's.
+        "organization": clerk_organization(organization_id, 1, 1),
+        "public_user_data": {
+            "user_id": user_id,
+            "first_name": "Member",
+            "last_name": user_id,
+            "image_url": "https://img.clerk.com/u",
+            "has_image": false,
+            "identifier": format!("{user_id}@example.com"),
+        },
+        "created_at": created_at,
+        "updated_at": updated_at,
+    })
+}
+
+/// An invitation to `organization_id` in `status`, as Clerk lists it.
+pub(crate) fn clerk_invitation(
+    id: &str,
+    organization_id: &str,
+    status: &str,
+    created_at: i64,
+    updated_at: i64,
+) -> Value {
+    json!({
+        "object": "organization_invitation",
+        "id": id,
+        "email_address": format!("{id}@example.com"),
+        "role": "org:member",
+        "role_name": "Member",
+        "organization_id": organization_id,
+        "inviter_id": null,
+        "public_inviter_data": null,
+        "status": status,
+        "public_metadata": {},
+        "private_metadata": {},
+        "url": format!("https://accounts.example.com/accept?ticket={id}"),
+        "expires_at": created_at + 86_400_000,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "public_organization_data": {"id": organization_id, "name": "x", "slug": null,
+            "image_url": null, "has_image": false},
+    })
+}
+
+/// A role with `permissions` (keys), as Clerk lists it.
+pub(crate) fn clerk_role(
+    id: &str,
+    key: &str,
+    permissions: &[&str],
+    created_at: i64,
+    updated_at: i64,
+) -> Value {
+    let permissions: Vec<Value> = permissions
+        .iter()
+        .map(|key| {
+            json!({
+                "object": "permission",
+                "id": format!("perm_{}", key.replace(':', "_")),
+                "name": key,
+                "key": key,
+                "description": "",
+                "type": "user",
+                "created_at": created_at,
+                "updated_at": created_at,
+            })
+        })
+        .collect();
+    json!({
+        "object": "role",
+        "id": id,
+        "name": key.trim_start_matches("org:"),
+        "key": key,
+        "description": null,
+        "is_creator_eligible": true,
+        "permissions": permissions,
+        "created_at": created_at,
+        "updated_at": updated_at,
+    })
+}
+
 impl FakeClerk {
     pub(crate) async fn start(users: Vec<Value>) -> Self {
         let state = Arc::new(Mutex::new(State {
@@ -140,7 +310,8 @@ impl FakeClerk {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let state = state.clone();
                     async move {
-                        if request.uri().path() == "/v1/users" {
+                        let path = request.uri().path();
+                        if path == "/v1/users" || ORG_LISTS.contains(&path) {
                             let delay = state.lock().unwrap().page_delay;
                             tokio::time::sleep(delay).await;
                         }
@@ -226,6 +397,56 @@ impl FakeClerk {
         self.state.lock().unwrap().users.clone()
     }
 
+    /// Replaces the organization objects Clerk holds (kept in created_at
+    /// order).
+    pub(crate) fn change_orgs(&self, change: impl FnOnce(&mut Orgs)) {
+        let mut state = self.state.lock().unwrap();
+        change(&mut state.orgs);
+        state.orgs.sort();
+    }
+
+    /// Answers organization list request number `request` (from 1) with
+    /// `fault`.
+    pub(crate) fn fail_org_list(&self, request: u32, fault: Fault) {
+        self.state.lock().unwrap().org_faults.insert(request, fault);
+    }
+
+    /// Runs `mutation` on the organization objects before organization list
+    /// request `request`.
+    pub(crate) fn before_org_list(&self, request: u32, mutation: OrgMutation) {
+        self.state
+            .lock()
+            .unwrap()
+            .org_mutations
+            .insert(request, mutation);
+    }
+
+    /// Turns the instance's organizations off: every organization endpoint
+    /// answers 403 `organization_not_enabled_in_instance`.
+    pub(crate) fn disable_organizations(&self) {
+        self.state.lock().unwrap().organizations_disabled = true;
+    }
+
+    /// Paths of the organization list requests so far.
+    pub(crate) fn org_lists_served(&self) -> Vec<String> {
+        self.state.lock().unwrap().org_served.clone()
+    }
+
+    /// Organization objects asked for by id so far.
+    pub(crate) fn org_lookups(&self) -> Vec<String> {
+        self.state.lock().unwrap().org_lookups.clone()
+    }
+
+    /// Forgets the organization faults and counts their requests from 1.
+    pub(crate) fn reset_org_requests(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.org_requests = 0;
+        state.org_faults.clear();
+        state.org_mutations.clear();
+        state.org_served.clear();
+        state.org_lookups.clear();
+    }
+
     /// Forgets the faults and counts requests from 1 again.
     pub(crate) fn reset_requests(&self) {
         let mut state = self.state.lock().unwrap();
@@ -261,7 +482,11 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Byt
         .map(|(k, v)| (k.to_owned(), percent_decode(v)))
         .collect();
     let mut state = state.lock().unwrap();
-    match request.uri().path() {
+    let path = request.uri().path();
+    if path.starts_with("/v1/organization") {
+        return organizations(&mut state, path, &query);
+    }
+    match path {
         "/v1/users/count" => {
             let total = if state.counts.is_empty() {
                 (state.users.len() - listed_hidden(&state)) as u64
@@ -371,6 +596,140 @@ fn list(state: &mut State, query: &HashMap<String, String>) -> Response<Full<Byt
     };
     served(state, response.status());
     response
+}
+
+/// The organization list endpoints.
+const ORG_LISTS: [&str; 4] = [
+    "/v1/organizations",
+    "/v1/organization_memberships",
+    "/v1/organization_invitations",
+    "/v1/organization_roles",
+];
+
+/// Answers an organization endpoint.
+fn organizations(
+    state: &mut State,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Response<Full<Bytes>> {
+    if state.organizations_disabled {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"errors": [{
+                "message": "access denied",
+                "long_message": "The organizations feature is not enabled for this instance. You can enable it at https://dashboard.clerk.com.",
+                "code": "organization_not_enabled_in_instance"
+            }]}),
+        );
+    }
+    if ORG_LISTS.contains(&path) {
+        return org_list(state, path, query);
+    }
+    let segments: Vec<String> = path.split('/').skip(2).map(percent_decode).collect();
+    match segments.as_slice() {
+        [list, id] if list == "organizations" => {
+            state.org_lookups.push(id.clone());
+            match state
+                .orgs
+                .organizations
+                .iter()
+                .find(|o| o["id"] == *id.as_str())
+            {
+                Some(organization) => json_response(StatusCode::OK, organization.clone()),
+                None => not_found("organization"),
+            }
+        }
+        [list, id, memberships] if list == "organizations" && memberships == "memberships" => {
+            let user = query.get("user_id").cloned().unwrap_or_default();
+            state.org_lookups.push(format!("{id}/{user}"));
+            if !state
+                .orgs
+                .organizations
+                .iter()
+                .any(|o| o["id"] == *id.as_str())
+            {
+                return not_found("organization");
+            }
+            let data: Vec<Value> = state
+                .orgs
+                .memberships
+                .iter()
+                .filter(|m| m["organization"]["id"] == *id.as_str())
+                .filter(|m| user.is_empty() || m["public_user_data"]["user_id"] == *user.as_str())
+                .cloned()
+                .collect();
+            json_response(
+                StatusCode::OK,
+                json!({"data": data, "total_count": data.len()}),
+            )
+        }
+        [list, id] if list == "organization_roles" => {
+            state.org_lookups.push(id.clone());
+            match state.orgs.roles.iter().find(|r| r["id"] == *id.as_str()) {
+                Some(role) => json_response(StatusCode::OK, role.clone()),
+                None => not_found("role"),
+            }
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"errors": []})),
+    }
+}
+
+/// One offset page of an organization list, `{data, total_count}`.
+fn org_list(
+    state: &mut State,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Response<Full<Bytes>> {
+    assert_eq!(
+        query.get("order_by").map(String::as_str),
+        Some("+created_at")
+    );
+    let limit: usize = query["limit"].parse().unwrap();
+    assert!((1..=500).contains(&limit), "Clerk allows limit 1..=500");
+    let offset: usize = query.get("offset").map_or(0, |o| o.parse().unwrap());
+    state.org_requests += 1;
+    let number = state.org_requests;
+    if let Some(mut mutation) = state.org_mutations.remove(&number) {
+        mutation(&mut state.orgs);
+        state.orgs.sort();
+    }
+    state.org_served.push(path.to_owned());
+    let list = match path {
+        "/v1/organizations" => &state.orgs.organizations,
+        "/v1/organization_memberships" => &state.orgs.memberships,
+        "/v1/organization_invitations" => &state.orgs.invitations,
+        _ => &state.orgs.roles,
+    };
+    let mut page: Vec<Value> = list.iter().skip(offset).take(limit).cloned().collect();
+    let total_count = list.len();
+    match state.org_faults.get(&number).cloned() {
+        Some(Fault::Throttle(seconds)) => {
+            let mut response = clerk_error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.to_string().parse().unwrap());
+            response
+        }
+        Some(Fault::ServerError) => {
+            clerk_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+        }
+        Some(Fault::Body(bytes)) => {
+            let mut response = json_response(StatusCode::OK, Value::Null);
+            *response.body_mut() = Full::new(bytes);
+            response
+        }
+        Some(Fault::Truncate(n)) => {
+            page.truncate(n);
+            json_response(
+                StatusCode::OK,
+                json!({"data": page, "total_count": total_count}),
+            )
+        }
+        None => json_response(
+            StatusCode::OK,
+            json!({"data": page, "total_count": total_count}),
+        ),
+    }
 }
 
 fn percent_decode(text: &str) -> String {

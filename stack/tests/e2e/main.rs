@@ -1,8 +1,10 @@
 //! End-to-end: Clerk payloads signed by Svix's own library go through the real
 //! gateway and sync-service into SQLite or PostgreSQL, and are read back over
-//! gRPC; `operability` checks the metrics and logs of the same traffic.
+//! gRPC; `operability` checks the metrics and logs of the same traffic;
+//! `backfill*` fill the directory from a fake Clerk Backend API.
 
 mod backfill;
+mod backfill_organizations;
 mod backfill_safety;
 mod backfill_schedule;
 mod fake_clerk;
