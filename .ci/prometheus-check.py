@@ -16,10 +16,11 @@ Then, through Prometheus's HTTP API:
   variable query parses and returns data, except the ones in NO_DATA_EXPECTED;
 - every clerk_sync_* metric name the dashboard names is one the binaries
   expose (so `x or vector(0)` cannot hide a misspelt name);
-- every rule ops/alerts.yml names is loaded, and its expression parses.
+- every rule ops/alerts.yml names is loaded and evaluates without error, its
+  expression parses, and every clerk_sync_* name in it is exposed.
 
 Python 3 standard library only. Every process it starts is stopped at the end,
-whatever happens; the whole run is bounded (about 40 s on a 2-core machine).
+whatever happens; the whole run is bounded (about 15 s on a 2-core machine).
 
 Usage: .ci/prometheus-check.py --bin-dir target/debug [--prometheus prometheus]
 """
@@ -345,7 +346,7 @@ def check(args, work: Path, stack: Stack) -> list[str]:
     sync_port, sync_metrics, gw_port, gw_metrics, prom_port = (free_port() for _ in range(5))
     sync_url = f"http://127.0.0.1:{sync_port}"
     gateway_url = f"http://127.0.0.1:{gw_port}"
-    quiet = {"RUST_LOG": "warn", "LOG_FORMAT": "text"}
+    quiet = {"RUST_LOG": "warn", "LOG_FORMAT": "text", "NO_COLOR": "1"}
     gateway_env = {**quiet, "SYNC_SERVICE_URL": sync_url, "SYNC_SERVICE_TOKEN": write_token,
                    "CLERK_WEBHOOK_SECRET": secret}
 
@@ -489,7 +490,9 @@ def check(args, work: Path, stack: Stack) -> list[str]:
     # Prometheus refuses to start on a rules file it cannot load; what it
     # loaded must be every rule the file names, each evaluating cleanly, and
     # each expression (as Prometheus read it) must parse on its own too.
-    log("\nRules loaded from ops/alerts.yml (health after evaluation; expression parses):")
+    log("\nRules loaded from ops/alerts.yml (health after evaluation; expression parses; "
+        "metric names exposed):")
+    exposed = set(prom.api("label/__name__/values")["data"])
     groups = prom.api("rules")["data"]["groups"]
     loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
     for name in alerts:
@@ -502,12 +505,15 @@ def check(args, work: Path, stack: Stack) -> list[str]:
             problems.append(f"health {rule.get('health')} {rule.get('lastError', '')}".strip())
         if answer.get("status") != "success":
             problems.append(f"does not parse: {answer.get('error')}")
+        # A misspelt name parses and never fires: every name must be exposed.
+        unknown = sorted(set(re.findall(r"\bclerk_sync_\w+", rule["query"])) - exposed)
+        if unknown:
+            problems.append(f"names metrics the binaries do not expose: {', '.join(unknown)}")
         summary = "; ".join(problems) or (
             f"health ok, state {rule.get('state', '-')}, {len(answer['data']['result'])} series now")
         log(f"  {'FAIL' if problems else 'ok  '} {name}: {summary}")
         failures += [f"rule {name}: {problem}" for problem in problems]
 
-    exposed = set(prom.api("label/__name__/values")["data"])
     log(f"\nDashboard {DASHBOARD.relative_to(ROOT)} ({len(panels)} panel expressions, "
         f"{len(variable_queries)} variables; {', '.join(f'${k}={v}' for k, v in variables.items())}):")
     for title, expr in variable_queries + panels:
