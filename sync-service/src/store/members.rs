@@ -4,23 +4,42 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Query,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::{Expr, ExprTrait as _, Query},
 };
 
 use super::entity::{organization_memberships as memberships, organizations, users};
 use crate::error::Error;
 
 /// Memberships not ended whose organization and user are not tombstones.
+/// Each check is a correlated lookup by primary key (`NOT EXISTS`), so a
+/// read of one user's or one organization's memberships costs index
+/// lookups, never a scan of every tombstone.
 pub(super) fn live_memberships() -> sea_orm::Select<memberships::Entity> {
-    let deleted_organizations = Query::select()
-        .column(organizations::Column::Id)
+    let deleted_user = Query::select()
+        .expr(Expr::val(1))
+        .from(users::Entity)
+        .and_where(
+            Expr::col((users::Entity, users::Column::Id))
+                .equals((memberships::Entity, memberships::Column::UserId)),
+        )
+        .and_where(Expr::col((users::Entity, users::Column::DeletedAt)).is_not_null())
+        .to_owned();
+    let deleted_organization = Query::select()
+        .expr(Expr::val(1))
         .from(organizations::Entity)
-        .and_where(organizations::Column::DeletedAt.is_not_null())
+        .and_where(
+            Expr::col((organizations::Entity, organizations::Column::Id))
+                .equals((memberships::Entity, memberships::Column::OrganizationId)),
+        )
+        .and_where(
+            Expr::col((organizations::Entity, organizations::Column::DeletedAt)).is_not_null(),
+        )
         .to_owned();
     memberships::Entity::find()
         .filter(memberships::Column::DeletedAt.is_null())
-        .filter(memberships::Column::UserId.not_in_subquery(deleted_users()))
-        .filter(memberships::Column::OrganizationId.not_in_subquery(deleted_organizations))
+        .filter(Expr::exists(deleted_user).not())
+        .filter(Expr::exists(deleted_organization).not())
 }
 
 /// The ids of deleted users.
