@@ -195,7 +195,7 @@ for backend in $BACKENDS; do
     --sync-service-url "$SYNC" --organizations 20 --sample 4000
   for method in health get-user batch-get-users find-user-by-email list-users check-permission get-membership; do
     bench "$backend-query-$method" query --sync-service-url "$SYNC" --method "$method" \
-      --calls "$CALLS" --connections "$FIRST_C" --sample 4000 --server-pids "$SYNC_PID"
+      --calls "$CALLS" --connections "$FIRST_C" --sample 4000 --warm-up --server-pids "$SYNC_PID"
     log=$WORK/$backend-query-$method.log
     line=$(result "query " "$log")
     rate=$(field rate "$line")

@@ -176,6 +176,12 @@ pub struct QueryArgs {
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sample: u32,
 
+    /// Before measuring, call once per known key (user, address or
+    /// membership), untimed: the figures are then the warm read path's,
+    /// without the first read of each key.
+    #[arg(long)]
+    pub warm_up: bool,
+
     /// Load settings.
     #[command(flatten)]
     pub load: LoadArgs,

@@ -13,6 +13,7 @@ use clerk_sync_api::v1::{
     organization_directory_service_client::OrganizationDirectoryServiceClient,
     user_directory_service_client::UserDirectoryServiceClient,
 };
+use futures::StreamExt as _;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -411,6 +412,11 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
         },
         _ => known_users(args, &target, channels[0].clone()).await?,
     });
+    let keys = known
+        .ids
+        .len()
+        .max(known.emails.len())
+        .max(known.memberships.len());
     let name = format!("{:?}", args.method);
     println!(
         "query {name}: {} over {lanes} connections -> {} ({} known users, {} memberships)",
@@ -512,6 +518,14 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Report> {
             }
         }
     };
+    if args.warm_up {
+        // Key i is the i-th known one: every key is read once.
+        futures::stream::iter(0..keys)
+            .map(|i| call(i % lanes, i as u64))
+            .buffer_unordered(lanes)
+            .for_each(|_| async {})
+            .await;
+    }
     let progress = Progress::default();
     let middle = match args.load.duration {
         Some(seconds) => Middle::AfterTime(Duration::from_secs(seconds) / 2),
@@ -703,6 +717,7 @@ pub async fn baselines(args: &BaselineArgs) -> anyhow::Result<(Report, Report)> 
         run_id: None,
         users: None,
         sample: 1,
+        warm_up: false,
         load: LoadArgs {
             server_pids: vec![tonic.pid()],
             ..args.load.clone()

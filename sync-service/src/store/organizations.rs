@@ -365,11 +365,7 @@ impl Store {
         user_id: &str,
     ) -> Result<Membership, Error> {
         let found = match self.memberships_of(user_id).await? {
-            Some(all) => all
-                .iter()
-                .filter(|m| m.organization_id == organization_id)
-                .max_by_key(|m| m.updated_at)
-                .cloned(),
+            Some(all) => membership_in(&all, organization_id).cloned(),
             None => {
                 live_memberships()
                     .filter(memberships::Column::OrganizationId.eq(organization_id))
@@ -520,9 +516,9 @@ impl Store {
         // A live user from the cache; only one it does not hold (deleted, or
         // not known yet: a membership may come first) costs a query.
         let id = UserId::parse(user_id.to_owned(), "user_id")?;
-        match self.cached_user(&id).await? {
-            Some(user) if user.state.banned => return Ok(Permission::UserBanned),
-            Some(_) => {}
+        match self.live_user_banned(&id).await? {
+            Some(true) => return Ok(Permission::UserBanned),
+            Some(false) => {}
             None => {
                 let deleted = users::Entity::find_by_id(user_id)
                     .filter(users::Column::DeletedAt.is_not_null())
@@ -533,28 +529,46 @@ impl Store {
                 }
             }
         }
-        let membership = match self.get_membership(organization_id, user_id).await {
-            Ok(membership) => membership,
-            Err(Error::NotFound(_)) => return Ok(Permission::NoMembership),
-            Err(error) => return Err(error),
-        };
-        let permissions: Vec<String> = serde_json::from_str(&membership.permissions)
-            .map_err(|e| Error::Corrupt(format!("membership permissions: {e}")))?;
-        Ok(if permissions.iter().any(|p| p == permission) {
-            Permission::Allowed {
-                role: membership.role,
-            }
-        } else {
-            Permission::RoleLacks {
-                role: membership.role,
-            }
-        })
+        // The cached memberships are read in place, not copied.
+        if let Some(all) = self.memberships_of(user_id).await? {
+            return membership_in(&all, organization_id)
+                .map_or(Ok(Permission::NoMembership), |m| decide(m, permission));
+        }
+        match self.get_membership(organization_id, user_id).await {
+            Ok(membership) => decide(&membership, permission),
+            Err(Error::NotFound(_)) => Ok(Permission::NoMembership),
+            Err(error) => Err(error),
+        }
     }
 
     /// Live members of each of `organizations`; see [`members_counts`].
     async fn members_counts(&self, organizations: &[&str]) -> Result<HashMap<String, u64>, Error> {
         members_counts(&self.reads, organizations).await
     }
+}
+
+/// The membership in `organization_id` among a user's live `memberships`
+/// (the newest, should Clerk ever send two).
+fn membership_in<'a>(
+    memberships: &'a [Membership],
+    organization_id: &str,
+) -> Option<&'a Membership> {
+    memberships
+        .iter()
+        .filter(|m| m.organization_id == organization_id)
+        .max_by_key(|m| m.updated_at)
+}
+
+/// What `membership` allows of `permission`.
+fn decide(membership: &Membership, permission: &str) -> Result<Permission, Error> {
+    let permissions: Vec<String> = serde_json::from_str(&membership.permissions)
+        .map_err(|e| Error::Corrupt(format!("membership permissions: {e}")))?;
+    let role = membership.role.clone();
+    Ok(if permissions.iter().any(|p| p == permission) {
+        Permission::Allowed { role }
+    } else {
+        Permission::RoleLacks { role }
+    })
 }
 
 /// Writes `organization` if it is new or newer than the stored one; then it

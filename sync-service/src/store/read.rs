@@ -33,8 +33,18 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
     }
 
+    /// Whether the live user `id` is banned (`None`: no live user), from the
+    /// cache without copying the profile when it holds the user.
+    pub(super) async fn live_user_banned(&self, id: &UserId) -> Result<Option<bool>, Error> {
+        if let Some(user) = self.cache.as_deref().and_then(|cache| cache.user(id)) {
+            metrics::record_user_cache("id", true);
+            return Ok(Some(user.state.banned));
+        }
+        Ok(self.cached_user(id).await?.map(|user| user.state.banned))
+    }
+
     /// The live user with this id, from the cache or else the database.
-    pub(super) async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+    async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_user(id).await;
         };
