@@ -74,6 +74,36 @@ async fn deliver(app: &TestApp, case: u32, delivery: &Delivery) {
 /// Runs `cases` histories against `apps` (deliveries alternate between them,
 /// all at once) and checks each user ends as in-order delivery leaves it.
 async fn check(apps: &[&TestApp], cases: u32) {
+    run_cases(cases, histories(), async |case, (users, deliveries)| {
+        join_all(
+            deliveries
+                .iter()
+                .enumerate()
+                .map(|(i, delivery)| deliver(apps[i % apps.len()], case, delivery)),
+        )
+        .await;
+        for (u, &(versions, deleted)) in users.iter().enumerate() {
+            let id = format!("user_{case}_{u}");
+            let stored = apps[0].get(&id).await;
+            if deleted {
+                prop_assert_eq!(stored.map_err(|s| s.code()), Err(Code::NotFound));
+            } else {
+                let expected = user(&id, i64::from(versions) * 10);
+                prop_assert_eq!(stored.map_err(|s| s.code()), Ok(expected));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Runs `cases` cases drawn from `strategy` through the async `check`, on
+/// the test's runtime, each with its number: ids made from it are fresh, so
+/// one database serves every case. Panics with the failing (shrunk) case.
+fn run_cases<S: Strategy>(
+    cases: u32,
+    strategy: S,
+    check: impl AsyncFn(u32, S::Value) -> Result<(), TestCaseError>,
+) {
     let mut runner = TestRunner::new(ProptestConfig {
         cases,
         failure_persistence: None,
@@ -81,31 +111,9 @@ async fn check(apps: &[&TestApp], cases: u32) {
     });
     let handle = tokio::runtime::Handle::current();
     let counter = std::sync::atomic::AtomicU32::new(0);
-    let result = runner.run(&histories(), |(users, deliveries)| {
-        // Fresh user ids per case: one database serves every case.
+    let result = runner.run(&strategy, |value| {
         let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::block_in_place(|| {
-            handle.block_on(async {
-                join_all(
-                    deliveries
-                        .iter()
-                        .enumerate()
-                        .map(|(i, delivery)| deliver(apps[i % apps.len()], case, delivery)),
-                )
-                .await;
-                for (u, &(versions, deleted)) in users.iter().enumerate() {
-                    let id = format!("user_{case}_{u}");
-                    let stored = apps[0].get(&id).await;
-                    if deleted {
-                        prop_assert_eq!(stored.map_err(|s| s.code()), Err(Code::NotFound));
-                    } else {
-                        let expected = user(&id, i64::from(versions) * 10);
-                        prop_assert_eq!(stored.map_err(|s| s.code()), Ok(expected));
-                    }
-                }
-                Ok::<(), TestCaseError>(())
-            })
-        })
+        tokio::task::block_in_place(|| handle.block_on(check(case, value)))
     });
     if let Err(failure) = result {
         panic!("{failure}");
@@ -360,34 +368,22 @@ async fn check_organization(
 /// alternate between them, all at once), then checks each against the
 /// directory and the organizations' feed.
 async fn check_organizations(apps: &[&TestApp], cases: u32) {
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    let handle = tokio::runtime::Handle::current();
-    let counter = std::sync::atomic::AtomicU32::new(0);
     let c = clients(apps[0]);
     let mirror = tokio::sync::Mutex::new(OrganizationMirror::default());
-    let result = runner.run(&organization_histories(), |(history, deliveries)| {
-        // Fresh ids per case: one database serves every case.
-        let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::block_in_place(|| {
-            handle.block_on(async {
-                join_all(deliveries.iter().enumerate().map(|(i, &delivery)| {
-                    deliver_step(apps[i % apps.len()], case, &history, delivery)
-                }))
-                .await;
-                // The feed, read on from where the last case left it.
-                let mut mirror = mirror.lock().await;
-                mirror.catch_up(&c).await;
-                check_organization(&c, case, &history, &mirror).await
-            })
-        })
-    });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
+    run_cases(
+        cases,
+        organization_histories(),
+        async |case, (history, deliveries)| {
+            join_all(deliveries.iter().enumerate().map(|(i, &delivery)| {
+                deliver_step(apps[i % apps.len()], case, &history, delivery)
+            }))
+            .await;
+            // The feed, read on from where the last case left it.
+            let mut mirror = mirror.lock().await;
+            mirror.catch_up(&c).await;
+            check_organization(&c, case, &history, &mirror).await
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
