@@ -41,6 +41,11 @@ pub enum Command {
     /// (idle connections, declared-large streams, watchers that never read)
     /// and print the servers' memory.
     Attack(AttackArgs),
+    /// Hold change-feed watchers (some never reading) while another process
+    /// loads the deployment (`ingest --stamp-send-time`): delivery latency
+    /// from each webhook's send to its message on the stream, and the
+    /// servers' memory.
+    Watch(WatchArgs),
     /// Serve `200 {}` over HTTP/1.1 on 127.0.0.1:0; prints the address.
     #[command(hide = true)]
     ServeHyperBaseline,
@@ -101,6 +106,12 @@ pub struct IngestArgs {
     /// Seed of the random choices (deleted users, duplicates, order).
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,
+
+    /// Stamp each upsert with the time it is sent (Unix µs, in
+    /// `public_metadata.bench_sent_us`; signed when sent rather than up
+    /// front), for `watch` to time delivery through the change feed.
+    #[arg(long)]
+    pub stamp_send_time: bool,
 
     /// Run id in user ids (`user_bench_<RUN>_<n>`); default: from the clock,
     /// so every run has fresh users. Letters and digits only.
@@ -276,6 +287,40 @@ pub struct AttackArgs {
     pub settle: u64,
 
     /// Read token for `watchers` (sent as `authorization: Bearer …`).
+    #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
+    pub token: Option<String>,
+}
+
+/// `watch` settings.
+#[derive(Clone, Debug, Args)]
+pub struct WatchArgs {
+    /// The sync-service (plain http).
+    #[arg(long, value_name = "URL", value_parser = |s: &str| parse_http_url("--sync-service-url", s))]
+    pub sync_service_url: Uri,
+
+    /// WatchUsers streams to open, from now.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub count: u32,
+
+    /// How many of them never read (on connections with the smallest
+    /// HTTP/2 windows).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=50_000))]
+    pub idle: u32,
+
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold: u64,
+
+    /// End this many seconds after the last message (once one arrived).
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub quiet: u64,
+
+    /// Server process ids whose memory is sampled every second
+    /// (comma-separated).
+    #[arg(long, value_name = "PIDS", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub server_pids: Vec<u32>,
+
+    /// Read token (sent as `authorization: Bearer …`).
     #[arg(long, value_name = "TOKEN", env = "SYNC_SERVICE_TOKEN", hide_env_values = true, value_parser = SecretParser::new("--token (SYNC_SERVICE_TOKEN)", parse_token))]
     pub token: Option<String>,
 }

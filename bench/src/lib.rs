@@ -11,6 +11,8 @@
 //! - [`phases::baselines`] measures a bare hyper server and a no-op tonic
 //!   server ([`baselines`]), started as child processes, with the same load;
 //! - [`attack`] holds what a hostile client can against the gRPC port;
+//! - [`watch`] holds change-feed watchers while another process loads the
+//!   deployment, and times delivery from each webhook's send;
 //! - [`procstat`] reports peak RSS and CPU per request of server processes.
 
 pub mod attack;
@@ -25,6 +27,7 @@ pub mod signing;
 pub mod stats;
 pub mod target;
 pub mod verify;
+pub mod watch;
 
 use std::process::ExitCode;
 
@@ -81,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             held_off
         }
+        Command::Watch(args) => watch::watch(&args).await?,
         Command::ServeHyperBaseline => {
             baselines::serve_on_loopback(baselines::serve_hyper).await?;
             true

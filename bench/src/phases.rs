@@ -168,6 +168,53 @@ pub fn signed_lanes(
         .collect()
 }
 
+/// `plan`'s deliveries in lanes that stamp each with its send time and sign
+/// it as it is sent (see [`IngestArgs::stamp_send_time`]).
+fn stamped_lanes(
+    target: &WebhookTarget,
+    secret: &SigningSecret,
+    plan: &Plan,
+    connections: usize,
+) -> Vec<StampedLane> {
+    load::into_lanes(plan.deliveries.clone(), connections)
+        .into_iter()
+        .map(|deliveries| StampedLane {
+            deliveries: deliveries.into_iter(),
+            target: target.clone(),
+            secret: secret.clone(),
+        })
+        .collect()
+}
+
+/// A lane whose deliveries get their send time written in and their
+/// signature made when the lane sends them.
+struct StampedLane {
+    deliveries: std::vec::IntoIter<crate::plan::Delivery>,
+    target: WebhookTarget,
+    secret: SigningSecret,
+}
+
+impl Iterator for StampedLane {
+    type Item = HttpRequest;
+
+    fn next(&mut self) -> Option<HttpRequest> {
+        let mut delivery = self.deliveries.next()?;
+        // Deletions carry no placeholder: they are sent unstamped.
+        if let Some(offset) = crate::plan::stamp_offset(&delivery.body) {
+            let sent_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            crate::plan::stamp(&mut delivery.body, offset, sent_us);
+        }
+        Some(load::signed_request(
+            &self.target,
+            &self.secret,
+            load::unix_now(),
+            &delivery,
+        ))
+    }
+}
+
 /// `ingest`: posts the plan (or a storm), prints figures, verifies when asked.
 pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
     let target = WebhookTarget::resolve(&args.gateway_url).await?;
@@ -180,7 +227,11 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
     let watch = Watch::new(args.load.server_pids.clone())?;
     let run = args.run_id.clone().unwrap_or_else(clock_run_id);
     let connections = args.load.connections as usize;
-    let factory = EventFactory::new();
+    let factory = if args.stamp_send_time {
+        EventFactory::stamped()
+    } else {
+        EventFactory::new()
+    };
     let progress = Progress::default();
 
     if let Some(seconds) = args.load.duration {
@@ -231,7 +282,17 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
         if args.shuffle { "shuffled" } else { "in order" },
         target.address,
     );
-    let lanes = signed_lanes(&target, &args.webhook_secret, &plan, connections);
+    let lanes: Vec<Box<dyn Iterator<Item = HttpRequest> + Send>> = if args.stamp_send_time {
+        stamped_lanes(&target, &args.webhook_secret, &plan, connections)
+            .into_iter()
+            .map(|lane| Box::new(lane) as _)
+            .collect()
+    } else {
+        signed_lanes(&target, &args.webhook_secret, &plan, connections)
+            .into_iter()
+            .map(|lane| Box::new(lane) as _)
+            .collect()
+    };
     let total = plan.deliveries.len() as u64;
     let report = measured(
         &watch,

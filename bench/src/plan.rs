@@ -13,6 +13,13 @@ use serde_json::Value;
 /// `updated_at` of version 0, in Unix milliseconds (the fixture's own).
 pub const BASE_MS: i64 = 1_654_012_591_835;
 
+/// The `public_metadata` key a stamped event carries its send time in
+/// (Unix microseconds, 16 digits, as a string): it comes back in the change
+/// feed, for `watch` to time the delivery.
+pub const SENT_US_KEY: &str = "bench_sent_us";
+/// What the send time replaces in a stamped body: as wide as the time.
+pub const SENT_US_PLACEHOLDER: &str = "################";
+
 /// What to send.
 #[derive(Clone, Debug)]
 pub struct PlanSpec {
@@ -90,6 +97,8 @@ pub fn user_email(run: &str, n: usize) -> String {
 #[derive(Clone, Debug)]
 pub struct EventFactory {
     fixture: Value,
+    /// Whether upserts carry [`SENT_US_PLACEHOLDER`] for a send time.
+    stamped: bool,
 }
 
 impl Default for EventFactory {
@@ -104,7 +113,20 @@ impl EventFactory {
         let fixture =
             serde_json::from_str(include_str!("../../tests/fixtures/clerk/user.created.json"))
                 .expect("the fixture is JSON");
-        Self { fixture }
+        Self {
+            fixture,
+            stamped: false,
+        }
+    }
+
+    /// A factory whose upserts carry a send-time placeholder in
+    /// `public_metadata` ([`SENT_US_KEY`]), to fill in with [`stamp`] just
+    /// before sending.
+    pub fn stamped() -> Self {
+        Self {
+            stamped: true,
+            ..Self::new()
+        }
     }
 
     /// Version `version` of user `n`: `user.created` for 0, else `user.updated`.
@@ -124,6 +146,9 @@ impl EventFactory {
         data["updated_at"] = updated_at.into();
         data["first_name"] = format!("v{version}").into();
         data["external_id"] = format!("bench-{n}").into();
+        if self.stamped {
+            data["public_metadata"] = serde_json::json!({ SENT_US_KEY: SENT_US_PLACEHOLDER });
+        }
         let email_id = format!("idn_bench_{run}_{n:06}");
         data["primary_email_address_id"] = email_id.clone().into();
         data["email_addresses"][0]["id"] = email_id.into();
@@ -147,6 +172,18 @@ impl EventFactory {
             body: serde_json::to_vec(&event).expect("JSON"),
         }
     }
+}
+
+/// Where `body` holds the send-time placeholder, if it does.
+pub fn stamp_offset(body: &[u8]) -> Option<usize> {
+    body.windows(SENT_US_PLACEHOLDER.len())
+        .position(|window| window == SENT_US_PLACEHOLDER.as_bytes())
+}
+
+/// Writes `sent_us` (Unix microseconds) over the placeholder at `offset`.
+pub fn stamp(body: &mut [u8], offset: usize, sent_us: u64) {
+    let digits = format!("{sent_us:016}");
+    body[offset..offset + SENT_US_PLACEHOLDER.len()].copy_from_slice(digits.as_bytes());
 }
 
 /// `updated_at` of a version, Unix milliseconds.
@@ -359,6 +396,21 @@ mod tests {
         assert_eq!(ordered.expected, shuffled.expected);
         let again = Plan::new(&shuffled_spec, &EventFactory::new());
         assert_eq!(again.deliveries, shuffled.deliveries);
+    }
+
+    #[test]
+    fn a_stamped_upsert_carries_its_send_time_in_public_metadata() {
+        let mut delivery = EventFactory::stamped().upsert("t1", 3, 1);
+        let offset = stamp_offset(&delivery.body).expect("a placeholder");
+        stamp(&mut delivery.body, offset, 1_700_000_000_123_456);
+        let event = parse(&delivery);
+        assert_eq!(
+            event["data"]["public_metadata"][SENT_US_KEY],
+            "1700000000123456"
+        );
+        assert_eq!(event["data"]["first_name"], "v1");
+        let plain = EventFactory::new().upsert("t1", 3, 1);
+        assert_eq!(stamp_offset(&plain.body), None);
     }
 
     #[test]

@@ -86,6 +86,17 @@ struct CacheLabels {
     result: &'static str,
 }
 
+/// A read of the change log by a feed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedReadLabels {
+    /// Which log: `users` or `organizations`.
+    feed: &'static str,
+    /// `shared` (the one reader per server whose pages every caught-up
+    /// watcher takes) or `watcher` (a watcher reading by itself: catching
+    /// up, filling a hole, or fallen behind the shared pages).
+    reader: &'static str,
+}
+
 /// What a backfill pass repaired.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepairLabels {
@@ -127,6 +138,7 @@ struct Metrics {
     grpc_connections: Gauge,
     grpc_connections_refused: Counter,
     watchers: Gauge,
+    feed_reads: Family<FeedReadLabels, Counter>,
     reconcile_last_success: Family<Unlabelled, Gauge>,
     reconcile_interval: Family<Unlabelled, Gauge>,
     reconcile_repaired: Family<RepairLabels, Counter>,
@@ -226,6 +238,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Open change-feed streams (WatchUsers and WatchOrganizations) on this server",
         watchers.clone(),
     );
+    let feed_reads = Family::default();
+    registry.register(
+        "feed_reads",
+        "Pages read from the change log for WatchUsers and WatchOrganizations, by feed (users, organizations) and reader (shared: once per server for every caught-up watcher; watcher: one watcher on its own)",
+        feed_reads.clone(),
+    );
     let reconcile_last_success = Family::default();
     registry.register(
         "reconcile_last_success_timestamp_seconds",
@@ -267,6 +285,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         grpc_connections,
         grpc_connections_refused,
         watchers,
+        feed_reads,
         reconcile_last_success,
         reconcile_interval,
         reconcile_repaired,
@@ -360,6 +379,15 @@ pub fn set_watchers(count: usize) {
     METRICS
         .watchers
         .set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
+/// Counts one page read from the change log `feed` (`users` or
+/// `organizations`) by `reader` (`shared` or `watcher`).
+pub(crate) fn count_feed_read(feed: &'static str, reader: &'static str) {
+    METRICS
+        .feed_reads
+        .get_or_create(&FeedReadLabels { feed, reader })
+        .inc();
 }
 
 /// Counts a connection refused because `max_connections` were open.

@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     grpc::{
         directory::DirectoryService,
+        fanout::FanOut,
         feed::Watchers,
         organizations::{OrganizationDirectoryService, OrganizationSyncService},
         quarantine::QuarantineService,
@@ -148,7 +149,10 @@ pub async fn serve(
     let limits = std::sync::Arc::new(config.limits.clone());
     let trim = Trim::default();
     let trim_task = tokio::spawn(trim.clone().run());
-    let watchers = Watchers::new(std::sync::Arc::clone(&limits), trim);
+    // One reader per log for every watcher of this server; they stop with
+    // the watchers, when `stopping` turns true.
+    let (fan_out, fan_out_tasks) = FanOut::start(&store, &stopping);
+    let watchers = Watchers::new(std::sync::Arc::clone(&limits), fan_out, trim);
     let organization_directory = OrganizationDirectoryService {
         store: store.clone(),
         stopping: stopping.clone(),
@@ -244,6 +248,9 @@ pub async fn serve(
     feed_poll.abort();
     cache_follower.abort();
     trim_task.abort();
+    for task in fan_out_tasks {
+        task.abort();
+    }
     if let Some(task) = feed_prune_task {
         task.abort();
     }

@@ -3,8 +3,16 @@
 //! a time) of `UserDirectoryService`, and the machinery
 //! `OrganizationDirectoryService`'s `WatchOrganizations` shares ([`watch`],
 //! over any [`Feed`]). They parse, delegate to the store's change log
-//! ([`Store::changes_after`]) and translate; waking on commits is the store's
-//! signal.
+//! ([`Store::changes_after`]) and translate.
+//!
+//! Each watcher first reads the log itself, from where it starts up to the
+//! head (a snapshot, or its `after_position`), and sends `caught_up`. From
+//! then on it takes the pages the server's one shared reader (`fanout`)
+//! reads after each commit, so a commit costs one read however many watch;
+//! it converts each entry itself (what its caller may see). It reads by
+//! itself again only to fill a hole before a page (it joined between two,
+//! or the shared reader skipped a stretch) or once it has fallen more than
+//! `fanout::SLICES` pages behind: a slow client costs reads, not memory.
 //!
 //! A watcher costs the server memory for as long as its client lets it, so
 //! watchers are bounded ([`Watchers`], settings in `limits.rs`): so many per
@@ -12,8 +20,12 @@
 //! messages its client has not taken (counted in encoded bytes, not in
 //! messages: one snapshot page can be megabytes); and a client that leaves
 //! that buffer full for `watch_stall_timeout` has its stream ended with
-//! `RESOURCE_EXHAUSTED` naming the position to resume after. A watcher that
-//! leaves asks for the memory it held to be given back (`memory.rs`).
+//! `RESOURCE_EXHAUSTED` naming the position to resume after. Besides its
+//! buffer a watcher holds at most the one page it is sending (a shared page
+//! is held by the shared reader's bounded broadcast anyway), so a client
+//! that never reads costs the server a bounded amount until it is ended. A
+//! watcher that leaves asks for the memory it held to be given back
+//! (`memory.rs`).
 
 use std::{
     collections::HashMap,
@@ -27,10 +39,11 @@ use clerk_sync_api::v1::{
     watch_users_response::Event as WatchEvent,
 };
 use prost::Message as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_stream::{Stream, StreamExt as _, wrappers::UnboundedReceiverStream};
 use tonic::Status;
 
+use super::fanout::{self, FanOut, Log, Reader, Slices, UserLog};
 use crate::{
     domain::timestamp_from_millis,
     error::Error,
@@ -43,8 +56,6 @@ use crate::{
 pub(crate) const DEFAULT_CHANGES_PAGE: u32 = 100;
 /// Most entries one ListChanges call may ask for.
 pub(crate) const MAX_CHANGES_PAGE: u32 = 1000;
-/// Entries a watcher reads from the log at a time.
-const WATCH_PAGE: u32 = 500;
 
 /// The stream a watch RPC answers with: `WatchUsers`' by default.
 pub(crate) type WatchStream<M = WatchUsersResponse> =
@@ -54,29 +65,15 @@ pub(crate) type WatchStream<M = WatchUsersResponse> =
 pub(crate) trait Feed: Send + Sync + 'static {
     /// One message of the stream.
     type Message: prost::Message + Send + 'static;
+    /// The log.
+    type Log: Log;
 
-    /// Up to `limit` entries after `after` as messages, deletions at or
-    /// below `hide_deletions_through` left out (as [`Store::changes_after`]).
-    fn read(
-        &self,
-        store: &Store,
-        after: Position,
-        limit: u32,
-        hide_deletions_through: Position,
-    ) -> impl Future<Output = Result<MessagePage<Self::Message>, Error>> + Send;
+    /// `entry` as this watcher's caller may see it.
+    fn message(&self, entry: FeedEntry<<Self::Log as Log>::Change>)
+    -> Result<Self::Message, Error>;
 
     /// The `caught_up` marker at `position`.
     fn caught_up(position: Position) -> Self::Message;
-}
-
-/// A page of a log as stream messages.
-pub(crate) struct MessagePage<M> {
-    /// Each entry's position and message, in order.
-    pub(crate) messages: Vec<(Position, M)>,
-    /// As in [`crate::store::ChangePage`].
-    pub(crate) next_after: Position,
-    /// As in [`crate::store::ChangePage`].
-    pub(crate) has_more: bool,
 }
 
 /// The users' log, as `WatchUsers` sends it.
@@ -87,26 +84,10 @@ struct Users {
 
 impl Feed for Users {
     type Message = WatchUsersResponse;
+    type Log = UserLog;
 
-    async fn read(
-        &self,
-        store: &Store,
-        after: Position,
-        limit: u32,
-        hide_deletions_through: Position,
-    ) -> Result<MessagePage<WatchUsersResponse>, Error> {
-        let page = store
-            .changes_after(after, limit, hide_deletions_through)
-            .await?;
-        Ok(MessagePage {
-            messages: page
-                .entries
-                .into_iter()
-                .map(|entry| (entry.position, watch_message(entry, self.private)))
-                .collect(),
-            next_after: page.next_after,
-            has_more: page.has_more,
-        })
+    fn message(&self, entry: FeedEntry) -> Result<WatchUsersResponse, Error> {
+        Ok(watch_message(entry, self.private))
     }
 
     fn caught_up(position: Position) -> WatchUsersResponse {
@@ -142,10 +123,13 @@ pub(crate) fn parse_start(start: Option<Start>) -> Result<StartAt, Error> {
     }
 }
 
-/// The watchers of one server, counted against its limits.
+/// The watchers of one server, counted against its limits, and the shared
+/// readers they follow once caught up.
 #[derive(Debug)]
 pub(crate) struct Watchers {
     limits: Arc<Limits>,
+    /// One reader per log for all of this server's watchers.
+    fan_out: Arc<FanOut>,
     held: Mutex<Held>,
     /// Asked to give memory back each time a watcher leaves: what it held
     /// is freed, but the allocator keeps the pages unless asked.
@@ -160,9 +144,10 @@ struct Held {
 }
 
 impl Watchers {
-    pub(crate) fn new(limits: Arc<Limits>, trim: Trim) -> Arc<Self> {
+    pub(crate) fn new(limits: Arc<Limits>, fan_out: Arc<FanOut>, trim: Trim) -> Arc<Self> {
         Arc::new(Self {
             limits,
+            fan_out,
             held: Mutex::new(Held::default()),
             trim,
         })
@@ -256,12 +241,12 @@ pub(crate) async fn watch<F: Feed>(
     feed: F,
 ) -> Result<WatchStream<F::Message>, Error> {
     let slot = watchers.admit(token)?;
-    // Subscribed before the first read: a commit after it rings this.
-    let wake = store.subscribe_changes();
+    // Subscribed before the first read: a slice read after it reaches this.
+    let slices = F::Log::shared(&watchers.fan_out).subscribe();
     let (after, hide_deletions_through) = match start {
         StartAt::After(position) => {
             // Fails now (FAILED_PRECONDITION) rather than as a stream error.
-            feed.read(store, position, 0, 0).await?;
+            fanout::read::<F::Log>(store, position, 0, 0, Reader::Watcher).await?;
             (position, 0)
         }
         StartAt::Now => (store.feed_head().await?, 0),
@@ -275,7 +260,7 @@ pub(crate) async fn watch<F: Feed>(
         buffer: Arc::new(Semaphore::new(limits.watch_buffer_bytes as usize)),
         buffer_bytes: limits.watch_buffer_bytes,
         stall_timeout: limits.watch_stall_timeout,
-        wake,
+        slices,
         stopping: stopping.clone(),
         after,
         hide_deletions_through,
@@ -291,7 +276,7 @@ pub(crate) async fn watch<F: Feed>(
     Ok(Box::pin(stream))
 }
 
-/// One watch stream's reading loop.
+/// One watch stream's loop.
 struct Watcher<F: Feed> {
     store: Store,
     sender: mpsc::UnboundedSender<Queued<F::Message>>,
@@ -302,8 +287,8 @@ struct Watcher<F: Feed> {
     buffer_bytes: u32,
     /// How long a full buffer may wait for the client.
     stall_timeout: std::time::Duration,
-    /// Rings when the log may have grown.
-    wake: watch::Receiver<u64>,
+    /// The shared reader's slices of the log.
+    slices: Slices<<F::Log as Log>::Change>,
     /// Turns true when the server shuts down.
     stopping: watch::Receiver<bool>,
     /// The last position sent (or the start).
@@ -312,6 +297,15 @@ struct Watcher<F: Feed> {
     hide_deletions_through: Position,
     /// The log it follows.
     feed: F,
+}
+
+/// Why a watcher stops taking the shared slices.
+enum Left {
+    /// It must read the log itself from where it is: a hole before the
+    /// next slice, or slices it fell too far behind to get.
+    ToRead,
+    /// The client went away.
+    Gone,
 }
 
 impl<F: Feed> Watcher<F> {
@@ -332,27 +326,8 @@ impl<F: Feed> Watcher<F> {
     async fn follow(&mut self) -> Result<(), Status> {
         let mut caught_up = false;
         loop {
-            // Marked seen before reading: a commit during the read rings again.
-            self.wake.borrow_and_update();
-            let page = self
-                .feed
-                .read(
-                    &self.store,
-                    self.after,
-                    WATCH_PAGE,
-                    self.hide_deletions_through,
-                )
-                .await?;
-            for (position, message) in page.messages {
-                if !self.send(message).await? {
-                    return Ok(());
-                }
-                // Sent: a stream ended from here on resumes after it.
-                self.after = position;
-            }
-            self.after = page.next_after;
-            if page.has_more {
-                continue;
+            if !self.read_to_head().await? {
+                return Ok(());
             }
             if !caught_up {
                 caught_up = true;
@@ -360,17 +335,71 @@ impl<F: Feed> Watcher<F> {
                     return Ok(());
                 }
             }
-            tokio::select! {
-                changed = self.wake.changed() => {
-                    if changed.is_err() {
-                        return Err(Status::unavailable("sync-service is shutting down; resume elsewhere"));
-                    }
-                }
-                () = self.sender.closed() => return Ok(()),
-                _ = self.stopping.wait_for(|stop| *stop) => {
-                    return Err(Status::unavailable("sync-service is shutting down; resume elsewhere"));
-                }
+            match self.take_slices().await? {
+                Left::ToRead => {}
+                Left::Gone => return Ok(()),
             }
+        }
+    }
+
+    /// Reads the log itself from `after` up to its head, sending each entry;
+    /// false once the client has gone.
+    async fn read_to_head(&mut self) -> Result<bool, Status> {
+        loop {
+            let page = fanout::read::<F::Log>(
+                &self.store,
+                self.after,
+                fanout::PAGE,
+                self.hide_deletions_through,
+                Reader::Watcher,
+            )
+            .await?;
+            for entry in page.entries {
+                let position = entry.position;
+                if !self.send(self.feed.message(entry)?).await? {
+                    return Ok(false);
+                }
+                // Sent: a stream ended from here on resumes after it.
+                self.after = position;
+            }
+            self.after = page.next_after;
+            if !page.has_more {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Sends the entries of each shared slice past `after`, until a slice
+    /// leaves a hole or the watcher has fallen behind.
+    async fn take_slices(&mut self) -> Result<Left, Status> {
+        loop {
+            let received = tokio::select! {
+                received = self.slices.recv() => received,
+                () = self.sender.closed() => return Ok(Left::Gone),
+                _ = self.stopping.wait_for(|stop| *stop) => return Err(shutting_down()),
+            };
+            let slice = match received {
+                Ok(slice) => slice,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(Left::ToRead),
+                Err(broadcast::error::RecvError::Closed) => return Err(shutting_down()),
+            };
+            if slice.next_after <= self.after {
+                // Read already (by itself, while catching up).
+                continue;
+            }
+            if slice.after > self.after {
+                // A hole: read it, and what follows, itself.
+                return Ok(Left::ToRead);
+            }
+            let sent = self.after;
+            for entry in slice.entries.iter().filter(|e| e.position > sent) {
+                let position = entry.position;
+                if !self.send(self.feed.message(entry.clone())?).await? {
+                    return Ok(Left::Gone);
+                }
+                self.after = position;
+            }
+            self.after = slice.next_after;
         }
     }
 
@@ -406,6 +435,11 @@ impl<F: Feed> Watcher<F> {
         };
         Ok(self.sender.send(queued).is_ok())
     }
+}
+
+/// How a stream ends when the server shuts down.
+fn shutting_down() -> Status {
+    Status::unavailable("sync-service is shutting down; resume elsewhere")
 }
 
 async fn wait_stopping(mut stopping: watch::Receiver<bool>) {

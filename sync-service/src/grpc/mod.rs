@@ -2,6 +2,7 @@
 //! ingestor or the store, and translates the answer. Nothing more.
 
 pub(crate) mod directory;
+pub(crate) mod fanout;
 pub(crate) mod feed;
 pub(crate) mod organizations;
 pub(crate) mod quarantine;

@@ -26,7 +26,7 @@ use crate::{
     auth::Caller,
     domain::{EventId, optional_time, page_size, parse_id, required_time, timestamp_from_millis},
     error::Error,
-    grpc::feed,
+    grpc::{fanout::OrganizationLog, feed},
     store::{
         FeedEntry, INVITATION_PENDING, Invitation, MembersOf, Membership, Organization,
         OrganizationEvent, OrganizationFeedChange, Permission, Position, Role, Store,
@@ -334,35 +334,17 @@ struct Organizations {
 
 impl feed::Feed for Organizations {
     type Message = WatchOrganizationsResponse;
+    type Log = OrganizationLog;
 
-    async fn read(
+    fn message(
         &self,
-        store: &Store,
-        after: Position,
-        limit: u32,
-        hide_deletions_through: Position,
-    ) -> Result<feed::MessagePage<WatchOrganizationsResponse>, Error> {
-        let page = store
-            .organization_changes_after(after, limit, hide_deletions_through)
-            .await?;
-        Ok(feed::MessagePage {
-            messages: page
-                .entries
-                .into_iter()
-                .map(|entry| {
-                    let position = entry.position;
-                    let change = change_to_proto(entry, self.private)?;
-                    Ok((
-                        position,
-                        WatchOrganizationsResponse {
-                            position,
-                            event: Some(watch_organizations_response::Event::Change(change)),
-                        },
-                    ))
-                })
-                .collect::<Result<_, Error>>()?,
-            next_after: page.next_after,
-            has_more: page.has_more,
+        entry: FeedEntry<OrganizationFeedChange>,
+    ) -> Result<WatchOrganizationsResponse, Error> {
+        let position = entry.position;
+        let change = change_to_proto(entry, self.private)?;
+        Ok(WatchOrganizationsResponse {
+            position,
+            event: Some(watch_organizations_response::Event::Change(change)),
         })
     }
 

@@ -14,6 +14,7 @@ mod binary;
 mod concurrency;
 mod connections;
 mod feed;
+mod feed_fanout;
 mod feed_grpcurl;
 mod feed_limits;
 mod feed_replicas;
