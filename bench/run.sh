@@ -18,6 +18,15 @@
 #   BENCH_CALLS        20000  calls per query method (CheckPermission and
 #                      GetMembership over memberships seed-organizations made)
 #   BENCH_STORM_SECS   60     0 skips the storm
+#   BENCH_WATCHERS     "0 100 1000"  change feed fan-out: for each count, the
+#                      ingest (BENCH_USERS x (1 + BENCH_UPDATES) webhooks at the
+#                      first connection count, each upsert stamped with its send
+#                      time) with that many WatchUsers streams held by a
+#                      `clerk-sync-bench watch` process of its own, a tenth of
+#                      them never reading: ingest rate, delivery latency from
+#                      send to watcher, the log reads it cost (the service's
+#                      feed_reads metric) and the sync-service's memory.
+#                      "" skips. The service's watcher limits are raised to fit.
 #   BENCH_SCALE_USERS  1000000  users loaded for the scale figures (0 skips):
 #                      ingest, random GetUser / FindUserByEmail over all of
 #                      them, a full ListUsers pass, database bytes per user,
@@ -36,6 +45,7 @@ UPDATES=${BENCH_UPDATES:-4}
 CONNECTIONS=${BENCH_CONNECTIONS:-32 256}
 CALLS=${BENCH_CALLS:-20000}
 STORM_SECS=${BENCH_STORM_SECS:-60}
+WATCHER_COUNTS=${BENCH_WATCHERS-0 100 1000}
 SCALE_USERS=${BENCH_SCALE_USERS:-1000000}
 OUT=${BENCH_OUT:-target/bench/results.md}
 PG_HOST=${PG_HOST:-127.0.0.1}
@@ -44,6 +54,11 @@ PG_USER=${PG_USER:-postgres}
 BIN=${CARGO_TARGET_DIR:-target}/release
 STEP_TIMEOUT=$((STORM_SECS + 300 + SCALE_USERS / 1000))
 
+MAX_WATCHERS=256
+for n in $WATCHER_COUNTS; do
+  [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: BENCH_WATCHERS: expected numbers, got '$n'" >&2; exit 2; }
+  ((n + 16 > MAX_WATCHERS)) && MAX_WATCHERS=$((n + 16))
+done
 for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS" "$SCALE_USERS"; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: expected a number, got '$n'" >&2; exit 2; }
 done
@@ -97,9 +112,13 @@ bench() { # [TOKEN=…] bench LOGNAME ARGS…: runs clerk-sync-bench (with the r
   cat "$log" >&2
 }
 
-# Starts the sync-service of $backend on $DATABASE_URL and $SYNC_PORT.
+# Starts the sync-service of $backend on $DATABASE_URL and $SYNC_PORT, its
+# metrics on $METRICS_PORT, with room for the fan-out phase's watchers (all
+# on the read token).
 start_sync() {
   DATABASE_URL=$DATABASE_URL SYNC_SERVICE_LISTEN_ADDR="127.0.0.1:$SYNC_PORT" \
+    SYNC_SERVICE_METRICS_LISTEN_ADDR="127.0.0.1:$METRICS_PORT" \
+    SYNC_SERVICE_MAX_WATCHERS=$MAX_WATCHERS SYNC_SERVICE_MAX_WATCHERS_PER_TOKEN=$MAX_WATCHERS \
     SYNC_SERVICE_WRITE_TOKENS=$WRITE_TOKEN SYNC_SERVICE_READ_TOKENS=$READ_TOKEN RUST_LOG=warn \
     "$BIN/clerk-sync-service" 2>>"$WORK/$backend-sync.log" &
   SYNC_PID=$!
@@ -117,7 +136,16 @@ SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
 WRITE_TOKEN=$(random_token)
 READ_TOKEN=$(random_token)
 ROWS=()
+FANOUT_ROWS=()
 SCALE_NOTES=()
+# feed_reads READER: the sync-service's users' log reads by READER so far
+# ("n/a" from a sync-service without the metric).
+feed_reads() {
+  curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
+    awk -v series="clerk_sync_service_feed_reads_total{feed=\"users\",reader=\"$1\"}" \
+      '$1 == series { v = $2 } END { print (v == "" ? "n/a" : v) }'
+}
+delta() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a") print "n/a"; else printf "%.0f", b - a }'; }
 row() { ROWS+=("| $(IFS='|'; echo "$*" | sed 's/|/ | /g') |"); }
 
 LOAD_BEFORE=$(uptime)
@@ -149,6 +177,7 @@ for backend in $BACKENDS; do
     *) echo "bench/run.sh: BENCH_BACKENDS: unknown backend '$backend'" >&2; exit 2 ;;
   esac
   SYNC_PORT=$(free_port)
+  METRICS_PORT=$(free_port)
   GATEWAY_PORT=$(free_port)
   echo "== $backend: sync-service on 127.0.0.1:$SYNC_PORT, gateway on 127.0.0.1:$GATEWAY_PORT" >&2
   start_sync
@@ -208,6 +237,45 @@ for backend in $BACKENDS; do
     row "$backend" "query: $what" "$FIRST_C" "$rate" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
       "$(ratio "$rate" "$HEALTH") of health, $(ratio "$rate" "${TONIC[$FIRST_C]}") of tonic" \
       "sync $(cpu "$SYNC_PID" "$log")" "sync $(rss_mib "$SYNC_PID" end "$log")"
+  done
+
+  # Change feed fan-out: the same ingest, stamped, with W watchers held by a
+  # process of their own (a tenth never read) from before the first webhook.
+  for w in $WATCHER_COUNTS; do
+    name=$backend-fanout-$w
+    wlog=$WORK/$name-watch.log
+    WATCH_PID=
+    if [[ $w -gt 0 ]]; then
+      echo "== clerk-sync-bench watch --count $w --idle $((w / 10))" >&2
+      timeout "$STEP_TIMEOUT" env SYNC_SERVICE_TOKEN="$READ_TOKEN" "$BIN/clerk-sync-bench" watch \
+        --sync-service-url "$SYNC" --count "$w" --idle "$((w / 10))" --quiet 5 --hold "$STEP_TIMEOUT" \
+        --server-pids "$SYNC_PID" >"$wlog" 2>&1 &
+      WATCH_PID=$!
+      for _ in $(seq 1200); do
+        grep -q '^RESULT watch-ready' "$wlog" && break
+        kill -0 "$WATCH_PID" 2>/dev/null || break
+        sleep 0.1
+      done
+      grep -q '^RESULT watch-ready' "$wlog" || { cat "$wlog" >&2; echo "bench/run.sh: the watchers never opened" >&2; exit 1; }
+    fi
+    shared_before=$(feed_reads shared)
+    watcher_before=$(feed_reads watcher)
+    bench "$name" ingest --gateway-url "$GW" --users "$USERS" --updates "$UPDATES" --stamp-send-time \
+      --connections "$FIRST_C" --sync-service-url "$SYNC" --server-pids "$PIDS_ARG"
+    log=$WORK/$name.log
+    line=$(result "ingest " "$log")
+    verify=$(result "verify " "$log")
+    delivery="-" ended="-" max_rss="$(rss_mib "$SYNC_PID" end "$log")"
+    if [[ -n $WATCH_PID ]]; then
+      wait "$WATCH_PID" || { cat "$wlog" >&2; echo "bench/run.sh: step $name-watch failed" >&2; exit 1; }
+      cat "$wlog" >&2
+      wline=$(result "watch " "$wlog")
+      delivery="$(field p50_ms "$wline") / $(field p99_ms "$wline") ($(field stamped "$wline") messages)"
+      ended=$(field ended "$wline")
+      kib=$(sed -n "s/^RESULT watch-rss pid=$SYNC_PID max_rss_kib=\([0-9]*\).*/\1/p" "$wlog" | head -1)
+      [[ -n $kib ]] && max_rss=$(awk -v k="$kib" 'BEGIN { printf "%.0f", k / 1024 }')
+    fi
+    FANOUT_ROWS+=("| $backend | $w ($((w / 10)) never read) | $(field rate "$line") ($(field mismatches "$verify") mismatches) | $(field p50_ms "$line") / $(field p99_ms "$line") | $delivery | $(delta "$shared_before" "$(feed_reads shared)") / $(delta "$watcher_before" "$(feed_reads watcher)") | $(cpu "$SYNC_PID" "$log") | $max_rss | $ended |")
   done
 
   if [[ $STORM_SECS -gt 0 ]]; then
@@ -271,12 +339,20 @@ done
 mkdir -p "$(dirname "$OUT")"
 {
   echo "Run of \`bench/run.sh\` at $START on $(nproc) cores ($(uname -m)), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
-  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS."
+  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS BENCH_WATCHERS=\"$WATCHER_COUNTS\"."
   echo "Machine load before: \`$LOAD_BEFORE\`; after: \`$(uptime)\`."
   echo
   echo "| backend | run | connections | per second | p50 ms | p90 ms | p99 ms | max ms | ratio | CPU µs per request | peak RSS MiB |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
+  if [[ ${#FANOUT_ROWS[@]} -gt 0 ]]; then
+    echo
+    echo "Change feed fan-out: ingest at $FIRST_C connections with watchers attached (a \`clerk-sync-bench watch\` process of their own; delivery: from the load generator's send of a webhook to a reading watcher's receipt of its message, over the messages received; log reads: pages of the users' log read for watchers during the ingest, by the shared reader / by watchers on their own)."
+    echo
+    echo "| backend | watchers | ingest events/s (verified) | ingest p50 / p99 ms | delivery p50 / p99 ms | log reads shared / watcher | sync CPU µs per event | sync RSS MiB (max) | streams ended by the server |"
+    echo "|---|---|---:|---|---|---|---:|---:|---|"
+    printf '%s\n' "${FANOUT_ROWS[@]}"
+  fi
   if [[ ${#SCALE_NOTES[@]} -gt 0 ]]; then
     echo
     printf -- '- %s\n' "${SCALE_NOTES[@]}"

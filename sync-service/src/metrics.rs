@@ -238,7 +238,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Open change-feed streams (WatchUsers and WatchOrganizations) on this server",
         watchers.clone(),
     );
-    let feed_reads = Family::default();
+    let feed_reads = Family::<FeedReadLabels, Counter>::default();
+    // Exposed at 0 from the start: "no reads" is a figure too.
+    for feed in ["users", "organizations"] {
+        for reader in ["shared", "watcher"] {
+            let _ = feed_reads.get_or_create(&FeedReadLabels { feed, reader });
+        }
+    }
     registry.register(
         "feed_reads",
         "Pages read from the change log for WatchUsers and WatchOrganizations, by feed (users, organizations) and reader (shared: once per server for every caught-up watcher; watcher: one watcher on its own)",

@@ -187,11 +187,13 @@ pub(super) struct ChangedKeys {
 pub(super) struct Signal {
     /// Local commits ring it at once; the poller
     /// ([`Store::follow_other_writers`]) rings it when another replica moved
-    /// the log's head. The value is only a counter: watchers read the log to
-    /// learn what changed.
+    /// the log's head. The value is only a counter: the change feed's
+    /// shared readers (one per log and server) read the log to learn what
+    /// changed.
     wake: watch::Sender<u64>,
-    /// Log reads running at once. Every watcher reads after every commit;
-    /// this keeps them to a share of the pool, so writers always find a
+    /// Log reads running at once. Watchers catching up read by themselves
+    /// (after that, each commit is read once for all of them); this keeps
+    /// those reads to a share of the pool, so queries always find a
     /// connection however many clients watch.
     reads: tokio::sync::Semaphore,
 }
