@@ -365,3 +365,65 @@ async fn the_sqlite_script_and_the_postgres_function_write_alike() {
         every.map(|o| format!("{o:?}")).into_iter().collect()
     );
 }
+
+/// A `user.updated` of `user_id` with no address, at version 1.
+fn upsert(event_id: &str, user_id: &str) -> Event {
+    Event::try_from(v1::ApplyUserUpdatedRequest {
+        event: Some(v1::UserUpdated {
+            meta: Some(v1::EventMeta {
+                event_id: event_id.into(),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            }),
+            user: Some(v1::User {
+                id: user_id.into(),
+                updated_at: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        }),
+    })
+    .expect("a valid event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_script_failing_part_way_writes_nothing_and_its_connection_goes_on() {
+    let (sqlite, _file) = migrated(test_db::Backend::Sqlite).await;
+    // The script's last step refuses this user: everything before it ran.
+    sqlite
+        .execute_unprepared(
+            "CREATE TRIGGER poison BEFORE INSERT ON user_changes \
+             WHEN NEW.user_id = 'user_poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        .await
+        .unwrap();
+    let empty = Tables::read(&sqlite).await;
+
+    let events = [upsert("msg_1", "user_ok"), upsert("msg_2", "user_poison")];
+    let batch = Batch::new(&events);
+    let err = apply_on_sqlite(&sqlite, Documents::new(&batch, 5), 5)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("poisoned"), "{err}");
+    assert_eq!(Tables::read(&sqlite).await, empty);
+
+    // Whichever connection takes the next batch is out of any transaction.
+    for _ in 0..3 {
+        let events = [upsert("msg_1", "user_ok")];
+        let batch = Batch::new(&events);
+        apply_on_sqlite(&sqlite, Documents::new(&batch, 6), 6)
+            .await
+            .unwrap();
+    }
+    let tables = Tables::read(&sqlite).await;
+    assert_eq!(
+        tables.users.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        ["user_ok"]
+    );
+    assert_eq!(tables.ledger.len(), 1);
+    assert_eq!(tables.log.len(), 1);
+}
