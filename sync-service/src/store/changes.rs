@@ -8,7 +8,7 @@
 //! as its last statement before COMMIT, bumps the one-row counter
 //! `feed_head` (`UPDATE … SET position = position + n`) and labels its
 //! changes with the n positions it got (PostgreSQL's function reads them from
-//! `RETURNING`; SQLite's script reads the counter back). The
+//! `RETURNING`; SQLite's entries read the counter back in the same call). The
 //! counter's row lock is held until COMMIT, so a second writer's bump waits
 //! for the first writer to commit (PostgreSQL releases row locks only once
 //! the commit is visible), and reads the committed value: whoever gets larger
@@ -37,10 +37,12 @@
 //! READ transaction on PostgreSQL, a read transaction in WAL mode on SQLite),
 //! so the position a page ends at never runs ahead of what the page saw.
 
+use std::collections::HashSet;
+
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
     EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, OnConflict, Query, QueryStatementBuilder},
 };
 use tokio::sync::watch;
 
@@ -48,6 +50,7 @@ use super::{
     Store,
     entity::{feed_head, organization_changes, user_changes, user_email_addresses, users},
     rows::profile_from_row,
+    script::Script,
 };
 use crate::{
     domain::{Millis, Profile, UserId},
@@ -56,6 +59,75 @@ use crate::{
 
 /// The id of `feed_head`'s one row.
 const HEAD_ROW: i32 = 1;
+
+/// Rows per change-log insert: 4 parameters each, far under every backend's
+/// bind-parameter limit.
+const INSERT_CHUNK: usize = 1000;
+
+/// Records the changes of one write transaction (SQLite): the users in
+/// `upserted` and `tombstoned` (disjoint sets of user ids written by it) each
+/// get the next position, in user id order. Appended last to the
+/// transaction's last [`Script`]: the bump of the counter, then the entries,
+/// which read their positions back from the counter in the same call.
+pub(super) fn record(
+    script: &mut Script,
+    upserted: &HashSet<String>,
+    tombstoned: &HashSet<String>,
+    now: Millis,
+) {
+    let count = (upserted.len() + tombstoned.len()) as i64;
+    if count == 0 {
+        return;
+    }
+    script.push(
+        &Query::update()
+            .table(feed_head::Entity)
+            .value(
+                feed_head::Column::Position,
+                Expr::col(feed_head::Column::Position).add(count),
+            )
+            .and_where(Expr::col(feed_head::Column::Id).eq(HEAD_ROW))
+            .to_owned(),
+    );
+    // The positions handed out are head - count + 1 ..= head.
+    let head = Query::select()
+        .column(feed_head::Column::Position)
+        .from(feed_head::Entity)
+        .and_where(Expr::col(feed_head::Column::Id).eq(HEAD_ROW))
+        .to_owned();
+    let position = |offset: i64| Expr::from(head.clone().into_sub_query_statement()).add(offset);
+
+    let mut written: Vec<(&str, bool)> = upserted
+        .iter()
+        .map(|id| (id.as_str(), false))
+        .chain(tombstoned.iter().map(|id| (id.as_str(), true)))
+        .collect();
+    written.sort_unstable();
+    let mut next = 1 - count;
+    for chunk in written.chunks(INSERT_CHUNK) {
+        let mut insert = Query::insert();
+        insert.into_table(user_changes::Entity).columns([
+            user_changes::Column::UserId,
+            user_changes::Column::Position,
+            user_changes::Column::Deleted,
+            user_changes::Column::ChangedAt,
+        ]);
+        for &(user_id, deleted) in chunk {
+            insert.values_panic([user_id.into(), position(next), deleted.into(), now.into()]);
+            next += 1;
+        }
+        insert.on_conflict(
+            OnConflict::column(user_changes::Column::UserId)
+                .update_columns([
+                    user_changes::Column::Position,
+                    user_changes::Column::Deleted,
+                    user_changes::Column::ChangedAt,
+                ])
+                .to_owned(),
+        );
+        script.push(&insert);
+    }
+}
 
 /// A position in the change log. 0 is before the first change.
 pub type Position = i64;

@@ -18,6 +18,8 @@
 //! - `page`: ListUsers' typed query and its opaque page token;
 //! - `quarantine` (deliveries that cannot be applied) and `prune` (the
 //!   ledger's retention);
+//! - `script`: statements sent to the database in one call (the write path's
+//!   last steps and the change log's entries);
 //! - `rows`: the `users` row ⇄ profile mapping and the email index's key;
 //! - `entity`: the tables, as sea-orm entities.
 
@@ -34,6 +36,7 @@ mod quarantine;
 mod read;
 mod reconcile;
 mod rows;
+mod script;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -157,9 +160,6 @@ impl Store {
                         .foreign_keys(true)
                         .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
                         .pragma("query_only", if query_only { "ON" } else { "OFF" })
-                        // The write script's working tables (`apply`) stay
-                        // in memory rather than in a temporary file.
-                        .pragma("temp_store", "memory")
                 });
             connect
         };

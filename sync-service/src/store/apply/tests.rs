@@ -1,19 +1,19 @@
-//! The batch logic exists twice, as SQLite's script and as the PL/pgSQL
-//! function `clerk_sync_apply_batch`: these tests fail when the two drift
-//! apart. Their column lists are read from their SQL text and compared with
-//! the entities and [`PROFILE_COLUMNS`]; then the same batches go through
-//! both, on SQLite and on PostgreSQL, and their outcomes and every table they
+//! The batch logic exists twice, as the statements of this module and as the
+//! PL/pgSQL function `clerk_sync_apply_batch`: these tests fail when the two
+//! drift apart. The function's column lists are read from its SQL text and
+//! compared with the entities and [`PROFILE_COLUMNS`]; then the same batches
+//! go through both on PostgreSQL, and their outcomes and every table they
 //! write must come out identical.
 
 #[path = "../../../../tests/support/test_db.rs"]
-#[allow(dead_code, unused_macros)] // Shared with the test binaries.
+#[allow(dead_code, unused_macros)] // Shared with the test binaries; only PostgreSQL is needed here.
 mod test_db;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use clerk_sync_api::v1;
 use clerk_sync_migrations::{APPLY_BATCH_FUNCTION, Migrator, MigratorTrait};
-use sea_orm::{Database, EntityTrait, IdenStatic, Iterable, QueryOrder};
+use sea_orm::{Database, IdenStatic, QueryOrder};
 
 use super::*;
 use crate::store::entity::{feed_head, user_changes};
@@ -23,12 +23,13 @@ fn columns<E: EntityTrait>() -> BTreeSet<String> {
     E::Column::iter().map(|c| c.as_str().to_owned()).collect()
 }
 
-/// The text of `sql` from the end of `from` to the start of the next `to`,
+/// The function's text from the end of `from` to the start of the next `to`,
 /// without comments.
-fn between(sql: &str, from: &str, to: &str) -> String {
+fn between(from: &str, to: &str) -> String {
+    let sql = APPLY_BATCH_FUNCTION;
     let start = sql
         .find(from)
-        .unwrap_or_else(|| panic!("no {from:?} in the SQL"))
+        .unwrap_or_else(|| panic!("no {from:?} in the function"))
         + from.len();
     let end = start
         + sql[start..]
@@ -52,10 +53,9 @@ fn qualified(sql: &str, alias: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Checks that the upsert of `users` in `sql` copies the profile columns and
-/// the deletion time from the incoming row and computes the version.
-fn assert_updates_the_profile_columns(sql: &str, set_ends_at: &str) {
-    let set = between(sql, "ON CONFLICT (id) DO UPDATE SET", set_ends_at);
+#[test]
+fn the_function_updates_the_profile_columns_and_the_same_guard_columns() {
+    let set = between("ON CONFLICT (id) DO UPDATE SET", "WHERE stored.deleted_at");
     let mut copied = BTreeSet::new();
     let mut computed = BTreeMap::new();
     for assignment in set.split(',') {
@@ -83,12 +83,9 @@ fn assert_updates_the_profile_columns(sql: &str, set_ends_at: &str) {
     let mut all = profile;
     all.extend([users::Column::Id, users::Column::UpdatedAt].map(|c| c.as_str().to_owned()));
     assert_eq!(all, columns::<users::Entity>());
-}
 
-#[test]
-fn the_function_updates_the_profile_columns_and_guards_on_the_version() {
-    assert_updates_the_profile_columns(APPLY_BATCH_FUNCTION, "WHERE stored.deleted_at");
-    let guard = between(APPLY_BATCH_FUNCTION, "WHERE stored.deleted_at", "RETURNING");
+    // The guard compares the columns the statements' guard compares.
+    let guard = between("WHERE stored.deleted_at", "RETURNING");
     let guard = format!("stored.deleted_at {guard}");
     let compared = [
         users::Column::DeletedAt,
@@ -104,60 +101,8 @@ fn the_function_updates_the_profile_columns_and_guards_on_the_version() {
 }
 
 #[test]
-fn the_sqlite_script_writes_every_column_and_decides_on_the_version() {
-    assert_updates_the_profile_columns(SQLITE_BATCH, ";");
-    let listed = |sql: &str| -> BTreeSet<String> {
-        sql.split(',')
-            .map(|c| c.trim().trim_matches('"').to_owned())
-            .collect()
-    };
-    // Every column inserted, each read from the incoming row by its name.
-    let inserted = between(SQLITE_BATCH, "INSERT INTO users AS stored (", ")");
-    assert_eq!(listed(&inserted), columns::<users::Entity>());
-    let read = between(SQLITE_BATCH, "SELECT r.value", "FROM temp.clerk_sync_input");
-    let keys: BTreeSet<String> = read
-        .split('\'')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(keys, columns::<users::Entity>());
-    // The decision compares what the function's guard compares.
-    let decision = between(SQLITE_BATCH, "SELECT c.ord, c.id, c.event_id,", "FROM (");
-    assert_eq!(
-        qualified(&decision, "stored"),
-        BTreeSet::from(["id", "deleted_at", "updated_at", "profile_format"].map(str::to_owned))
-    );
-    assert_eq!(
-        qualified(&decision, "c"),
-        BTreeSet::from(["deleted_at", "updated_at", "profile_format"].map(str::to_owned))
-    );
-    assert_eq!(
-        listed(&between(
-            SQLITE_BATCH,
-            "INSERT INTO user_email_addresses (",
-            ")"
-        )),
-        columns::<user_email_addresses::Entity>()
-    );
-    assert_eq!(
-        listed(&between(SQLITE_BATCH, "INSERT INTO user_changes (", ")")),
-        columns::<user_changes::Entity>()
-    );
-    assert_eq!(
-        listed(&between(
-            SQLITE_BATCH,
-            "INSERT INTO processed_events (",
-            ")"
-        )),
-        columns::<processed_events::Entity>()
-    );
-}
-
-#[test]
 fn the_function_writes_the_email_index_and_the_log_columns_of_the_entities() {
     let index = between(
-        APPLY_BATCH_FUNCTION,
         "v_written := v_upserted || v_tombstoned;",
         "UPDATE feed_head",
     );
@@ -165,7 +110,7 @@ fn the_function_writes_the_email_index_and_the_log_columns_of_the_entities() {
     named.extend(qualified(&index, "e"));
     assert_eq!(named, columns::<user_email_addresses::Entity>());
 
-    let log = between(APPLY_BATCH_FUNCTION, "INSERT INTO user_changes (", ")");
+    let log = between("INSERT INTO user_changes (", ")");
     let log: BTreeSet<String> = log
         .split(',')
         .map(|c| c.trim().trim_matches('"').to_owned())
@@ -308,21 +253,16 @@ impl Tables {
     }
 }
 
-/// A migrated database on `backend`, with what keeps it alive.
-async fn migrated(backend: test_db::Backend) -> (DatabaseConnection, test_db::TestDb) {
-    let test_db = test_db::TestDb::new(backend).await;
-    if backend == test_db::Backend::Sqlite {
-        crate::store::create_sqlite_parent_dir(&test_db.url).unwrap();
-    }
-    let db = Database::connect(&test_db.url).await.unwrap();
+async fn migrated_postgres() -> DatabaseConnection {
+    let db = test_db::TestDb::new(test_db::Backend::Postgres).await;
+    let db = Database::connect(&db.url).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
-    (db, test_db)
+    db
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sqlite_script_and_the_postgres_function_write_alike() {
-    let (sqlite, _sqlite_file) = migrated(test_db::Backend::Sqlite).await;
-    let (postgres, _postgres_db) = migrated(test_db::Backend::Postgres).await;
+async fn the_statements_and_the_function_write_alike_on_postgres() {
+    let (statements, function) = (migrated_postgres().await, migrated_postgres().await);
     let events = events();
     let mut dice = Dice(11);
     let mut outcomes = BTreeSet::new();
@@ -333,17 +273,15 @@ async fn the_sqlite_script_and_the_postgres_function_write_alike() {
         let batch = Batch::new(&batch);
         let now = 10_000 + round;
 
-        let by_script = apply_on_sqlite(&sqlite, Documents::new(&batch, now), now)
-            .await
-            .unwrap();
-        let by_function = apply_on_postgres(&postgres, &Documents::new(&batch, now), now)
-            .await
-            .unwrap();
+        let txn = statements.begin().await.unwrap();
+        let by_statements = apply_step_by_step(&txn, &batch, now).await.unwrap();
+        txn.commit().await.unwrap();
+        let by_function = apply_on_postgres(&function, &batch, now).await.unwrap();
 
-        assert_eq!(by_script, by_function, "round {round}");
+        assert_eq!(by_statements, by_function, "round {round}");
         assert_eq!(
-            Tables::read(&sqlite).await,
-            Tables::read(&postgres).await,
+            Tables::read(&statements).await,
+            Tables::read(&function).await,
             "round {round}"
         );
         outcomes.extend(
