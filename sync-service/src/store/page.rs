@@ -45,11 +45,12 @@ impl ListQuery {
         Ok(self)
     }
 
-    /// Builds the page, with a next-page token when more users follow.
-    pub(crate) fn page(&self, users: Vec<Profile>, has_more: bool) -> Page {
-        let next_page_token = match users.last() {
-            Some(last) if has_more => self.encode_token(last.updated_at, &last.id),
-            _ => String::new(),
+    /// Builds the page, with a token to continue after `next` (the last
+    /// key the page was read up to) when more users follow.
+    pub(crate) fn page(&self, users: Vec<Profile>, next: Option<(Millis, UserId)>) -> Page {
+        let next_page_token = match next {
+            Some((updated_at, id)) => self.encode_token(updated_at, &id),
+            None => String::new(),
         };
         Page {
             users,

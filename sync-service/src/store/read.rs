@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -20,7 +20,7 @@ use super::{
     rows::profile_from_row,
 };
 use crate::{
-    domain::{Profile, UserId},
+    domain::{Millis, Profile, UserId},
     error::Error,
     metrics,
 };
@@ -72,28 +72,37 @@ impl Store {
 
     /// The live users among `ids`, in no particular order.
     pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Profile>, Error> {
+        self.users_among(ids, true).await
+    }
+
+    /// The live users among `ids`, in no particular order: those the cache
+    /// holds from it, the others from the database, put in the cache when
+    /// `fill` (a scan of the whole directory does not: it would push out the
+    /// users that are asked for often).
+    async fn users_among(&self, ids: &[UserId], fill: bool) -> Result<Vec<Profile>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_users(ids.iter()).await;
         };
         let mut found = Vec::with_capacity(ids.len());
         let mut missed = HashMap::new();
         for id in ids {
-            let cached = cache.user(id);
-            metrics::record_user_cache("id", cached.is_some());
-            match cached {
+            match cache.user(id) {
                 Some(user) => found.push(Profile::clone(&user)),
                 None => {
                     missed.insert(id, cache.user_ticket(id));
                 }
             }
         }
+        metrics::record_user_cache_counts("id", found.len(), missed.len());
         if missed.is_empty() {
             return Ok(found);
         }
         let loaded = self.load_users(missed.keys().copied()).await?;
-        for user in &loaded {
-            if let Some(&ticket) = missed.get(&user.id) {
-                cache.fill_user(ticket, user);
+        if fill {
+            for user in &loaded {
+                if let Some(&ticket) = missed.get(&user.id) {
+                    cache.fill_user(ticket, user);
+                }
             }
         }
         found.extend(loaded);
@@ -176,44 +185,93 @@ impl Store {
             .transpose()
     }
 
-    /// One page of live users in (updated_at, id) order.
+    /// One page of live users in (updated_at, id) order. With a cache, the
+    /// database gives the page's keys only (from the `(updated_at, id)`
+    /// index) and the users come from the cache where it holds them: a
+    /// user's columns are decoded and its JSON parsed only on a miss.
     pub async fn list_users(&self, query: &ListQuery) -> Result<Page, Error> {
-        let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
-        if let Some(banned) = query.banned {
-            select = select.filter(users::Column::Banned.eq(banned));
+        let select = page_select(query);
+        if self.cache.is_none() {
+            let mut rows = select.all(&self.reads).await?;
+            let has_more = rows.len() > query.page_size as usize;
+            rows.truncate(query.page_size as usize);
+            let users = rows
+                .into_iter()
+                .map(profile_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = users.last().filter(|_| has_more);
+            let next = next.map(|last| (last.updated_at, last.id.clone()));
+            return Ok(query.page(users, next));
         }
-        // One lower bound, the tighter of the two, so that both planners
-        // start the index range at it: a page costs its own rows however
-        // deep into the directory it is. The row value is what they turn
-        // into a range; `updated_at > x OR (updated_at = x AND id > y)` had
-        // each page walk the index from the start (a full pass grew with the
-        // square of the directory).
-        let after = (query.after.as_ref()).filter(|(updated_at, _)| {
-            (query.changed_since).is_none_or(|since| *updated_at >= since)
-        });
-        select = match (after, query.changed_since) {
-            (Some((updated_at, id)), _) => select.filter(
-                Expr::tuple([
-                    Expr::col(users::Column::UpdatedAt),
-                    Expr::col(users::Column::Id),
-                ])
-                .gt(Expr::tuple([(*updated_at).into(), id.as_str().into()])),
-            ),
-            (None, Some(since)) => select.filter(users::Column::UpdatedAt.gte(since)),
-            (None, None) => select,
-        };
-        let mut rows = select
-            .order_by_asc(users::Column::UpdatedAt)
-            .order_by_asc(users::Column::Id)
-            .limit(u64::from(query.page_size) + 1)
+        let mut keys: Vec<(Millis, String)> = select
+            .select_only()
+            .columns([users::Column::UpdatedAt, users::Column::Id])
+            .into_tuple()
             .all(&self.reads)
             .await?;
-        let has_more = rows.len() > query.page_size as usize;
-        rows.truncate(query.page_size as usize);
-        let users = rows
+        let has_more = keys.len() > query.page_size as usize;
+        keys.truncate(query.page_size as usize);
+        let ids = keys
             .into_iter()
-            .map(profile_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(query.page(users, has_more))
+            .map(|(updated_at, id)| {
+                let id = UserId::parse(id, "id")
+                    .map_err(|_| Error::Corrupt("a user with an empty id".into()))?;
+                Ok((updated_at, id))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let next = ids.last().filter(|_| has_more).cloned();
+        let wanted: Vec<UserId> = ids.into_iter().map(|(_, id)| id).collect();
+        let mut users: HashMap<UserId, Profile> = self
+            .users_among(&wanted, false)
+            .await?
+            .into_iter()
+            .map(|user| (user.id.clone(), user))
+            .collect();
+        // In the page's order. A user deleted since the keys were read is
+        // left out; one changed since is served as it is now, unless the
+        // change took it out of the filter. The next page starts after the
+        // keys read, whatever changed.
+        let users = wanted
+            .iter()
+            .filter_map(|id| users.remove(id))
+            .filter(|user| {
+                query
+                    .banned
+                    .is_none_or(|banned| user.state.banned == banned)
+            })
+            .collect();
+        Ok(query.page(users, next))
     }
+}
+
+/// The rows of one page of `query` and one more (telling whether more
+/// follow), in (updated_at, id) order.
+fn page_select(query: &ListQuery) -> Select<users::Entity> {
+    let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
+    if let Some(banned) = query.banned {
+        select = select.filter(users::Column::Banned.eq(banned));
+    }
+    // One lower bound, the tighter of the two, so that both planners
+    // start the index range at it: a page costs its own rows however
+    // deep into the directory it is. The row value is what they turn
+    // into a range; `updated_at > x OR (updated_at = x AND id > y)` had
+    // each page walk the index from the start (a full pass grew with the
+    // square of the directory).
+    let after = (query.after.as_ref())
+        .filter(|(updated_at, _)| (query.changed_since).is_none_or(|since| *updated_at >= since));
+    select = match (after, query.changed_since) {
+        (Some((updated_at, id)), _) => select.filter(
+            Expr::tuple([
+                Expr::col(users::Column::UpdatedAt),
+                Expr::col(users::Column::Id),
+            ])
+            .gt(Expr::tuple([(*updated_at).into(), id.as_str().into()])),
+        ),
+        (None, Some(since)) => select.filter(users::Column::UpdatedAt.gte(since)),
+        (None, None) => select,
+    };
+    select
+        .order_by_asc(users::Column::UpdatedAt)
+        .order_by_asc(users::Column::Id)
+        .limit(u64::from(query.page_size) + 1)
 }
