@@ -6,7 +6,7 @@
 //! connection. Queries arrive typed ([`ListQuery`]): requests are parsed at
 //! the gRPC edge.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
@@ -27,30 +27,26 @@ use crate::{
 
 impl Store {
     /// The live user with this id.
-    pub async fn get_user(&self, id: &UserId) -> Result<Profile, Error> {
+    pub async fn get_user(&self, id: &UserId) -> Result<Arc<Profile>, Error> {
         self.cached_user(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
     }
 
-    /// Whether the live user `id` is banned (`None`: no live user), from the
-    /// cache without copying the profile when it holds the user.
+    /// Whether the live user `id` is banned (`None`: no live user).
     pub(super) async fn live_user_banned(&self, id: &UserId) -> Result<Option<bool>, Error> {
-        if let Some(user) = self.cache.as_deref().and_then(|cache| cache.user(id)) {
-            metrics::record_user_cache("id", true);
-            return Ok(Some(user.state.banned));
-        }
         Ok(self.cached_user(id).await?.map(|user| user.state.banned))
     }
 
-    /// The live user with this id, from the cache or else the database.
-    async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+    /// The live user with this id, from the cache (shared, not copied) or
+    /// else the database.
+    async fn cached_user(&self, id: &UserId) -> Result<Option<Arc<Profile>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_user(id).await;
         };
         if let Some(user) = cache.user(id) {
             metrics::record_user_cache("id", true);
-            return Ok(Some(Profile::clone(&user)));
+            return Ok(Some(user));
         }
         metrics::record_user_cache("id", false);
         let ticket = cache.user_ticket(id);
@@ -61,17 +57,17 @@ impl Store {
         Ok(user)
     }
 
-    async fn load_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+    async fn load_user(&self, id: &UserId) -> Result<Option<Arc<Profile>>, Error> {
         users::Entity::find_by_id(id.as_str())
             .filter(users::Column::DeletedAt.is_null())
             .one(&self.reads)
             .await?
-            .map(profile_from_row)
+            .map(|row| profile_from_row(row).map(Arc::new))
             .transpose()
     }
 
     /// The live users among `ids`, in no particular order.
-    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Profile>, Error> {
+    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Arc<Profile>>, Error> {
         self.users_among(ids, true).await
     }
 
@@ -79,7 +75,7 @@ impl Store {
     /// holds from it, the others from the database, put in the cache when
     /// `fill` (a scan of the whole directory does not: it would push out the
     /// users that are asked for often).
-    async fn users_among(&self, ids: &[UserId], fill: bool) -> Result<Vec<Profile>, Error> {
+    async fn users_among(&self, ids: &[UserId], fill: bool) -> Result<Vec<Arc<Profile>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_users(ids.iter()).await;
         };
@@ -87,7 +83,7 @@ impl Store {
         let mut missed = HashMap::new();
         for id in ids {
             match cache.user(id) {
-                Some(user) => found.push(Profile::clone(&user)),
+                Some(user) => found.push(user),
                 None => {
                     missed.insert(id, cache.user_ticket(id));
                 }
@@ -109,21 +105,24 @@ impl Store {
         Ok(found)
     }
 
-    async fn load_users(&self, ids: impl Iterator<Item = &UserId>) -> Result<Vec<Profile>, Error> {
+    async fn load_users(
+        &self,
+        ids: impl Iterator<Item = &UserId>,
+    ) -> Result<Vec<Arc<Profile>>, Error> {
         users::Entity::find()
             .filter(users::Column::Id.is_in(ids.map(UserId::as_str)))
             .filter(users::Column::DeletedAt.is_null())
             .all(&self.reads)
             .await?
             .into_iter()
-            .map(profile_from_row)
+            .map(|row| profile_from_row(row).map(Arc::new))
             .collect()
     }
 
     /// The live user owning `email` (any of their verified addresses,
     /// case-insensitive); if several have it verified, the most recently
     /// updated.
-    pub async fn find_by_email(&self, email: &str) -> Result<Profile, Error> {
+    pub async fn find_by_email(&self, email: &str) -> Result<Arc<Profile>, Error> {
         let key = email.to_lowercase();
         let owner = match self.cache.as_deref() {
             None => self.load_by_email(&key).await?,
@@ -140,7 +139,7 @@ impl Store {
         &self,
         cache: &ReadCache,
         key: String,
-    ) -> Result<Option<Profile>, Error> {
+    ) -> Result<Option<Arc<Profile>>, Error> {
         if let Some(owner) = cache.email_owner(&key) {
             match self.cached_user(&owner).await? {
                 Some(user) if has_verified(&user, &key) => {
@@ -160,7 +159,7 @@ impl Store {
         Ok(owner)
     }
 
-    async fn load_by_email(&self, key: &str) -> Result<Option<Profile>, Error> {
+    async fn load_by_email(&self, key: &str) -> Result<Option<Arc<Profile>>, Error> {
         // Two lookups by key rather than one join: a join leaves the planner
         // free to scan `users` (PostgreSQL did, with statistics taken while
         // the table was still small); these cannot be planned but by index.
@@ -181,7 +180,7 @@ impl Store {
             .order_by_asc(users::Column::Id)
             .one(&self.reads)
             .await?
-            .map(profile_from_row)
+            .map(|row| profile_from_row(row).map(Arc::new))
             .transpose()
     }
 
@@ -197,7 +196,7 @@ impl Store {
             rows.truncate(query.page_size as usize);
             let users = rows
                 .into_iter()
-                .map(profile_from_row)
+                .map(|row| profile_from_row(row).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
             let next = users.last().filter(|_| has_more);
             let next = next.map(|last| (last.updated_at, last.id.clone()));
@@ -221,7 +220,7 @@ impl Store {
             .collect::<Result<Vec<_>, Error>>()?;
         let next = ids.last().filter(|_| has_more).cloned();
         let wanted: Vec<UserId> = ids.into_iter().map(|(_, id)| id).collect();
-        let mut users: HashMap<UserId, Profile> = self
+        let mut users: HashMap<UserId, Arc<Profile>> = self
             .users_among(&wanted, false)
             .await?
             .into_iter()
