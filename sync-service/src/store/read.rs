@@ -67,15 +67,10 @@ impl Store {
     }
 
     /// The live users among `ids`, in no particular order.
+    /// Those the cache holds come from it, the others from the database, and
+    /// are offered to the cache (whose admission policy keeps a scan of the
+    /// directory from pushing out the users asked for often).
     pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Arc<Profile>>, Error> {
-        self.users_among(ids, true).await
-    }
-
-    /// The live users among `ids`, in no particular order: those the cache
-    /// holds from it, the others from the database, put in the cache when
-    /// `fill` (a scan of the whole directory does not: it would push out the
-    /// users that are asked for often).
-    async fn users_among(&self, ids: &[UserId], fill: bool) -> Result<Vec<Arc<Profile>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_users(ids.iter()).await;
         };
@@ -94,11 +89,9 @@ impl Store {
             return Ok(found);
         }
         let loaded = self.load_users(missed.keys().copied()).await?;
-        if fill {
-            for user in &loaded {
-                if let Some(&ticket) = missed.get(&user.id) {
-                    cache.fill_user(ticket, user);
-                }
+        for user in &loaded {
+            if let Some(&ticket) = missed.get(&user.id) {
+                cache.fill_user(ticket, user);
             }
         }
         found.extend(loaded);
@@ -186,8 +179,8 @@ impl Store {
 
     /// One page of live users in (updated_at, id) order. With a cache, the
     /// database gives the page's keys only (from the `(updated_at, id)`
-    /// index) and the users come from the cache where it holds them: a
-    /// user's columns are decoded and its JSON parsed only on a miss.
+    /// index) and the users as [`Store::get_users`] gives them: a user's
+    /// columns are decoded and its JSON parsed only on a miss.
     pub async fn list_users(&self, query: &ListQuery) -> Result<Page, Error> {
         let select = page_select(query);
         if self.cache.is_none() {
@@ -221,7 +214,7 @@ impl Store {
         let next = ids.last().filter(|_| has_more).cloned();
         let wanted: Vec<UserId> = ids.into_iter().map(|(_, id)| id).collect();
         let mut users: HashMap<UserId, Arc<Profile>> = self
-            .users_among(&wanted, false)
+            .get_users(&wanted)
             .await?
             .into_iter()
             .map(|user| (user.id.clone(), user))
