@@ -14,6 +14,17 @@ pub fn struct_from_json(object: Map<String, Json>) -> Struct {
     }
 }
 
+/// Converts a JSON object into a protobuf `Struct`, copying: for an object
+/// that stays where it is (a cached profile's metadata).
+pub fn struct_from_json_ref(object: &Map<String, Json>) -> Struct {
+    Struct {
+        fields: object
+            .iter()
+            .map(|(key, value)| (key.clone(), value_from_json_ref(value)))
+            .collect(),
+    }
+}
+
 /// Converts a protobuf `Struct` into a JSON object.
 pub fn json_from_struct(value: Struct) -> Map<String, Json> {
     value
@@ -35,6 +46,20 @@ fn value_from_json(value: Json) -> Value {
             values: items.into_iter().map(value_from_json).collect(),
         }),
         Json::Object(object) => Kind::StructValue(struct_from_json(object)),
+    };
+    Value { kind: Some(kind) }
+}
+
+fn value_from_json_ref(value: &Json) -> Value {
+    let kind = match value {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(value_from_json_ref).collect(),
+        }),
+        Json::Object(object) => Kind::StructValue(struct_from_json_ref(object)),
     };
     Value { kind: Some(kind) }
 }
@@ -69,6 +94,10 @@ mod tests {
         let Json::Object(object) = json.clone() else {
             unreachable!()
         };
+        assert_eq!(
+            struct_from_json_ref(&object),
+            struct_from_json(object.clone())
+        );
         let back = json_from_struct(struct_from_json(object));
         assert_eq!(Json::Object(back), json);
     }

@@ -308,41 +308,43 @@ impl Profile {
     }
 
     /// The protobuf form served to clients. Private metadata is left out
-    /// unless `with_private_metadata`.
-    pub fn into_proto(self, with_private_metadata: bool) -> v1::User {
-        let struct_from_json = clerk_sync_api::json::struct_from_json;
+    /// unless `with_private_metadata`. By reference: a cached profile is
+    /// copied once, straight into the message.
+    pub fn to_proto(&self, with_private_metadata: bool) -> v1::User {
+        let struct_from_json = clerk_sync_api::json::struct_from_json_ref;
         v1::User {
-            id: self.id.0,
-            primary_email_address: self.primary_email_address,
+            id: self.id.0.clone(),
+            primary_email_address: self.primary_email_address.clone(),
             email_addresses: self
                 .email_addresses
-                .into_iter()
+                .iter()
                 .map(|email| v1::EmailAddress {
-                    address: email.address,
+                    address: email.address.clone(),
                     verified: email.verified,
                     primary: email.primary,
                 })
                 .collect(),
-            primary_phone_number: self.primary_phone_number,
+            primary_phone_number: self.primary_phone_number.clone(),
             phone_numbers: self
                 .phone_numbers
-                .into_iter()
+                .iter()
                 .map(|phone| v1::PhoneNumber {
-                    number: phone.number,
+                    number: phone.number.clone(),
                     verified: phone.verified,
                     primary: phone.primary,
                 })
                 .collect(),
-            first_name: self.first_name,
-            last_name: self.last_name,
-            display_name: self.display_name,
-            username: self.username,
-            image_url: self.image_url,
+            first_name: self.first_name.clone(),
+            last_name: self.last_name.clone(),
+            display_name: self.display_name.clone(),
+            username: self.username.clone(),
+            image_url: self.image_url.clone(),
             has_image: self.has_image,
-            external_id: self.external_id,
-            public_metadata: Some(struct_from_json(self.public_metadata)),
+            external_id: self.external_id.clone(),
+            public_metadata: Some(struct_from_json(&self.public_metadata)),
             private_metadata: self
                 .private_metadata
+                .as_ref()
                 .filter(|_| with_private_metadata)
                 .map(struct_from_json),
             created_at: self.created_at.map(timestamp_from_millis),
@@ -360,10 +362,10 @@ impl Profile {
             }),
             external_accounts: self
                 .external_accounts
-                .into_iter()
+                .iter()
                 .map(|account| v1::ExternalAccount {
-                    provider: account.provider,
-                    email_address: account.email_address,
+                    provider: account.provider.clone(),
+                    email_address: account.email_address.clone(),
                     verified: account.verified,
                 })
                 .collect(),

@@ -412,6 +412,19 @@ pub fn record_user_cache(key: &'static str, hit: bool) {
         .inc();
 }
 
+/// Counts `hits` and `misses` of the read cache looked up by `key` at once
+/// (a read of many users).
+pub fn record_user_cache_counts(key: &'static str, hits: usize, misses: usize) {
+    for (result, count) in [("hit", hits), ("miss", misses)] {
+        if count > 0 {
+            METRICS
+                .user_cache
+                .get_or_create(&CacheLabels { key, result })
+                .inc_by(count as u64);
+        }
+    }
+}
+
 /// Every method this server can route to, by request path
 /// (`/package.Service/Method`) → (service, method), read from the descriptor
 /// sets it serves. Anything else a client sends is labelled `unknown`, so

@@ -43,7 +43,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         let id = UserId::parse(request.into_inner().id, "id")?;
         let user = self.store.get_user(&id).await?;
         Ok(Response::new(GetUserResponse {
-            user: Some(user.into_proto(private)),
+            user: Some(user.to_proto(private)),
         }))
     }
 
@@ -53,17 +53,13 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
     ) -> Result<Response<BatchGetUsersResponse>, Status> {
         let private = Caller::of(&request).is_authenticated();
         let ids = parse_batch(request.into_inner().ids)?;
-        let mut found: std::collections::HashMap<UserId, Profile> = self
-            .store
-            .get_users(&ids)
-            .await?
-            .into_iter()
-            .map(|user| (user.id.clone(), user))
-            .collect();
+        let found = self.store.get_users(&ids).await?;
+        let found: std::collections::HashMap<&UserId, &Profile> =
+            found.iter().map(|user| (&user.id, &**user)).collect();
         let mut response = BatchGetUsersResponse::default();
-        for id in ids {
-            match found.remove(&id) {
-                Some(user) => response.users.push(user.into_proto(private)),
+        for id in &ids {
+            match found.get(id) {
+                Some(user) => response.users.push(user.to_proto(private)),
                 None => response.missing_ids.push(id.as_str().to_owned()),
             }
         }
@@ -81,7 +77,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         }
         let user = self.store.find_by_email(email.trim()).await?;
         Ok(Response::new(FindUserByEmailResponse {
-            user: Some(user.into_proto(private)),
+            user: Some(user.to_proto(private)),
         }))
     }
 
@@ -95,8 +91,8 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         Ok(Response::new(ListUsersResponse {
             users: page
                 .users
-                .into_iter()
-                .map(|user| user.into_proto(private))
+                .iter()
+                .map(|user| user.to_proto(private))
                 .collect(),
             next_page_token: page.next_page_token,
         }))

@@ -457,7 +457,7 @@ fn watch_message(entry: FeedEntry, private: bool) -> WatchUsersResponse {
     WatchUsersResponse {
         position: entry.position,
         event: Some(match entry.change {
-            FeedChange::Upsert(profile) => WatchEvent::User(profile.into_proto(private)),
+            FeedChange::Upsert(profile) => WatchEvent::User(profile.to_proto(private)),
             FeedChange::Deleted { id, deleted_at } => WatchEvent::Deleted(deletion(id, deleted_at)),
         }),
     }
@@ -479,7 +479,7 @@ pub(crate) async fn list_changes(
                 position: entry.position,
                 change: Some(match entry.change {
                     FeedChange::Upsert(profile) => {
-                        v1::user_change::Change::User(profile.into_proto(private))
+                        v1::user_change::Change::User(profile.to_proto(private))
                     }
                     FeedChange::Deleted { id, deleted_at } => {
                         v1::user_change::Change::Deleted(deletion(id, deleted_at))

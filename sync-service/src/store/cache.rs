@@ -226,9 +226,9 @@ impl ReadCache {
 
     /// Inserts `user`, read from the database after `ticket` was taken,
     /// unless a write or an invalidation touched its stripe since.
-    pub(super) fn fill_user(&self, ticket: Ticket, user: &Profile) {
+    pub(super) fn fill_user(&self, ticket: Ticket, user: &Arc<Profile>) {
         self.fill(ticket, || {
-            self.users.insert(user.id.clone(), Arc::new(user.clone()));
+            self.users.insert(user.id.clone(), Arc::clone(user));
         });
     }
 
@@ -572,7 +572,7 @@ mod tests {
         let cache = ReadCache::new(100);
         let user = profile("user_1", &[]);
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &user);
+        cache.fill_user(ticket, &Arc::new(user.clone()));
         assert_eq!(cache.user(&user.id).as_deref(), Some(&user));
     }
 
@@ -583,7 +583,7 @@ mod tests {
         let user_ticket = cache.user_ticket(&old.id);
         let email_ticket = cache.email_ticket("a@example.com");
         drop(cache.begin_write(&[upsert("user_1", &[("a@example.com", true)])]));
-        cache.fill_user(user_ticket, &old);
+        cache.fill_user(user_ticket, &Arc::new(old.clone()));
         cache.fill_email(email_ticket, "a@example.com".into(), old.id.clone());
         assert!(cache.user(&old.id).is_none());
         assert!(cache.email_owner("a@example.com").is_none());
@@ -595,12 +595,12 @@ mod tests {
         let user = profile("user_1", &[]);
         let writing = cache.begin_write(&[upsert("user_1", &[])]);
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &user);
+        cache.fill_user(ticket, &Arc::new(user.clone()));
         assert!(cache.user(&user.id).is_none());
         drop(writing);
         // After the writer left, a read that begins now fills.
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &user);
+        cache.fill_user(ticket, &Arc::new(user.clone()));
         assert!(cache.user(&user.id).is_some());
     }
 
@@ -610,7 +610,7 @@ mod tests {
         let owner = profile("user_a", &[("Shared@Example.com", true)]);
         let fill_ticket = cache.email_ticket("shared@example.com");
         cache.fill_email(fill_ticket, "shared@example.com".into(), owner.id.clone());
-        cache.fill_user(cache.user_ticket(&owner.id), &owner);
+        cache.fill_user(cache.user_ticket(&owner.id), &Arc::new(owner.clone()));
 
         let newer = upsert("user_b", &[("SHARED@example.com", true), ("x@y.z", false)]);
         drop(cache.begin_write(&[newer]));
@@ -630,7 +630,7 @@ mod tests {
         assert!(ticket.generation.is_none(), "the second writer is still in");
         drop(second);
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &user);
+        cache.fill_user(ticket, &Arc::new(user.clone()));
         assert!(cache.user(&user.id).is_some());
     }
 
@@ -641,15 +641,15 @@ mod tests {
         let user_ticket = cache.user_ticket(&user.id);
         let email_ticket = cache.email_ticket("a@example.com");
         cache.invalidate_changed(std::slice::from_ref(&user.id), &["a@example.com".into()]);
-        cache.fill_user(user_ticket, &user);
+        cache.fill_user(user_ticket, &Arc::new(user.clone()));
         cache.fill_email(email_ticket, "a@example.com".into(), user.id.clone());
         assert!(cache.user(&user.id).is_none());
         assert!(cache.email_owner("a@example.com").is_none());
 
-        cache.fill_user(cache.user_ticket(&user.id), &user);
+        cache.fill_user(cache.user_ticket(&user.id), &Arc::new(user.clone()));
         let ticket = cache.user_ticket(&user.id);
         cache.invalidate_all();
-        cache.fill_user(ticket, &user);
+        cache.fill_user(ticket, &Arc::new(user.clone()));
         assert!(cache.user(&user.id).is_none());
     }
 

@@ -2,6 +2,8 @@
 //! encodes the (updated_at, id) of the last user served and the filters it was
 //! served under, so a page boundary never skips or repeats a user.
 
+use std::sync::Arc;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::{
@@ -29,7 +31,7 @@ pub struct ListQuery {
 #[derive(Clone, Debug)]
 pub struct Page {
     /// The users, in (updated_at, id) order.
-    pub users: Vec<Profile>,
+    pub users: Vec<Arc<Profile>>,
     /// Empty on the last page.
     pub next_page_token: String,
 }
@@ -45,11 +47,12 @@ impl ListQuery {
         Ok(self)
     }
 
-    /// Builds the page, with a next-page token when more users follow.
-    pub(crate) fn page(&self, users: Vec<Profile>, has_more: bool) -> Page {
-        let next_page_token = match users.last() {
-            Some(last) if has_more => self.encode_token(last.updated_at, &last.id),
-            _ => String::new(),
+    /// Builds the page, with a token to continue after `next` (the last
+    /// key the page was read up to) when more users follow.
+    pub(crate) fn page(&self, users: Vec<Arc<Profile>>, next: Option<(Millis, UserId)>) -> Page {
+        let next_page_token = match next {
+            Some((updated_at, id)) => self.encode_token(updated_at, &id),
+            None => String::new(),
         };
         Page {
             users,

@@ -6,10 +6,10 @@
 //! connection. Queries arrive typed ([`ListQuery`]): requests are parsed at
 //! the gRPC edge.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -20,37 +20,33 @@ use super::{
     rows::profile_from_row,
 };
 use crate::{
-    domain::{Profile, UserId},
+    domain::{Millis, Profile, UserId},
     error::Error,
     metrics,
 };
 
 impl Store {
     /// The live user with this id.
-    pub async fn get_user(&self, id: &UserId) -> Result<Profile, Error> {
+    pub async fn get_user(&self, id: &UserId) -> Result<Arc<Profile>, Error> {
         self.cached_user(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
     }
 
-    /// Whether the live user `id` is banned (`None`: no live user), from the
-    /// cache without copying the profile when it holds the user.
+    /// Whether the live user `id` is banned (`None`: no live user).
     pub(super) async fn live_user_banned(&self, id: &UserId) -> Result<Option<bool>, Error> {
-        if let Some(user) = self.cache.as_deref().and_then(|cache| cache.user(id)) {
-            metrics::record_user_cache("id", true);
-            return Ok(Some(user.state.banned));
-        }
         Ok(self.cached_user(id).await?.map(|user| user.state.banned))
     }
 
-    /// The live user with this id, from the cache or else the database.
-    async fn cached_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+    /// The live user with this id, from the cache (shared, not copied) or
+    /// else the database.
+    async fn cached_user(&self, id: &UserId) -> Result<Option<Arc<Profile>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_user(id).await;
         };
         if let Some(user) = cache.user(id) {
             metrics::record_user_cache("id", true);
-            return Ok(Some(Profile::clone(&user)));
+            return Ok(Some(user));
         }
         metrics::record_user_cache("id", false);
         let ticket = cache.user_ticket(id);
@@ -61,32 +57,34 @@ impl Store {
         Ok(user)
     }
 
-    async fn load_user(&self, id: &UserId) -> Result<Option<Profile>, Error> {
+    async fn load_user(&self, id: &UserId) -> Result<Option<Arc<Profile>>, Error> {
         users::Entity::find_by_id(id.as_str())
             .filter(users::Column::DeletedAt.is_null())
             .one(&self.reads)
             .await?
-            .map(profile_from_row)
+            .map(|row| profile_from_row(row).map(Arc::new))
             .transpose()
     }
 
     /// The live users among `ids`, in no particular order.
-    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Profile>, Error> {
+    /// Those the cache holds come from it, the others from the database, and
+    /// are offered to the cache (whose admission policy keeps a scan of the
+    /// directory from pushing out the users asked for often).
+    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Arc<Profile>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_users(ids.iter()).await;
         };
         let mut found = Vec::with_capacity(ids.len());
         let mut missed = HashMap::new();
         for id in ids {
-            let cached = cache.user(id);
-            metrics::record_user_cache("id", cached.is_some());
-            match cached {
-                Some(user) => found.push(Profile::clone(&user)),
+            match cache.user(id) {
+                Some(user) => found.push(user),
                 None => {
                     missed.insert(id, cache.user_ticket(id));
                 }
             }
         }
+        metrics::record_user_cache_counts("id", found.len(), missed.len());
         if missed.is_empty() {
             return Ok(found);
         }
@@ -100,21 +98,24 @@ impl Store {
         Ok(found)
     }
 
-    async fn load_users(&self, ids: impl Iterator<Item = &UserId>) -> Result<Vec<Profile>, Error> {
+    async fn load_users(
+        &self,
+        ids: impl Iterator<Item = &UserId>,
+    ) -> Result<Vec<Arc<Profile>>, Error> {
         users::Entity::find()
             .filter(users::Column::Id.is_in(ids.map(UserId::as_str)))
             .filter(users::Column::DeletedAt.is_null())
             .all(&self.reads)
             .await?
             .into_iter()
-            .map(profile_from_row)
+            .map(|row| profile_from_row(row).map(Arc::new))
             .collect()
     }
 
     /// The live user owning `email` (any of their verified addresses,
     /// case-insensitive); if several have it verified, the most recently
     /// updated.
-    pub async fn find_by_email(&self, email: &str) -> Result<Profile, Error> {
+    pub async fn find_by_email(&self, email: &str) -> Result<Arc<Profile>, Error> {
         let key = email.to_lowercase();
         let owner = match self.cache.as_deref() {
             None => self.load_by_email(&key).await?,
@@ -131,7 +132,7 @@ impl Store {
         &self,
         cache: &ReadCache,
         key: String,
-    ) -> Result<Option<Profile>, Error> {
+    ) -> Result<Option<Arc<Profile>>, Error> {
         if let Some(owner) = cache.email_owner(&key) {
             match self.cached_user(&owner).await? {
                 Some(user) if has_verified(&user, &key) => {
@@ -151,7 +152,7 @@ impl Store {
         Ok(owner)
     }
 
-    async fn load_by_email(&self, key: &str) -> Result<Option<Profile>, Error> {
+    async fn load_by_email(&self, key: &str) -> Result<Option<Arc<Profile>>, Error> {
         // Two lookups by key rather than one join: a join leaves the planner
         // free to scan `users` (PostgreSQL did, with statistics taken while
         // the table was still small); these cannot be planned but by index.
@@ -172,48 +173,97 @@ impl Store {
             .order_by_asc(users::Column::Id)
             .one(&self.reads)
             .await?
-            .map(profile_from_row)
+            .map(|row| profile_from_row(row).map(Arc::new))
             .transpose()
     }
 
-    /// One page of live users in (updated_at, id) order.
+    /// One page of live users in (updated_at, id) order. With a cache, the
+    /// database gives the page's keys only (from the `(updated_at, id)`
+    /// index) and the users as [`Store::get_users`] gives them: a user's
+    /// columns are decoded and its JSON parsed only on a miss.
     pub async fn list_users(&self, query: &ListQuery) -> Result<Page, Error> {
-        let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
-        if let Some(banned) = query.banned {
-            select = select.filter(users::Column::Banned.eq(banned));
+        let select = page_select(query);
+        if self.cache.is_none() {
+            let mut rows = select.all(&self.reads).await?;
+            let has_more = rows.len() > query.page_size as usize;
+            rows.truncate(query.page_size as usize);
+            let users = rows
+                .into_iter()
+                .map(|row| profile_from_row(row).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = users.last().filter(|_| has_more);
+            let next = next.map(|last| (last.updated_at, last.id.clone()));
+            return Ok(query.page(users, next));
         }
-        // One lower bound, the tighter of the two, so that both planners
-        // start the index range at it: a page costs its own rows however
-        // deep into the directory it is. The row value is what they turn
-        // into a range; `updated_at > x OR (updated_at = x AND id > y)` had
-        // each page walk the index from the start (a full pass grew with the
-        // square of the directory).
-        let after = (query.after.as_ref()).filter(|(updated_at, _)| {
-            (query.changed_since).is_none_or(|since| *updated_at >= since)
-        });
-        select = match (after, query.changed_since) {
-            (Some((updated_at, id)), _) => select.filter(
-                Expr::tuple([
-                    Expr::col(users::Column::UpdatedAt),
-                    Expr::col(users::Column::Id),
-                ])
-                .gt(Expr::tuple([(*updated_at).into(), id.as_str().into()])),
-            ),
-            (None, Some(since)) => select.filter(users::Column::UpdatedAt.gte(since)),
-            (None, None) => select,
-        };
-        let mut rows = select
-            .order_by_asc(users::Column::UpdatedAt)
-            .order_by_asc(users::Column::Id)
-            .limit(u64::from(query.page_size) + 1)
+        let mut keys: Vec<(Millis, String)> = select
+            .select_only()
+            .columns([users::Column::UpdatedAt, users::Column::Id])
+            .into_tuple()
             .all(&self.reads)
             .await?;
-        let has_more = rows.len() > query.page_size as usize;
-        rows.truncate(query.page_size as usize);
-        let users = rows
+        let has_more = keys.len() > query.page_size as usize;
+        keys.truncate(query.page_size as usize);
+        let ids = keys
             .into_iter()
-            .map(profile_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(query.page(users, has_more))
+            .map(|(updated_at, id)| {
+                let id = UserId::parse(id, "id")
+                    .map_err(|_| Error::Corrupt("a user with an empty id".into()))?;
+                Ok((updated_at, id))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let next = ids.last().filter(|_| has_more).cloned();
+        let wanted: Vec<UserId> = ids.into_iter().map(|(_, id)| id).collect();
+        let mut users: HashMap<UserId, Arc<Profile>> = self
+            .get_users(&wanted)
+            .await?
+            .into_iter()
+            .map(|user| (user.id.clone(), user))
+            .collect();
+        // In the page's order. A user deleted since the keys were read is
+        // left out; one changed since is served as it is now, unless the
+        // change took it out of the filter. The next page starts after the
+        // keys read, whatever changed.
+        let users = wanted
+            .iter()
+            .filter_map(|id| users.remove(id))
+            .filter(|user| {
+                query
+                    .banned
+                    .is_none_or(|banned| user.state.banned == banned)
+            })
+            .collect();
+        Ok(query.page(users, next))
     }
+}
+
+/// The rows of one page of `query` and one more (telling whether more
+/// follow), in (updated_at, id) order.
+fn page_select(query: &ListQuery) -> Select<users::Entity> {
+    let mut select = users::Entity::find().filter(users::Column::DeletedAt.is_null());
+    if let Some(banned) = query.banned {
+        select = select.filter(users::Column::Banned.eq(banned));
+    }
+    // One lower bound, the tighter of the two, so that both planners
+    // start the index range at it: a page costs its own rows however
+    // deep into the directory it is. The row value is what they turn
+    // into a range; `updated_at > x OR (updated_at = x AND id > y)` had
+    // each page walk the index from the start (a full pass grew with the
+    // square of the directory).
+    let after = (query.after.as_ref())
+        .filter(|(updated_at, _)| (query.changed_since).is_none_or(|since| *updated_at >= since));
+    select = match (after, query.changed_since) {
+        (Some((updated_at, id)), _) => select.filter(
+            Expr::tuple([
+                Expr::col(users::Column::UpdatedAt),
+                Expr::col(users::Column::Id),
+            ])
+            .gt(Expr::tuple([(*updated_at).into(), id.as_str().into()])),
+        ),
+        (None, Some(since)) => select.filter(users::Column::UpdatedAt.gte(since)),
+        (None, None) => select,
+    };
+    select
+        .order_by_asc(users::Column::UpdatedAt)
+        .order_by_asc(users::Column::Id)
+        .limit(u64::from(query.page_size) + 1)
 }

@@ -1,4 +1,6 @@
-//! The read cache in front of GetUser, BatchGetUsers and FindUserByEmail:
+//! The read cache in front of GetUser, BatchGetUsers, FindUserByEmail and
+//! ListUsers (which reads a page's keys from the database and the users
+//! through the cache):
 //! with a warm cache, every apply that returned is seen by the next read on
 //! the same replica (deletions, updates, addresses changing owner), under
 //! concurrent readers too; another replica's commits are seen within the
@@ -28,11 +30,13 @@ crate::on_both_backends!(
     an_address_follows_its_new_owner_at_once,
     readers_never_see_a_version_older_than_a_returned_apply,
     with_the_cache_off_the_answers_are_the_same,
+    a_listing_reads_through_the_cache,
 );
 
 const HITS: &str = r#"clerk_sync_service_user_cache_requests_total{key="id",result="hit"}"#;
 const EMAIL_HITS: &str =
     r#"clerk_sync_service_user_cache_requests_total{key="email",result="hit"}"#;
+const MISSES: &str = r#"clerk_sync_service_user_cache_requests_total{key="id",result="miss"}"#;
 
 async fn spawn(url: &str, capacity: u64) -> TestApp {
     let mut config = Config::with_database(url);
@@ -60,6 +64,30 @@ async fn batch_get(app: &TestApp, ids: &[&str]) -> v1::BatchGetUsersResponse {
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Every live user, through ListUsers pages of two.
+async fn list(app: &TestApp) -> Vec<v1::User> {
+    let mut users = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .directory
+            .clone()
+            .list_users(v1::ListUsersRequest {
+                page_size: 2,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        users.extend(page.users);
+        if page.next_page_token.is_empty() {
+            return users;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// `user(id, version)` that also has `address` verified.
@@ -95,6 +123,7 @@ async fn deletion_is_seen_at_once(app: &TestApp) {
     warm(app, "user_1").await;
 
     app.deleted("msg_2", "user_1", 200).await;
+    assert_eq!(list(app).await, []);
     assert_eq!(app.get("user_1").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(batch_get(app, &["user_1"]).await.missing_ids, ["user_1"]);
     let status = find(app, "user_1@example.com").await.unwrap_err();
@@ -106,6 +135,7 @@ async fn update_is_seen_at_once(app: &TestApp) {
     warm(app, "user_1").await;
 
     app.updated("msg_2", user("user_1", 200)).await;
+    assert_eq!(list(app).await, [user("user_1", 200)]);
     assert_eq!(app.get("user_1").await.unwrap(), user("user_1", 200));
     assert_eq!(
         batch_get(app, &["user_1"]).await.users,
@@ -184,6 +214,45 @@ async fn with_the_cache_off_the_answers_are_the_same(backend: Backend) {
         assert_eq!(scrape.value(HITS) + scrape.value(EMAIL_HITS), 0.0);
         app.stop().await;
     }
+}
+
+/// A listing takes the users the cache holds from it and fills it with the
+/// others.
+async fn a_listing_reads_through_the_cache(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = spawn(&db.url, 1000).await;
+    for n in 1..=5 {
+        app.created(&format!("msg_{n}"), user(&format!("user_{n}"), n * 100))
+            .await;
+    }
+    let expected: Vec<v1::User> = (1..=5)
+        .map(|n| user(&format!("user_{n}"), n * 100))
+        .collect();
+    let poll = Duration::from_millis(Config::with_database("").feed_poll_interval_ms);
+    tokio::time::sleep(poll * 3).await;
+    app.get("user_2").await.unwrap();
+
+    let before = app.scrape().await;
+    assert_eq!(list(&app).await, expected);
+    let after = app.scrape().await;
+    assert_eq!(
+        after.value(HITS) - before.value(HITS),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(after.value(MISSES) - before.value(MISSES), 4.0);
+
+    assert_eq!(list(&app).await, expected);
+    let again = app.scrape().await;
+    assert_eq!(again.value(HITS) - after.value(HITS), 5.0);
+    assert_eq!(again.value(MISSES), after.value(MISSES));
+
+    // A change is listed at once, at its new place.
+    app.updated("msg_6", user("user_1", 600)).await;
+    let mut moved = expected[1..].to_vec();
+    moved.push(user("user_1", 600));
+    assert_eq!(list(&app).await, moved);
 }
 
 /// Readers hammer one user by id, in batches and by address while a writer applies
