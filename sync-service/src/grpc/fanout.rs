@@ -10,9 +10,12 @@
 //! then starts again from the head with an empty slice there, and a watcher
 //! behind it finds the hole by the range and reads it itself.
 //!
-//! With nobody subscribed the reader reads no entries, only the head (one
-//! row) at each wake-up, so that whoever subscribes next finds the slices
-//! starting where its own first read ends at the latest.
+//! With nobody subscribed the reader reads nothing: a commit costs it a
+//! wake-up. Watchers that have caught up and wait for slices leave where
+//! they stand ([`Shared::joined`]); the first wake-up with subscribers starts
+//! reading from the lowest of those places, so nobody finds a hole before its
+//! first slice (failing that, at the head, after an empty slice there that
+//! tells a watcher behind it to read the stretch up to it itself).
 //!
 //! Watchers still read by themselves, through the same share of the pool
 //! (the store's read semaphore): to catch up from where they start, to fill
@@ -24,7 +27,7 @@
 //! further behind loses the oldest and learns it (`Lagged`), and reads the
 //! log itself from its own position instead.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::{
     sync::{broadcast, watch},
@@ -163,13 +166,30 @@ pub(crate) type Slices<C> = broadcast::Receiver<Arc<Slice<C>>>;
 #[derive(Debug)]
 pub(crate) struct Shared<L: Log> {
     slices: broadcast::Sender<Arc<Slice<L::Change>>>,
+    /// The lowest position a watcher has caught up to since the reader's
+    /// last wake-up: where it starts reading again if it has lost its place.
+    joined: Mutex<Option<Position>>,
 }
 
 impl<L: Log> Shared<L> {
     fn new() -> Self {
         Self {
             slices: broadcast::Sender::new(SLICES),
+            joined: Mutex::new(None),
         }
+    }
+
+    /// Notes that a subscribed watcher has caught up to `position` and now
+    /// waits for slices.
+    pub(crate) fn joined(&self, position: Position) {
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        *joined = Some(joined.map_or(position, |lowest| lowest.min(position)));
+    }
+
+    /// The lowest position a watcher joined at since the last call, if any
+    /// did.
+    fn rejoin(&self) -> Option<Position> {
+        self.joined.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Every slice broadcast from now on. Subscribe before reading the log
@@ -199,14 +219,14 @@ impl FanOut {
             organizations: Shared::new(),
         });
         let tasks = [
-            tokio::spawn(run::<UserLog>(
-                store.clone(),
-                fan_out.users.slices.clone(),
-                stopping.clone(),
-            )),
             tokio::spawn(run::<OrganizationLog>(
                 store.clone(),
-                fan_out.organizations.slices.clone(),
+                Arc::clone(&fan_out),
+                stopping.clone(),
+            )),
+            tokio::spawn(run::<UserLog>(
+                store.clone(),
+                Arc::clone(&fan_out),
                 stopping.clone(),
             )),
         ];
@@ -216,11 +236,8 @@ impl FanOut {
 
 /// The shared reader of `L`: after each wake-up, while anyone subscribes,
 /// reads what the log gained and broadcasts it.
-async fn run<L: Log>(
-    store: Store,
-    slices: broadcast::Sender<Arc<Slice<L::Change>>>,
-    mut stopping: watch::Receiver<bool>,
-) {
+async fn run<L: Log>(store: Store, fan_out: Arc<FanOut>, mut stopping: watch::Receiver<bool>) {
+    let shared = L::shared(&fan_out);
     let mut wake = store.subscribe_changes();
     // How far it has read; `None` when unknown (at start, or after a failed
     // read): then it starts again at the head.
@@ -228,8 +245,8 @@ async fn run<L: Log>(
     loop {
         // Marked seen before reading: a commit during the read rings again.
         wake.borrow_and_update();
-        match step::<L>(&store, &slices, cursor).await {
-            Ok(next) => cursor = Some(next),
+        match step::<L>(&store, shared, cursor).await {
+            Ok(next) => cursor = next,
             Err(error) => {
                 // Watchers go on waiting, as they would for the next commit;
                 // the next wake-up starts again from the head.
@@ -260,42 +277,44 @@ struct Cursor {
     read: Position,
 }
 
-/// One wake-up of the shared reader: with nobody subscribed, only notes the
-/// log's head; otherwise reads from `cursor` (`None`: from the head) to the
-/// log's end and broadcasts what it holds. Returns the new cursor.
+/// One wake-up of the shared reader: with nobody subscribed, nothing (its
+/// place is lost: `None`); otherwise reads from `cursor` (`None`: from where
+/// watchers joined, or else the head) to the log's end and broadcasts what it
+/// holds. Returns the new cursor.
 async fn step<L: Log>(
     store: &Store,
-    slices: &broadcast::Sender<Arc<Slice<L::Change>>>,
+    shared: &Shared<L>,
     cursor: Option<Cursor>,
-) -> Result<Cursor, Error> {
+) -> Result<Option<Cursor>, Error> {
+    let slices = &shared.slices;
+    // Taken at every wake-up, so that a place noted while the reader had one
+    // is not used long after.
+    let joined = shared.rejoin();
+    if slices.receiver_count() == 0 {
+        return Ok(None);
+    }
     let mut cursor = match cursor {
-        Some(cursor) if slices.receiver_count() > 0 => cursor,
-        _ => {
-            // The head is read before the subscribers are counted: whoever
-            // subscribes after the count reads the log itself after this
-            // read, so up to this head at least, and no slice starting here
-            // leaves it a hole.
-            let head = store.feed_head().await?;
-            let start = Cursor {
-                published: head,
-                read: head,
+        Some(cursor) => cursor,
+        None => {
+            let start = match joined {
+                Some(joined) => joined,
+                None => {
+                    // Nobody waits for slices yet (every subscriber is still
+                    // catching up, past the head read here); one behind it
+                    // learns from this empty slice to read up to it itself.
+                    metrics::count_feed_read(L::NAME, "shared");
+                    let head = store.feed_head().await?;
+                    let _ = slices.send(Arc::new(Slice {
+                        after: head,
+                        next_after: head,
+                        entries: Vec::new(),
+                    }));
+                    head
+                }
             };
-            if slices.receiver_count() == 0 {
-                return Ok(start);
-            }
-            if cursor.is_none() {
-                // The reader lost its place (a failed read): a watcher behind
-                // the head learns from this empty slice that it must read the
-                // stretch up to it itself, now rather than at the next commit.
-                let _ = slices.send(Arc::new(Slice {
-                    after: head,
-                    next_after: head,
-                    entries: Vec::new(),
-                }));
-            }
-            match cursor {
-                Some(cursor) => cursor,
-                None => start,
+            Cursor {
+                published: start,
+                read: start,
             }
         }
     };
@@ -312,7 +331,7 @@ async fn step<L: Log>(
             cursor.published = page.next_after;
         }
         if !page.has_more {
-            return Ok(cursor);
+            return Ok(Some(cursor));
         }
     }
 }

@@ -69,8 +69,10 @@ pub(crate) trait Feed: Send + Sync + 'static {
     type Log: Log;
 
     /// `entry` as this watcher's caller may see it.
-    fn message(&self, entry: FeedEntry<<Self::Log as Log>::Change>)
-    -> Result<Self::Message, Error>;
+    fn message(
+        &self,
+        entry: &FeedEntry<<Self::Log as Log>::Change>,
+    ) -> Result<Self::Message, Error>;
 
     /// The `caught_up` marker at `position`.
     fn caught_up(position: Position) -> Self::Message;
@@ -86,7 +88,7 @@ impl Feed for Users {
     type Message = WatchUsersResponse;
     type Log = UserLog;
 
-    fn message(&self, entry: FeedEntry) -> Result<WatchUsersResponse, Error> {
+    fn message(&self, entry: &FeedEntry) -> Result<WatchUsersResponse, Error> {
         Ok(watch_message(entry, self.private))
     }
 
@@ -261,6 +263,7 @@ pub(crate) async fn watch<F: Feed>(
         buffer_bytes: limits.watch_buffer_bytes,
         stall_timeout: limits.watch_stall_timeout,
         slices,
+        fan_out: Arc::clone(&watchers.fan_out),
         stopping: stopping.clone(),
         after,
         hide_deletions_through,
@@ -289,6 +292,8 @@ struct Watcher<F: Feed> {
     stall_timeout: std::time::Duration,
     /// The shared reader's slices of the log.
     slices: Slices<<F::Log as Log>::Change>,
+    /// The shared readers, told where this watcher waits for slices.
+    fan_out: Arc<FanOut>,
     /// Turns true when the server shuts down.
     stopping: watch::Receiver<bool>,
     /// The last position sent (or the start).
@@ -335,6 +340,7 @@ impl<F: Feed> Watcher<F> {
                     return Ok(());
                 }
             }
+            F::Log::shared(&self.fan_out).joined(self.after);
             match self.take_slices().await? {
                 Left::ToRead => {}
                 Left::Gone => return Ok(()),
@@ -356,7 +362,7 @@ impl<F: Feed> Watcher<F> {
             .await?;
             for entry in page.entries {
                 let position = entry.position;
-                if !self.send(self.feed.message(entry)?).await? {
+                if !self.send(self.feed.message(&entry)?).await? {
                     return Ok(false);
                 }
                 // Sent: a stream ended from here on resumes after it.
@@ -394,7 +400,7 @@ impl<F: Feed> Watcher<F> {
             let sent = self.after;
             for entry in slice.entries.iter().filter(|e| e.position > sent) {
                 let position = entry.position;
-                if !self.send(self.feed.message(entry.clone())?).await? {
+                if !self.send(self.feed.message(entry)?).await? {
                     return Ok(Left::Gone);
                 }
                 self.after = position;
@@ -446,19 +452,21 @@ async fn wait_stopping(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-fn deletion(id: crate::domain::UserId, deleted_at: crate::domain::Millis) -> UserDeletion {
+fn deletion(id: &crate::domain::UserId, deleted_at: crate::domain::Millis) -> UserDeletion {
     UserDeletion {
         id: id.as_str().to_owned(),
         deleted_at: Some(timestamp_from_millis(deleted_at)),
     }
 }
 
-fn watch_message(entry: FeedEntry, private: bool) -> WatchUsersResponse {
+fn watch_message(entry: &FeedEntry, private: bool) -> WatchUsersResponse {
     WatchUsersResponse {
         position: entry.position,
-        event: Some(match entry.change {
+        event: Some(match &entry.change {
             FeedChange::Upsert(profile) => WatchEvent::User(profile.to_proto(private)),
-            FeedChange::Deleted { id, deleted_at } => WatchEvent::Deleted(deletion(id, deleted_at)),
+            FeedChange::Deleted { id, deleted_at } => {
+                WatchEvent::Deleted(deletion(id, *deleted_at))
+            }
         }),
     }
 }
@@ -482,7 +490,7 @@ pub(crate) async fn list_changes(
                         v1::user_change::Change::User(profile.to_proto(private))
                     }
                     FeedChange::Deleted { id, deleted_at } => {
-                        v1::user_change::Change::Deleted(deletion(id, deleted_at))
+                        v1::user_change::Change::Deleted(deletion(&id, deleted_at))
                     }
                 }),
             })

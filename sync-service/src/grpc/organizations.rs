@@ -338,10 +338,10 @@ impl feed::Feed for Organizations {
 
     fn message(
         &self,
-        entry: FeedEntry<OrganizationFeedChange>,
+        entry: &FeedEntry<OrganizationFeedChange>,
     ) -> Result<WatchOrganizationsResponse, Error> {
         let position = entry.position;
-        let change = change_to_proto(entry, self.private)?;
+        let change = change_to_proto(entry.clone(), self.private)?;
         Ok(WatchOrganizationsResponse {
             position,
             event: Some(watch_organizations_response::Event::Change(change)),

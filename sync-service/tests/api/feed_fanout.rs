@@ -90,6 +90,11 @@ async fn fifty_watchers_see_every_change_in_order_with_one_read_per_commit(backe
         app.created(&format!("msg_before_{n}"), user(&format!("user_{n}"), 100))
             .await;
     }
+    // With nobody watching, a commit costs the shared readers no read.
+    let idle = app.scrape().await;
+    for feed in ["users", "organizations"] {
+        assert_eq!(idle.value(&reads(feed, "shared")), 0.0, "{}", idle.text);
+    }
     // Snapshots, from now and from a position: each catches up by itself.
     let starts = (0..50).map(|i| match i % 3 {
         0 => Start::Snapshot(()),
