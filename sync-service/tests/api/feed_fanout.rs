@@ -19,6 +19,7 @@ use tonic::{Code, Streaming, transport::Endpoint};
 
 use crate::{
     feed::{Mirror, expected_state, final_state, follow_to, head, next, send_all, storm, watch},
+    feed_limits::wait_for_watchers,
     helpers::{Backend, TestApp, TestDb, user},
     organizations::{apply, clients, joined, membership, organization, upserted},
 };
@@ -31,8 +32,6 @@ crate::on_both_backends!(
     watchers_joining_while_changes_commit_miss_nothing,
 );
 
-const WATCHERS: &str = "clerk_sync_service_change_feed_watchers";
-
 fn reads(feed: &str, reader: &str) -> String {
     format!(r#"clerk_sync_service_feed_reads_total{{feed="{feed}",reader="{reader}"}}"#)
 }
@@ -44,17 +43,6 @@ async fn spawn(db: &TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
     config.feed_poll_interval_ms = 3_600_000;
     configure(&mut config);
     TestApp::spawn_with(config).await
-}
-
-/// Waits until the server reports `count` open watchers.
-async fn wait_for_watchers(app: &TestApp, count: f64) {
-    for _ in 0..200 {
-        if app.scrape().await.value(WATCHERS) == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the server never reported {count} watchers");
 }
 
 /// A user whose messages take about 2 KB each.
@@ -80,6 +68,18 @@ async fn slow_client(app: &TestApp) -> UserDirectoryServiceClient<tonic::transpo
         .await
         .unwrap();
     UserDirectoryServiceClient::new(channel)
+}
+
+/// A `WatchUsers` stream from now on a [`slow_client`].
+async fn slow_watch(app: &TestApp) -> Streaming<WatchUsersResponse> {
+    slow_client(app)
+        .await
+        .watch_users(WatchUsersRequest {
+            start: Some(Start::Now(())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 async fn fifty_watchers_see_every_change_in_order_with_one_read_per_commit(backend: Backend) {
@@ -253,14 +253,7 @@ async fn a_watcher_behind_the_shared_pages_still_gets_every_change(backend: Back
         config.limits.watch_stall_timeout = Duration::from_secs(120);
     })
     .await;
-    let mut slow = slow_client(&app)
-        .await
-        .watch_users(WatchUsersRequest {
-            start: Some(Start::Now(())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = slow_watch(&app).await;
     let mut slow_mirror = Mirror::default();
     let mut keeping_up = watch(&app, Start::Now(())).await;
     let mut mirror = Mirror::default();
@@ -306,14 +299,7 @@ async fn a_watcher_that_does_not_read_is_ended_while_the_others_go_on(backend: B
         config.limits.watch_stall_timeout = Duration::from_secs(1);
     })
     .await;
-    let mut stalled = slow_client(&app)
-        .await
-        .watch_users(WatchUsersRequest {
-            start: Some(Start::Now(())),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stalled = slow_watch(&app).await;
     let mut stalled_mirror = Mirror::default();
     let mut others: Vec<Streaming<WatchUsersResponse>> =
         join_all((0..3).map(|_| watch(&app, Start::Now(())))).await;

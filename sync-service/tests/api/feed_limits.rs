@@ -35,8 +35,8 @@ async fn start_watch(
 }
 
 /// Waits until the server reports `count` open watchers.
-async fn wait_for_watchers(app: &TestApp, count: f64) {
-    for _ in 0..100 {
+pub(crate) async fn wait_for_watchers(app: &TestApp, count: f64) {
+    for _ in 0..200 {
         if app.scrape().await.value(WATCHERS) == count {
             return;
         }
