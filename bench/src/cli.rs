@@ -436,4 +436,26 @@ mod tests {
         ]);
         assert!(method.contains("--method"), "{method}");
     }
+
+    #[test]
+    fn the_organization_and_watch_flags_refuse_bad_values() {
+        let url = ["--sync-service-url", "http://h:1"];
+        for (args, flag) in [
+            (
+                &["seed-organizations", "--organizations", "0"][..],
+                "--organizations",
+            ),
+            (&["seed-organizations", "--sample", "x"], "--sample"),
+            (&["watch", "--count", "0"], "--count"),
+            (&["watch", "--idle", "50001"], "--idle"),
+            (&["watch", "--quiet", "0"], "--quiet"),
+            (&["watch", "--server-pids", "0"], "--server-pids"),
+            (&["query", "--warm-up", "yes"], "yes"),
+        ] {
+            let mut argv = args.to_vec();
+            argv.extend(url);
+            let error = refused(&argv);
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+    }
 }

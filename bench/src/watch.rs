@@ -131,13 +131,19 @@ fn unix_micros() -> u64 {
 /// Runs `watch`; always true once the streams are open (the figures are the
 /// result).
 pub async fn watch(args: &WatchArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        args.idle <= args.count,
+        "--idle ({}) must be at most --count ({}): the streams that never read are among them",
+        args.idle,
+        args.count
+    );
     let target = GrpcTarget::new(args.sync_service_url.clone(), args.token.as_deref())
         .map_err(anyhow::Error::msg)?;
     let procs = Watch::new(args.server_pids.clone())?;
     let start = Instant::now();
     let seen = Arc::new(Seen::default());
     let count = args.count as usize;
-    let idle = (args.idle as usize).min(count);
+    let idle = args.idle as usize;
     let mut tasks = JoinSet::new();
     let mut held = Vec::new();
     let mut refused = 0;
@@ -326,5 +332,29 @@ mod tests {
         assert_eq!(latencies.percentile_ms(70.0), 11.0);
         assert_eq!(latencies.percentile_ms(85.0), 2_600.0);
         assert_eq!(latencies.percentile_ms(100.0), 100_100.0);
+    }
+
+    #[tokio::test]
+    async fn more_idle_streams_than_streams_is_refused_before_connecting() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "clerk-sync-bench",
+            "watch",
+            "--sync-service-url",
+            "http://127.0.0.1:1",
+            "--count",
+            "10",
+            "--idle",
+            "11",
+        ])
+        .unwrap();
+        let crate::cli::Command::Watch(args) = cli.command else {
+            panic!("not watch: {:?}", cli.command);
+        };
+        let error = watch(&args).await.unwrap_err().to_string();
+        assert!(
+            error.contains("--idle (11) must be at most --count (10)"),
+            "{error}"
+        );
     }
 }

@@ -9,17 +9,16 @@
 use std::time::Duration;
 
 use clerk_sync_api::v1::{
-    WatchOrganizationsRequest, WatchUsersRequest, WatchUsersResponse,
-    user_directory_service_client::UserDirectoryServiceClient, watch_organizations_request,
+    WatchOrganizationsRequest, WatchUsersRequest, WatchUsersResponse, watch_organizations_request,
     watch_organizations_response, watch_users_request::Start,
 };
 use clerk_sync_service::Config;
 use futures::future::join_all;
-use tonic::{Code, Streaming, transport::Endpoint};
+use tonic::{Code, Streaming};
 
 use crate::{
     feed::{Mirror, expected_state, final_state, follow_to, head, next, send_all, storm, watch},
-    feed_limits::wait_for_watchers,
+    feed_limits::{slow_client, wait_for_watchers},
     helpers::{Backend, TestApp, TestDb, user},
     organizations::{apply, clients, joined, membership, organization, upserted},
 };
@@ -55,19 +54,6 @@ fn large_user(id: &str, version: i64) -> clerk_sync_api::v1::User {
             .clone(),
     ));
     profile
-}
-
-/// A client on its own connection with the smallest HTTP/2 windows: what
-/// it does not read soon stays in the server's buffer.
-async fn slow_client(app: &TestApp) -> UserDirectoryServiceClient<tonic::transport::Channel> {
-    let channel = Endpoint::from_shared(format!("http://{}", app.address))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    UserDirectoryServiceClient::new(channel)
 }
 
 /// A `WatchUsers` stream from now on a [`slow_client`].

@@ -34,6 +34,21 @@ async fn start_watch(
         .into_inner())
 }
 
+/// A client on its own connection with the smallest HTTP/2 windows: what
+/// it does not read soon stays in the server's buffer.
+pub(crate) async fn slow_client(
+    app: &TestApp,
+) -> UserDirectoryServiceClient<tonic::transport::Channel> {
+    let channel = Endpoint::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    UserDirectoryServiceClient::new(channel)
+}
+
 /// Waits until the server reports `count` open watchers.
 pub(crate) async fn wait_for_watchers(app: &TestApp, count: f64) {
     for _ in 0..200 {
@@ -125,14 +140,7 @@ async fn a_watcher_that_does_not_read_is_ended_with_where_to_resume() {
     }
 
     // A client with small HTTP/2 windows that does not read for a while.
-    let channel = Endpoint::from_shared(format!("http://{}", app.address))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let mut slow = UserDirectoryServiceClient::new(channel);
+    let mut slow = slow_client(&app).await;
     let mut stream = slow
         .watch_users(WatchUsersRequest {
             start: Some(Start::Snapshot(())),
