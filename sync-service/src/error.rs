@@ -61,7 +61,24 @@ impl Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        match classify(&err) {
+        Self::of_class(classify(&err), err)
+    }
+}
+
+/// From the SQLite batch writer's own connection (see `store::apply`),
+/// classified by SQLite's result code as sqlx's errors are.
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        let class = err
+            .sqlite_error()
+            .map_or(Class::Other, |e| classify_sqlite(e.extended_code));
+        Self::of_class(class, DbErr::Custom(err.to_string()))
+    }
+}
+
+impl Error {
+    fn of_class(class: Class, err: DbErr) -> Self {
+        match class {
             Class::Transient => Self::Unavailable(err),
             Class::Permanent => Self::Refused(err),
             Class::Other => Self::Database(err),

@@ -100,8 +100,12 @@ async fn write_loop(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max
         let commit = commit_span(&jobs);
         let (events, replies): (Vec<Event>, Vec<_>) =
             jobs.drain(..).map(|job| (job.event, job.reply)).unzip();
+        let events: Arc<[Event]> = events.into();
         let started = Instant::now();
-        let outcomes = store.apply_batch(&events).instrument(commit).await;
+        let outcomes = store
+            .apply_batch(Arc::clone(&events))
+            .instrument(commit)
+            .await;
         metrics::record_batch(&events, &outcomes, started.elapsed());
         tracing::debug!(events = events.len(), "batch committed");
         for (reply, outcome) in replies.into_iter().zip(outcomes) {

@@ -22,15 +22,10 @@
 //! so `{upsert U2, delete U1}` and `{upsert U1, delete U2}` cannot deadlock),
 //! then the email index of those users, then the feed's counter.
 //!
-//! **SQLite** runs in-process, and sqlx runs each connection on a thread of
-//! its own: every call costs a hand-off to that thread and back, not a round
-//! trip. The steps are sea-query statements in a transaction. Steps 1 and 3
-//! are a call each, as their results decide what follows; steps 4 to 6 travel
-//! together as one [`Script`], so a batch costs five calls (BEGIN, ledger,
-//! users, the rest, COMMIT) where one per statement took eight or nine. A
-//! statement never carries more bind parameters than SQLite allows (32766):
-//! large batches and users with thousands of addresses are written in
-//! consecutive chunks, still in the same order.
+//! **SQLite** runs in-process: the batch writer has a connection of its own
+//! and runs the steps as sea-query statements on its thread, the whole batch
+//! in one hand-off (`sqlite`; five calls through sqlx cost more in thread
+//! switches than the SQL did).
 //!
 //! **PostgreSQL** would pay a network round trip per statement (seven a
 //! batch), so the same steps run inside the server: the batch goes as three
@@ -43,11 +38,11 @@
 //! from [`Batch`] and return the same [`Written`], from which the outcomes are
 //! derived by one function.
 //!
-//! The steps therefore exist twice, here and in PL/pgSQL. The tests below
-//! keep them one: the function's column lists must be the entity's and
-//! [`PROFILE_COLUMNS`], and the same batches applied through the statements
-//! (which run on PostgreSQL too) and through the function must leave
-//! identical tables and outcomes.
+//! The steps therefore exist twice, as SQLite statements and in PL/pgSQL. The
+//! tests below keep them one: the function's column lists must be the
+//! entity's and [`PROFILE_COLUMNS`], and the same batches applied by the
+//! SQLite writer and by the function must leave identical tables and
+//! outcomes.
 //!
 //! Text the directory stores is free of U+0000: PostgreSQL refuses it in
 //! `text` columns and SQLite would keep it, so it is removed before writing,
@@ -56,41 +51,49 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashSet},
+    sync::Arc,
 };
 
 use sea_orm::{
-    ActiveModelTrait,
-    ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, Iterable, QueryFilter, QuerySelect, QueryTrait, Statement, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, OnConflict},
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Iterable, Statement,
 };
 
 use super::{
-    changes,
     entity::{processed_events, user_email_addresses, users},
     rows::{email_key, to_json, user_row},
-    script::Script,
 };
-use crate::domain::{Change, Event, Millis, Outcome, Profile, UserId};
+use crate::{
+    domain::{Change, Event, Millis, Outcome, Profile, UserId},
+    error::Error,
+};
+pub(super) use sqlite::SqliteWriter;
 
-/// Applies `events` atomically and returns one outcome per event, in order.
-pub(super) async fn apply_batch(
-    db: &DatabaseConnection,
-    events: &[Event],
-    now: Millis,
-) -> Result<Vec<Outcome>, DbErr> {
-    let batch = Batch::new(events);
-    let written = match db.get_database_backend() {
-        DbBackend::Postgres => apply_on_postgres(db, &batch, now).await?,
-        _ => {
-            let txn = db.begin().await?;
-            let written = apply_step_by_step(&txn, &batch, now).await?;
-            txn.commit().await?;
-            written
+/// Where batches are written.
+#[derive(Clone, Debug)]
+pub(super) enum Writer {
+    /// The writer's own connection, on a thread of its own.
+    Sqlite(Arc<SqliteWriter>),
+    /// The write pool, one function call a batch.
+    Postgres(DatabaseConnection),
+}
+
+impl Writer {
+    /// Applies `events` atomically and returns one outcome per event, in
+    /// order.
+    pub(super) async fn apply_batch(
+        &self,
+        events: Arc<[Event]>,
+        now: Millis,
+    ) -> Result<Vec<Outcome>, Error> {
+        match self {
+            Self::Sqlite(writer) => writer.apply(events, now).await,
+            Self::Postgres(db) => {
+                let batch = Batch::new(&events);
+                let written = apply_on_postgres(db, &batch, now).await?;
+                Ok(batch.outcomes(&written))
+            }
         }
-    };
-    Ok(batch.outcomes(&written))
+    }
 }
 
 /// A batch of events and the order in which they may decide their users.
@@ -190,44 +193,6 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// The steps as statements in `txn` (SQLite; portable).
-async fn apply_step_by_step(
-    txn: &DatabaseTransaction,
-    batch: &Batch<'_>,
-    now: Millis,
-) -> Result<Written, DbErr> {
-    let events = batch.events;
-    let mut written = Written {
-        fresh: record_events(txn, events, &batch.candidates, now).await?,
-        ..Written::default()
-    };
-    let winners: Vec<usize> = batch.winners(&written.fresh).into_values().collect();
-    (written.upserted, written.tombstoned) = write_users(txn, events, &winners).await?;
-    let refused: Vec<&str> = winners
-        .iter()
-        .filter(|&&i| matches!(events[i].change, Change::Upsert(_)))
-        .map(|&i| events[i].user_id().as_str())
-        .filter(|id| !written.upserted.contains(*id))
-        .collect();
-    let profiles = winners.iter().filter_map(|&i| match &events[i].change {
-        Change::Upsert(profile) if written.upserted.contains(profile.id.as_str()) => {
-            Some(&**profile)
-        }
-        _ => None,
-    });
-    let mut users: Vec<&str> = written.upserted.iter().map(String::as_str).collect();
-    users.extend(written.tombstoned.iter().map(String::as_str));
-
-    let mut rest = Script::new(txn.get_database_backend());
-    select_deleted(&mut rest, &refused);
-    replace_email_index(&mut rest, &users, &Batch::index_rows(profiles));
-    changes::record(&mut rest, &written.upserted, &written.tombstoned, now);
-    for row in rest.run(txn).await? {
-        written.deleted.insert(row.try_get("", "id")?);
-    }
-    Ok(written)
-}
-
 /// The steps in one call of `clerk_sync_apply_batch` (PostgreSQL).
 async fn apply_on_postgres(
     db: &DatabaseConnection,
@@ -319,39 +284,6 @@ fn ledger_row(event: &Event, now: Millis) -> processed_events::Model {
     }
 }
 
-/// Inserts the ledger rows of `candidates`; returns the event ids inserted
-/// (the others were already there).
-async fn record_events(
-    txn: &DatabaseTransaction,
-    events: &[Event],
-    candidates: &[usize],
-    now: Millis,
-) -> Result<HashSet<String>, DbErr> {
-    if candidates.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let mut ordered = candidates.to_vec();
-    ordered.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
-    let mut recorded = HashSet::new();
-    for chunk in ordered.chunks(rows_per_statement::<processed_events::Entity>()) {
-        let rows = chunk
-            .iter()
-            .map(|&i| processed_events::ActiveModel::from(ledger_row(&events[i], now)).reset_all());
-        let mut insert = processed_events::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(processed_events::Column::EventId)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .into_query();
-        insert.returning_col(processed_events::Column::EventId);
-        for row in txn.query_all(&insert).await? {
-            recorded.insert(row.try_get::<String>("", "event_id")?);
-        }
-    }
-    Ok(recorded)
-}
-
 /// Most bind parameters one statement may carry (SQLite's limit, the
 /// smallest of the backends').
 const BIND_LIMIT: usize = 32_766;
@@ -359,111 +291,6 @@ const BIND_LIMIT: usize = 32_766;
 /// How many rows of `E` (one bind parameter per column) fit in one statement.
 fn rows_per_statement<E: EntityTrait>() -> usize {
     (BIND_LIMIT / E::Column::iter().count()).max(1)
-}
-
-/// Writes the winners `ordered` (in user id order): upserts where the stored
-/// row is live and older, tombstones where it is live. One multi-row statement
-/// (chunked under the bind limit) for both, so every batch locks `users` rows
-/// in one order. Returns the ids upserted and the ids tombstoned.
-async fn write_users(
-    txn: &DatabaseTransaction,
-    events: &[Event],
-    ordered: &[usize],
-) -> Result<(HashSet<String>, HashSet<String>), DbErr> {
-    let (mut upserted, mut tombstoned) = (HashSet::new(), HashSet::new());
-    let excluded = |column| Expr::col((Alias::new("excluded"), column));
-    let stored = |column| Expr::col((users::Entity, column));
-    for chunk in ordered.chunks(rows_per_statement::<users::Entity>()) {
-        let rows = chunk
-            .iter()
-            .map(|&i| users::ActiveModel::from(user_row(&events[i].change)).reset_all());
-        // Deletes are final: only a live row changes. A tombstone always
-        // applies to it; an upsert when newer by Clerk's version, or of the
-        // same version over a row an older mapping wrote (it dropped fields
-        // this one keeps).
-        let newer = stored(users::Column::UpdatedAt)
-            .lt(excluded(users::Column::UpdatedAt))
-            .or(stored(users::Column::UpdatedAt)
-                .eq(excluded(users::Column::UpdatedAt))
-                .and(
-                    stored(users::Column::ProfileFormat).lt(excluded(users::Column::ProfileFormat)),
-                ));
-        let guard = stored(users::Column::DeletedAt)
-            .is_null()
-            .and(excluded(users::Column::DeletedAt).is_not_null().or(newer));
-        // A tombstone keeps the version the user had; an upsert brings its own.
-        let version = Expr::case(
-            excluded(users::Column::DeletedAt).is_null(),
-            excluded(users::Column::UpdatedAt),
-        )
-        .finally(stored(users::Column::UpdatedAt));
-        let mut insert = users::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(users::Column::Id)
-                    .update_columns(
-                        PROFILE_COLUMNS
-                            .into_iter()
-                            .chain([users::Column::DeletedAt]),
-                    )
-                    .value(users::Column::UpdatedAt, version)
-                    .action_and_where(guard)
-                    .to_owned(),
-            )
-            .into_query();
-        insert.returning(
-            sea_orm::sea_query::Query::returning()
-                .columns([users::Column::Id, users::Column::DeletedAt]),
-        );
-        for row in txn.query_all(&insert).await? {
-            let id: String = row.try_get("", "id")?;
-            let deleted_at: Option<i64> = row.try_get("", "deleted_at")?;
-            if deleted_at.is_some() {
-                tombstoned.insert(id);
-            } else {
-                upserted.insert(id);
-            }
-        }
-    }
-    Ok((upserted, tombstoned))
-}
-
-/// Selects the `id` of each of `ids` that is a tombstone.
-fn select_deleted(script: &mut Script, ids: &[&str]) {
-    for chunk in ids.chunks(BIND_LIMIT) {
-        script.push(
-            &users::Entity::find()
-                .select_only()
-                .column(users::Column::Id)
-                .filter(users::Column::Id.is_in(chunk.iter().copied()))
-                .filter(users::Column::DeletedAt.is_not_null())
-                .into_query(),
-        );
-    }
-}
-
-/// Rebuilds the email index of the `written` users from `rows` (the
-/// verified addresses of those upserted; tombstones keep no address).
-fn replace_email_index(script: &mut Script, written: &[&str], rows: &[(&str, String)]) {
-    let mut written = written.to_vec();
-    written.sort_unstable();
-    for chunk in written.chunks(BIND_LIMIT) {
-        script.push(
-            &user_email_addresses::Entity::delete_many()
-                .filter(user_email_addresses::Column::UserId.is_in(chunk.iter().copied()))
-                .into_query(),
-        );
-    }
-    for chunk in rows.chunks(rows_per_statement::<user_email_addresses::Entity>()) {
-        script.push(
-            &user_email_addresses::Entity::insert_many(chunk.iter().map(|(user_id, email)| {
-                user_email_addresses::ActiveModel {
-                    email_lower: Set(email.clone()),
-                    user_id: Set((*user_id).to_owned()),
-                }
-            }))
-            .into_query(),
-        );
-    }
 }
 
 /// The columns holding what Clerk tells about a user: a newer version
@@ -496,5 +323,6 @@ const PROFILE_COLUMNS: [users::Column; 25] = [
     users::Column::ProfileFormat,
 ];
 
+mod sqlite;
 #[cfg(test)]
 mod tests;

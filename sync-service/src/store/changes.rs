@@ -68,7 +68,7 @@ const INSERT_CHUNK: usize = 1000;
 /// `upserted` and `tombstoned` (disjoint sets of user ids written by it) each
 /// get the next position, in user id order. Appended last to the
 /// transaction's last [`Script`]: the bump of the counter, then the entries,
-/// which read their positions back from the counter in the same call.
+/// which read their positions back from the counter.
 pub(super) fn record(
     script: &mut Script,
     upserted: &HashSet<String>,

@@ -18,8 +18,8 @@
 //! - `page`: ListUsers' typed query and its opaque page token;
 //! - `quarantine` (deliveries that cannot be applied) and `prune` (the
 //!   ledger's retention);
-//! - `script`: statements sent to the database in one call (the write path's
-//!   last steps and the change log's entries);
+//! - `script`: statements of one transaction, in order (the SQLite write
+//!   path's last steps and the change log's entries);
 //! - `rows`: the `users` row ⇄ profile mapping and the email index's key;
 //! - `entity`: the tables, as sea-orm entities.
 
@@ -38,7 +38,12 @@ mod reconcile;
 mod rows;
 mod script;
 
-use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -99,6 +104,9 @@ pub struct Store {
     /// Reads: read-only connections (on SQLite, WAL readers beside the one
     /// writer), so that a write through them is refused.
     reads: DatabaseConnection,
+    /// Where event batches go: on SQLite a connection of their own, on
+    /// PostgreSQL the write pool.
+    writer: apply::Writer,
     /// Wakes this process's change-feed watchers after a commit.
     signal: Arc<changes::Signal>,
     /// Hot users in memory; `None` when turned off.
@@ -110,15 +118,17 @@ impl Store {
     /// they do not exist yet. Does not migrate: see [`Store::migrate`].
     pub async fn connect(options: &StoreOptions) -> Result<Self, Error> {
         let url = &options.database_url;
-        if url.starts_with("sqlite:") {
-            create_sqlite_parent_dir(url)?;
+        let sqlite_file = if url.starts_with("sqlite:") {
+            Some(create_sqlite_parent_dir(url)?)
         } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             // Named without echoing the URL: it may hold a password.
             return Err(Error::invalid(
                 "DATABASE_URL",
                 "must start with sqlite: or postgres://",
             ));
-        }
+        } else {
+            None
+        };
         let busy_timeout = options.acquire_timeout;
         // A statement or lock wait past these fails (as UNAVAILABLE: retry)
         // instead of holding a connection and its locks indefinitely.
@@ -167,7 +177,14 @@ impl Store {
         // a query-only connection could not.
         let db = Database::connect(pool(options.write_connections, false)).await?;
         let reads = Database::connect(pool(options.max_connections, true)).await?;
+        let writer = match sqlite_file {
+            Some(path) => {
+                apply::Writer::Sqlite(Arc::new(apply::SqliteWriter::open(&path, busy_timeout)?))
+            }
+            None => apply::Writer::Postgres(db.clone()),
+        };
         Ok(Self {
+            writer,
             db,
             reads,
             signal: Arc::new(changes::Signal::new(options.max_connections)),
@@ -235,16 +252,20 @@ impl Store {
     ///
     /// If the transaction fails, each event is retried alone so that one bad
     /// event cannot fail its neighbours.
-    pub async fn apply_batch(&self, events: &[Event]) -> Vec<Result<Outcome, Error>> {
-        match self.apply_in_transaction(events).await {
+    pub async fn apply_batch(
+        &self,
+        events: impl Into<Arc<[Event]>>,
+    ) -> Vec<Result<Outcome, Error>> {
+        let events = events.into();
+        match self.apply_in_transaction(Arc::clone(&events)).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(err) if events.len() == 1 => vec![Err(err)],
             Err(err) => {
                 tracing::warn!(error = %err, events = events.len(), "batch failed, applying its events one by one");
                 let mut outcomes = Vec::with_capacity(events.len());
-                for event in events {
+                for event in events.iter() {
                     let outcome = self
-                        .apply_in_transaction(std::slice::from_ref(event))
+                        .apply_in_transaction(Arc::from(std::slice::from_ref(event)))
                         .await
                         .map(|mut o| o.remove(0));
                     outcomes.push(outcome);
@@ -254,17 +275,24 @@ impl Store {
         }
     }
 
-    async fn apply_in_transaction(&self, events: &[Event]) -> Result<Vec<Outcome>, Error> {
+    async fn apply_in_transaction(&self, events: Arc<[Event]>) -> Result<Vec<Outcome>, Error> {
         // Marked before the transaction, invalidated after it, whatever
         // happens to it: see the `cache` module.
-        let writing = self.cache.as_deref().map(|cache| cache.begin_write(events));
-        let outcomes = apply::apply_batch(&self.db, events, now_millis()).await?;
+        let writing = self
+            .cache
+            .as_deref()
+            .map(|cache| cache.begin_write(&events));
+        let outcomes = self
+            .writer
+            .apply_batch(Arc::clone(&events), now_millis())
+            .await?;
         // Before the outcome is returned and the watchers wake.
         drop(writing);
         if outcomes.contains(&Outcome::Applied) {
             self.signal.ring();
         }
-        self.erase_what_deleted_users_leave(events, &outcomes).await;
+        self.erase_what_deleted_users_leave(&events, &outcomes)
+            .await;
         Ok(outcomes)
     }
 
@@ -301,7 +329,9 @@ impl Store {
     }
 }
 
-fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {
+/// Creates the directory of the SQLite file `url` names; returns the file's
+/// path.
+fn create_sqlite_parent_dir(url: &str) -> Result<PathBuf, Error> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| Error::invalid("DATABASE_URL", format!("is not a valid SQLite URL: {e}")))?;
     let path: &Path = options.get_filename();
@@ -313,5 +343,5 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), Error> {
             )
         })?;
     }
-    Ok(())
+    Ok(path.to_owned())
 }

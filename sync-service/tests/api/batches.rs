@@ -48,7 +48,7 @@ async fn one_batch_decides_like_events_applied_one_by_one(backend: Backend) {
     .unwrap();
     store.migrate().await.unwrap();
     let first = store
-        .apply_batch(&[
+        .apply_batch([
             upsert("msg_old", "user_stored", 100),
             upsert("msg_t0", "user_tomb", 1),
         ])
@@ -59,7 +59,7 @@ async fn one_batch_decides_like_events_applied_one_by_one(backend: Backend) {
             .all(|o| *o.as_ref().unwrap() == Outcome::Applied)
     );
     assert_eq!(
-        store.apply_batch(&[delete("msg_t1", "user_tomb")]).await[0]
+        store.apply_batch([delete("msg_t1", "user_tomb")]).await[0]
             .as_ref()
             .unwrap(),
         &Outcome::Applied
@@ -79,7 +79,7 @@ async fn one_batch_decides_like_events_applied_one_by_one(backend: Backend) {
         delete("msg_t3", "user_tomb"),
     ];
     let outcomes: Vec<Outcome> = store
-        .apply_batch(&batch)
+        .apply_batch(batch.as_slice())
         .await
         .into_iter()
         .map(Result::unwrap)

@@ -244,7 +244,7 @@ async fn a_batch_over_every_bind_limit_is_applied(backend: Backend) {
         .map(|i| upsert(&format!("msg_{i}"), &format!("user_{i:05}"), 5))
         .collect();
     events.extend((0..1_000).map(|i| delete(&format!("msg_del_{i}"), &format!("user_{i:05}"), 9)));
-    let outcomes = store.apply_batch(&events).await;
+    let outcomes = store.apply_batch(events.as_slice()).await;
     assert_eq!(outcomes.len(), 10_000);
     let applied = outcomes
         .iter()
@@ -469,7 +469,7 @@ async fn crossed_upserts_and_deletes_never_deadlock_on_postgres() {
             upsert(&format!("seed_{round}_1"), &u1, 1),
             upsert(&format!("seed_{round}_2"), &u2, 1),
         ];
-        for outcome in first.apply_batch(&seed).await {
+        for outcome in first.apply_batch(seed.as_slice()).await {
             outcome.unwrap();
         }
         let a = [
@@ -480,7 +480,10 @@ async fn crossed_upserts_and_deletes_never_deadlock_on_postgres() {
             upsert(&format!("b_{round}"), &u1, 5),
             delete(&format!("b_del_{round}"), &u2, 9),
         ];
-        let (left, right) = tokio::join!(first.apply_batch(&a), second.apply_batch(&b));
+        let (left, right) = tokio::join!(
+            first.apply_batch(a.as_slice()),
+            second.apply_batch(b.as_slice())
+        );
         for outcome in left.into_iter().chain(right) {
             outcome.unwrap();
         }

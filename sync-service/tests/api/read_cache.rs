@@ -431,7 +431,7 @@ async fn a_replica_whose_place_in_the_log_was_pruned_drops_its_whole_cache() {
         .unwrap()
     };
     writing
-        .apply_batch(&[upsert("msg_1", "user_1"), upsert("msg_2", "user_2")])
+        .apply_batch([upsert("msg_1", "user_1"), upsert("msg_2", "user_2")])
         .await;
     // The follower starts at the head; its next tick comes after POLL.
     let from = reading.feed_head().await.unwrap();
@@ -452,7 +452,7 @@ async fn a_replica_whose_place_in_the_log_was_pruned_drops_its_whole_cache() {
         }),
     })
     .unwrap();
-    writing.apply_batch(&[deletion]).await.remove(0).unwrap();
+    writing.apply_batch([deletion]).await.remove(0).unwrap();
     let far_future = i64::MAX / 2;
     assert_eq!(writing.prune_deletions(far_future).await.unwrap(), 1);
     // Until the next tick, the other replica's deletion is not known here.

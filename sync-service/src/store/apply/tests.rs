@@ -1,9 +1,9 @@
-//! The batch logic exists twice, as the statements of this module and as the
+//! The batch logic exists twice, as the SQLite writer's statements and as the
 //! PL/pgSQL function `clerk_sync_apply_batch`: these tests fail when the two
 //! drift apart. The function's column lists are read from its SQL text and
 //! compared with the entities and [`PROFILE_COLUMNS`]; then the same batches
-//! go through both on PostgreSQL, and their outcomes and every table they
-//! write must come out identical.
+//! go through the SQLite writer and through the function on PostgreSQL, and
+//! their outcomes and every table they write must come out identical.
 
 #[path = "../../../../tests/support/test_db.rs"]
 #[allow(dead_code, unused_macros)] // Shared with the test binaries; only PostgreSQL is needed here.
@@ -253,16 +253,19 @@ impl Tables {
     }
 }
 
-async fn migrated_postgres() -> DatabaseConnection {
-    let db = test_db::TestDb::new(test_db::Backend::Postgres).await;
-    let db = Database::connect(&db.url).await.unwrap();
+async fn migrated(url: &str) -> DatabaseConnection {
+    let db = Database::connect(url).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
     db
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_statements_and_the_function_write_alike_on_postgres() {
-    let (statements, function) = (migrated_postgres().await, migrated_postgres().await);
+async fn the_sqlite_writer_and_the_function_write_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clerk-sync.db");
+    let statements = migrated(&format!("sqlite://{}?mode=rwc", file.display())).await;
+    let mut writer = rusqlite::Connection::open(&file).unwrap();
+    let function = migrated(&test_db::TestDb::new(test_db::Backend::Postgres).await.url).await;
     let events = events();
     let mut dice = Dice(11);
     let mut outcomes = BTreeSet::new();
@@ -273,9 +276,9 @@ async fn the_statements_and_the_function_write_alike_on_postgres() {
         let batch = Batch::new(&batch);
         let now = 10_000 + round;
 
-        let txn = statements.begin().await.unwrap();
-        let by_statements = apply_step_by_step(&txn, &batch, now).await.unwrap();
-        txn.commit().await.unwrap();
+        let txn = writer.transaction().unwrap();
+        let by_statements = sqlite::apply_step_by_step(&txn, &batch, now).unwrap();
+        txn.commit().unwrap();
         let by_function = apply_on_postgres(&function, &batch, now).await.unwrap();
 
         assert_eq!(by_statements, by_function, "round {round}");
