@@ -306,3 +306,38 @@ async fn the_sqlite_writer_and_the_function_write_alike() {
         every.map(|o| format!("{o:?}")).into_iter().collect()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_writer_waits_for_the_write_lock_then_answers_unavailable_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clerk-sync.db");
+    let db = migrated(&format!("sqlite://{}?mode=rwc", file.display())).await;
+    let writer = SqliteWriter::open(&file, std::time::Duration::from_millis(200)).unwrap();
+    let events: Arc<[Event]> = events()[..5].into();
+
+    // Another writer holds SQLite's write lock past the busy timeout.
+    let blocker = rusqlite::Connection::open(&file).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let refused = writer.apply(Arc::clone(&events), 1).await;
+    assert!(
+        matches!(refused, Err(Error::Unavailable(_))),
+        "a busy database is worth a retry: {refused:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    assert!(Tables::read(&db).await.ledger.is_empty(), "nothing written");
+
+    // Once the lock is free, the same batch applies whole.
+    blocker.execute_batch("COMMIT").unwrap();
+    let outcomes = writer.apply(Arc::clone(&events), 2).await.unwrap();
+    assert!(outcomes.contains(&Outcome::Applied), "{outcomes:?}");
+    let ledger = Tables::read(&db).await.ledger;
+    let ids: BTreeSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ledger
+            .iter()
+            .map(|row| row.event_id.as_str())
+            .collect::<BTreeSet<_>>(),
+        ids
+    );
+}
