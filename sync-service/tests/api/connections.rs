@@ -71,7 +71,9 @@ async fn connect_many(address: SocketAddr, count: usize, send: &'static [u8]) ->
 async fn silent_and_preface_only_connections_are_closed_at_the_handshake_timeout() {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut config = config(&db);
-    config.limits.handshake_timeout = Duration::from_secs(1);
+    // Long enough that opening the 200 connections on a loaded machine (it
+    // took over 800 ms once) ends well before the first deadline.
+    config.limits.handshake_timeout = Duration::from_secs(2);
     let app = TestApp::spawn_with(config).await;
 
     let started = Instant::now();
@@ -80,7 +82,7 @@ async fn silent_and_preface_only_connections_are_closed_at_the_handshake_timeout
     let connected = started.elapsed();
     // The server holds them for now...
     let mut seen = vec![(connected, -1.0)];
-    while started.elapsed() < Duration::from_millis(800) {
+    while started.elapsed() < Duration::from_millis(1800) {
         seen.push((started.elapsed(), app.scrape().await.value(OPEN)));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -95,10 +97,10 @@ async fn silent_and_preface_only_connections_are_closed_at_the_handshake_timeout
     )
     .await;
     let last = closed.iter().max().unwrap().duration_since(started);
-    assert!(last < Duration::from_secs(4), "last closed after {last:?}");
+    assert!(last < Duration::from_secs(5), "last closed after {last:?}");
     let first = closed.iter().min().unwrap().duration_since(started);
     assert!(
-        first >= Duration::from_millis(900),
+        first >= Duration::from_millis(1900),
         "first closed after {first:?}"
     );
 
