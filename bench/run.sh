@@ -8,6 +8,9 @@
 # and a read token (bench -> directory), and runs clerk-sync-bench against
 # them: baselines, ingest (with end-state verification) at each connection
 # count, every query method, and a storm with memory at start, middle, end.
+# Then, per backend, the seed's stack (bench/seed: the original Express +
+# svix endpoint, its Mongoose calls ported to the same database) on a fresh
+# database of its own, driven by the same ingest, side by side.
 # Prints the markdown table and writes it to $BENCH_OUT.
 #
 # Settings (environment):
@@ -31,6 +34,15 @@
 #                      ingest, random GetUser / FindUserByEmail over all of
 #                      them, a full ListUsers pass, database bytes per user,
 #                      and the sync-service's start-up time on that database
+#   BENCH_SEED         1      0 skips the seed's stack. It needs node (20 or
+#                      later) and npm; bench/seed/node_modules is installed
+#                      with `npm ci` when missing (its SQLite driver is
+#                      compiled from source: a few minutes). Same warm-up and ingest
+#                      (BENCH_USERS x (1 + BENCH_UPDATES) at each connection
+#                      count) against one node process; its end state is
+#                      checked in its own table (bench/seed/check.js).
+#   BENCH_ONLY         ""     "ingest": only clerk-sync's ingest and the
+#                      seed's (no baselines, queries, storm, fan-out, scale)
 #   BENCH_OUT          target/bench/results.md
 #   PG_HOST / PG_PORT / PG_USER   127.0.0.1 / 5432 / postgres
 #   CARGO_TARGET_DIR   where cargo puts the release binaries (default target)
@@ -47,11 +59,19 @@ CALLS=${BENCH_CALLS:-20000}
 STORM_SECS=${BENCH_STORM_SECS:-60}
 WATCHER_COUNTS=${BENCH_WATCHERS-0 100 1000}
 SCALE_USERS=${BENCH_SCALE_USERS:-1000000}
+SEED=${BENCH_SEED:-1}
+ONLY=${BENCH_ONLY:-}
 OUT=${BENCH_OUT:-target/bench/results.md}
 PG_HOST=${PG_HOST:-127.0.0.1}
 PG_PORT=${PG_PORT:-5432}
 PG_USER=${PG_USER:-postgres}
 BIN=${CARGO_TARGET_DIR:-target}/release
+[[ $SEED == 0 || $SEED == 1 ]] || { echo "bench/run.sh: BENCH_SEED: expected 0 or 1, got '$SEED'" >&2; exit 2; }
+case $ONLY in
+  "") ;;
+  ingest) STORM_SECS=0 WATCHER_COUNTS="" SCALE_USERS=0 ;;
+  *) echo "bench/run.sh: BENCH_ONLY: expected ingest, got '$ONLY'" >&2; exit 2 ;;
+esac
 STEP_TIMEOUT=$((STORM_SECS + 300 + SCALE_USERS / 1000))
 
 MAX_WATCHERS=256
@@ -66,6 +86,28 @@ done
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
   echo "== building release binaries" >&2
   timeout 3600 cargo build --release --locked -p clerk-sync-service -p clerk-sync-gateway -p clerk-sync-bench >&2
+fi
+
+# The seed's stack: its node modules, installed once into bench/seed.
+seed_ready() {
+  (cd bench/seed && node --input-type=module -e "const { default: sqlite3 } = await import('sqlite3')
+    await new Promise((resolve, reject) => new sqlite3.Database(':memory:', (e) => (e ? reject(e) : resolve())))
+    await Promise.all(['express', 'svix', 'pg'].map((name) => import(name)))") >/dev/null 2>&1
+}
+if [[ $SEED == 1 ]]; then
+  command -v node >/dev/null && command -v npm >/dev/null ||
+    { echo "bench/run.sh: the seed's stack needs node (20 or later) and npm; BENCH_SEED=0 skips it" >&2; exit 2; }
+  if ! seed_ready; then
+    echo "== installing bench/seed (npm ci; the sqlite3 driver is compiled from source)" >&2
+    (
+      cd bench/seed
+      # No prebuilt binary download; node's headers from the system when it has them.
+      export npm_config_build_from_source=true
+      [[ ! -f /usr/include/node/node_api.h ]] || export npm_config_nodedir=${npm_config_nodedir:-/usr}
+      timeout 1800 npm ci --no-audit --no-fund >&2
+    )
+    seed_ready || { echo "bench/run.sh: bench/seed's modules do not load after npm ci" >&2; exit 1; }
+  fi
 fi
 
 WORK=$(mktemp -d)
@@ -147,6 +189,11 @@ feed_reads() {
 }
 delta() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a") print "n/a"; else printf "%.0f", b - a }'; }
 row() { ROWS+=("| $(IFS='|'; echo "$*" | sed 's/|/ | /g') |"); }
+SEED_ROWS=()
+SEED_PG_POOL=10 # the seed's pg Pool: pg's default size
+# clerk-sync's ingest figures by "backend connections", for the seed's table.
+declare -A CS_RATE CS_P50 CS_P99 CS_CPU
+xratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f×", a / b; else print "?" }'; }
 
 LOAD_BEFORE=$(uptime)
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -154,6 +201,7 @@ START=$(date -u '+%Y-%m-%d %H:%M UTC')
 # Baselines: the machine's ceiling for an HTTP/1.1 request and a tonic call.
 declare -A HYPER TONIC
 for c in $CONNECTIONS; do
+  [[ -z $ONLY ]] || break
   bench "baselines-$c" baselines --connections "$c" --requests "$((USERS * (UPDATES + 1)))"
   line=$(result "baseline kind=hyper" "$WORK/baselines-$c.log")
   HYPER[$c]=$(field rate "$line")
@@ -213,16 +261,21 @@ for backend in $BACKENDS; do
     verify=$(result "verify " "$log")
     row "$backend" "ingest ($(field count "$line") events, verified: $(field mismatches "$verify") mismatches)" "$c" \
       "$(field rate "$line")" "$(field p50_ms "$line")" "$(field p90_ms "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")" \
-      "$(ratio "$(field rate "$line")" "${HYPER[$c]}") of hyper" \
+      "$(ratio "$(field rate "$line")" "${HYPER[$c]:-}") of hyper" \
       "gateway $(cpu "$GATEWAY_PID" "$log"), sync $(cpu "$SYNC_PID" "$log")" \
       "gateway $(rss_mib "$GATEWAY_PID" end "$log"), sync $(rss_mib "$SYNC_PID" end "$log")"
+    CS_RATE[$backend $c]=$(field rate "$line")
+    CS_P50[$backend $c]=$(field p50_ms "$line")
+    CS_P99[$backend $c]=$(field p99_ms "$line")
+    CS_CPU[$backend $c]=$(awk -v g="$(cpu "$GATEWAY_PID" "$log")" -v s="$(cpu "$SYNC_PID" "$log")" 'BEGIN { printf "%.1f", g + s }')
   done
 
   # Organizations for CheckPermission / GetMembership: the first 4,000
   # users become members of 20 organizations, half of them teachers.
-  TOKEN=$WRITE_TOKEN bench "$backend-seed-organizations" seed-organizations \
+  [[ -n $ONLY ]] || TOKEN=$WRITE_TOKEN bench "$backend-seed-organizations" seed-organizations \
     --sync-service-url "$SYNC" --organizations 20 --sample 4000
   for method in health get-user batch-get-users find-user-by-email list-users check-permission get-membership; do
+    [[ -z $ONLY ]] || break
     bench "$backend-query-$method" query --sync-service-url "$SYNC" --method "$method" \
       --calls "$CALLS" --connections "$FIRST_C" --sample 4000 --warm-up --server-pids "$SYNC_PID"
     log=$WORK/$backend-query-$method.log
@@ -336,17 +389,81 @@ for backend in $BACKENDS; do
   kill -TERM "$GATEWAY_PID" "$SYNC_PID"
   wait "$GATEWAY_PID" "$SYNC_PID" || true
   PIDS=()
+
+  # The seed's stack, alone on the machine, on a fresh database of its own:
+  # the same warm-up and ingest; the end state read from its users table.
+  if [[ $SEED == 1 ]]; then
+    case $backend in
+      sqlite)
+        mkdir -p "$WORK/seed-sqlite"
+        SEED_DATABASE_URL="sqlite://$WORK/seed-sqlite/seed.db" ;;
+      postgres)
+        seed_db="clerk_sync_seed_$$_$RANDOM"
+        psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -qc "CREATE DATABASE $seed_db" postgres
+        PG_DATABASES+=("$seed_db")
+        SEED_DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$seed_db" ;;
+    esac
+    PORT=0 HOST=127.0.0.1 CLERK_WEBHOOK_SECRET=$SECRET DATABASE_URL=$SEED_DATABASE_URL \
+      DATABASE_MAX_CONNECTIONS=$SEED_PG_POOL node bench/seed/server.js >"$WORK/$backend-seed.out" 2>"$WORK/$backend-seed.log" &
+    SEED_PID=$!
+    PIDS+=("$SEED_PID")
+    seed_port=
+    for _ in $(seq 300); do
+      seed_port=$(sed -n 's|^seed: listening on http://127\.0\.0\.1:\([0-9]*\)/clerk$|\1|p' "$WORK/$backend-seed.out")
+      [[ -n $seed_port ]] && break
+      kill -0 "$SEED_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    [[ -n $seed_port ]] || {
+      cat "$WORK/$backend-seed.out" "$WORK/$backend-seed.log" >&2
+      echo "bench/run.sh: the seed's $backend stack never listened" >&2
+      exit 1
+    }
+    echo "== $backend: the seed's stack (node $(node --version), pid $SEED_PID) on 127.0.0.1:$seed_port" >&2
+    SEED_URL="http://127.0.0.1:$seed_port/clerk"
+    bench "$backend-seed-warmup" ingest --gateway-url "$SEED_URL" --users 400 --updates "$UPDATES" --connections "$FIRST_C"
+    for c in $CONNECTIONS; do
+      run="seed${c}r$RANDOM"
+      bench "$backend-seed-ingest-$c" ingest --gateway-url "$SEED_URL" --users "$USERS" --updates "$UPDATES" \
+        --connections "$c" --run-id "$run" --server-pids "$SEED_PID"
+      log=$WORK/$backend-seed-ingest-$c.log
+      line=$(result "ingest " "$log")
+      # In order per user, but the seed applies whatever arrives last: a
+      # mismatch is reported, not fatal.
+      DATABASE_URL=$SEED_DATABASE_URL timeout 300 node bench/seed/check.js "$run" "$USERS" "$UPDATES" >>"$log" 2>&1 ||
+        { cat "$log" >&2; echo "bench/run.sh: the seed's $backend table could not be checked" >&2; exit 1; }
+      verify=$(result "seed-verify " "$log")
+      grep -A10 '^RESULT seed-verify' "$log" >&2
+      [[ $(field mismatches "$verify") == 0 ]] ||
+        echo "bench/run.sh: warning: the seed's $backend end state has $(field mismatches "$verify") mismatches" >&2
+      key="$backend $c"
+      SEED_ROWS+=("| $backend | $c | $(field rate "$line") ($(field mismatches "$verify") mismatches) | $(field p50_ms "$line") / $(field p99_ms "$line") | $(cpu "$SEED_PID" "$log") | $(rss_mib "$SEED_PID" end "$log") | ${CS_RATE[$key]} | ${CS_P50[$key]} / ${CS_P99[$key]} | ${CS_CPU[$key]} | $(xratio "${CS_RATE[$key]}" "$(field rate "$line")") | $(xratio "${CS_P99[$key]}" "$(field p99_ms "$line")") |")
+    done
+    kill -TERM "$SEED_PID"
+    wait "$SEED_PID" || true
+    PIDS=()
+  fi
 done
 
 mkdir -p "$(dirname "$OUT")"
 {
   echo "Run of \`bench/run.sh\` at $START on $(nproc) cores ($(uname -m)), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
-  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS BENCH_WATCHERS=\"$WATCHER_COUNTS\"."
+  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS BENCH_WATCHERS=\"$WATCHER_COUNTS\" BENCH_SEED=$SEED${ONLY:+ BENCH_ONLY=$ONLY}."
   echo "Machine load before: \`$LOAD_BEFORE\`; after: \`$(uptime)\`."
   echo
   echo "| backend | run | connections | per second | p50 ms | p90 ms | p99 ms | max ms | ratio | CPU µs per request | peak RSS MiB |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
+  if [[ ${#SEED_ROWS[@]} -gt 0 ]]; then
+    echo
+    echo "### Side by side with the seed's stack"
+    echo
+    echo "The seed's stack (\`bench/seed\`): the original Express + svix webhook endpoint in one node process ($(node --version)), each Mongoose call ported to one SQL statement on the same database (SQLite through the async \`sqlite3\` driver, in WAL mode with synchronous FULL; PostgreSQL through a \`pg\` Pool of $SEED_PG_POOL), on a fresh database of its own, with the same warm-up and the same \`clerk-sync-bench ingest\` at each connection count, run after clerk-sync's stack is stopped. Its end state is read from its own table: every user at its last version's email and name. Ratios are clerk-sync / seed: events/s above 1× and p99 below 1× are clerk-sync's advantage."
+    echo
+    echo "| backend | connections | seed events/s (verified) | seed p50 / p99 ms | seed CPU µs per event | seed peak RSS MiB | clerk-sync events/s | clerk-sync p50 / p99 ms | clerk-sync CPU µs per event (gateway + sync) | events/s ratio | p99 ratio |"
+    echo "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"
+    printf '%s\n' "${SEED_ROWS[@]}"
+  fi
   if [[ ${#FANOUT_ROWS[@]} -gt 0 ]]; then
     echo
     echo "Change feed fan-out: ingest at $FIRST_C connections with watchers attached (a \`clerk-sync-bench watch\` process of their own; delivery: from the load generator's send of a webhook to a reading watcher's receipt of its message, over the messages received; log reads: pages of the users' log read for watchers during the ingest, by the shared reader / by watchers on their own)."
