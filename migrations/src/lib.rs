@@ -35,7 +35,7 @@
 //! that ran it keep what it did then. Once a migration has shipped, its file
 //! and every file it includes are frozen, and a change to the schema, to a
 //! function or to a view is a new migration. A function's versions are files
-//! of their own (`apply_batch_v1.sql`, `apply_batch_v3.sql`, `apply_batch_v4.sql`, …): the
+//! of their own (`apply_batch_v1.sql`, `apply_batch_v3.sql` to `apply_batch_v5.sql`, …): the
 //! migration that introduced a version keeps including it, and the next
 //! version's migration installs its file with `CREATE OR REPLACE` and, going
 //! down, re-installs the version before. (Version 2 of
@@ -59,11 +59,12 @@ mod m20261203_000003_quarantine_user;
 mod m20261203_000004_reconcile_passes;
 mod m20261203_000005_organizations;
 mod m20261203_000006_organization_changes;
+mod m20261203_000007_apply_batch_function_v5;
 
 /// The current definition of the PostgreSQL function `clerk_sync_apply_batch`
 /// (`CREATE OR REPLACE FUNCTION …`): what the latest of its migrations
 /// installs, and what the sync-service's batches call.
-pub const APPLY_BATCH_FUNCTION: &str = include_str!("apply_batch_v4.sql");
+pub const APPLY_BATCH_FUNCTION: &str = include_str!("apply_batch_v5.sql");
 
 /// Applies the clerk-sync schema, in order.
 #[derive(Debug)]
@@ -85,6 +86,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000004_reconcile_passes::Migration),
             Box::new(m20261203_000005_organizations::Migration),
             Box::new(m20261203_000006_organization_changes::Migration),
+            Box::new(m20261203_000007_apply_batch_function_v5::Migration),
         ]
     }
 }

@@ -8,7 +8,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::{APPLY_BATCH_FUNCTION, on_postgres};
+use crate::on_postgres;
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -17,7 +17,7 @@ pub(crate) struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        on_postgres(manager, APPLY_BATCH_FUNCTION).await
+        on_postgres(manager, include_str!("apply_batch_v4.sql")).await
     }
 
     /// Back to version 3.

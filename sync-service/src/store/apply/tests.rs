@@ -341,3 +341,93 @@ async fn the_sqlite_writer_waits_for_the_write_lock_then_answers_unavailable_and
         ids
     );
 }
+
+/// `seq_tup_read` of `user_email_addresses`: rows read by whole-table scans.
+async fn email_index_rows_scanned(db: &DatabaseConnection) -> i64 {
+    // Counters reach the shared statistics when a backend flushes them.
+    db.execute_unprepared("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'user_email_addresses'",
+        ))
+        .await
+        .unwrap()
+        .expect("the table's statistics");
+    row.try_get("", "seq_tup_read").unwrap()
+}
+
+/// The statements that look rows up in growing tables are planned at every
+/// call. The function first runs while the email index is tiny and analyzed,
+/// in a session that caches a generic plan of every statement planned once
+/// (PostgreSQL does so by itself after five calls when the generic plan
+/// costs no more; here at once): a whole-table scan, right for a tiny table.
+/// Then the index grows, with no ANALYZE to invalidate cached plans, as in a
+/// bulk load. The next batch must still find its users' rows through the
+/// index, not read them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_finds_the_email_index_rows_by_user_after_it_grew() {
+    let url = test_db::TestDb::new(test_db::Backend::Postgres).await.url;
+    migrated(&url).await;
+    // One session: PL/pgSQL caches plans per connection.
+    let mut options = sea_orm::ConnectOptions::new(&url);
+    options.max_connections(1).min_connections(1);
+    let db = Database::connect(options).await.unwrap();
+    db.execute_unprepared("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let events = events();
+    for (round, batch) in events.chunks(6).enumerate() {
+        apply_on_postgres(&db, &Batch::new(batch), round as i64)
+            .await
+            .unwrap();
+        if round == 0 {
+            db.execute_unprepared("ANALYZE user_email_addresses")
+                .await
+                .unwrap();
+        }
+    }
+    const GROWN: i64 = 50_000;
+    db.execute_unprepared(&format!(
+        "INSERT INTO user_email_addresses (email_lower, user_id) \
+         SELECT 'bulk' || n || '@x.io', 'user_bulk_' || n FROM generate_series(1, {GROWN}) n"
+    ))
+    .await
+    .unwrap();
+
+    let newcomer = Event::try_from(v1::ApplyUserCreatedRequest {
+        event: Some(v1::UserCreated {
+            meta: Some(v1::EventMeta {
+                event_id: "msg_newcomer".into(),
+                occurred_at: Some(prost_types::Timestamp::default()),
+            }),
+            user: Some(v1::User {
+                id: "user_newcomer".into(),
+                email_addresses: vec![v1::EmailAddress {
+                    address: "new@x.io".into(),
+                    verified: true,
+                    primary: true,
+                }],
+                updated_at: Some(prost_types::Timestamp::default()),
+                ..Default::default()
+            }),
+        }),
+    })
+    .unwrap();
+
+    let before = email_index_rows_scanned(&db).await;
+    let written = apply_on_postgres(&db, &Batch::new(&[newcomer]), 100)
+        .await
+        .unwrap();
+    assert!(
+        !written.upserted.is_empty(),
+        "the batch rewrote a user's addresses"
+    );
+    let scanned = email_index_rows_scanned(&db).await - before;
+    assert!(
+        scanned < GROWN,
+        "the batch read {scanned} rows of the {GROWN}-row email index by scanning it"
+    );
+}
