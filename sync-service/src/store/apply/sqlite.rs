@@ -139,6 +139,7 @@ pub(super) fn apply_step_by_step(
     select_deleted(&mut rest, &refused);
     replace_email_index(&mut rest, &users, &Batch::index_rows(profiles));
     changes::record(&mut rest, &written.upserted, &written.tombstoned, now);
+    // Only step 4's selects return rows.
     for statement in rest.statements() {
         for row in run(txn, statement)? {
             written.deleted.insert(text(row, "id")?);
@@ -200,8 +201,8 @@ fn bind(value: &sea_orm::Value) -> Result<Value, Error> {
 }
 
 /// The text of a returned column.
-fn text(mut row: Vec<Value>, column: &str) -> Result<String, Error> {
-    match row.drain(..).next() {
+fn text(row: Vec<Value>, column: &str) -> Result<String, Error> {
+    match row.into_iter().next() {
         Some(Value::Text(text)) => Ok(text),
         other => Err(Error::Corrupt(format!(
             "the batch read {other:?} for {column}, not a text"
