@@ -8,10 +8,13 @@
 //! the generated clients' channels.
 //!
 //! - [`v1`]: generated code (`User`, `UserSyncService`, `UserDirectoryService`).
+//! - [`encoded`]: `UserDirectoryService`'s server over replies that carry
+//!   their users already encoded (the same bytes on the wire).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`json`]: JSON ⇄ protobuf `Struct`, for Clerk metadata.
 //! - [`EVENT_ID_METADATA`]: the gRPC metadata key carrying a delivery's event id.
 
+pub mod encoded;
 pub mod json;
 
 /// gRPC request metadata key with which the gateway sends each event's id (the

@@ -1,9 +1,12 @@
 //! Typed domain values. Requests are parsed into these once, at the gRPC edge;
 //! the store never sees a raw protobuf message or an unchecked string.
 
+use std::sync::OnceLock;
+
 use clerk_sync_api::v1;
 use clerk_sync_common::time;
 pub use clerk_sync_common::time::timestamp_from_millis;
+use prost::{Message, bytes::Bytes};
 use prost_types::Timestamp;
 
 use crate::error::Error;
@@ -24,6 +27,11 @@ impl UserId {
     /// The id as Clerk spells it.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id as Clerk spells it, owned.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -370,6 +378,46 @@ impl Profile {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A live user as the store reads it: the profile, and the encoded
+/// [`v1::User`] of it for each audience, made at the first read that wants
+/// it and then shared. A cached user is one `Arc` of this, so every read of
+/// it while the cache holds this version copies those bytes into its reply
+/// and builds no message (a change replaces the whole entry).
+#[derive(Debug)]
+pub struct StoredUser {
+    profile: Profile,
+    /// Without, then with, private metadata.
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+impl StoredUser {
+    /// A user read from the store.
+    pub fn new(profile: Profile) -> Self {
+        Self {
+            profile,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The encoded [`v1::User`], as [`Profile::to_proto`] gives it.
+    pub fn encoded(&self, with_private_metadata: bool) -> Bytes {
+        // Without private metadata stored, both audiences get the same bytes.
+        let private = with_private_metadata && self.profile.private_metadata.is_some();
+        let encoded = &self.encoded[usize::from(private)];
+        encoded
+            .get_or_init(|| self.profile.to_proto(private).encode_to_vec().into())
+            .clone()
+    }
+}
+
+impl std::ops::Deref for StoredUser {
+    type Target = Profile;
+
+    fn deref(&self) -> &Profile {
+        &self.profile
     }
 }
 

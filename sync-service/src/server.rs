@@ -4,13 +4,15 @@
 
 use std::{future::Future, time::Duration};
 
-use clerk_sync_api::v1::{
-    organization_directory_service_server::OrganizationDirectoryServiceServer,
-    organization_sync_service_server::OrganizationSyncServiceServer,
-    quarantine_service_server::QuarantineServiceServer,
-    reconcile_service_server::ReconcileServiceServer,
-    user_directory_service_server::UserDirectoryServiceServer,
-    user_sync_service_server::UserSyncServiceServer,
+use clerk_sync_api::{
+    encoded::user_directory_service_server::UserDirectoryServiceServer,
+    v1::{
+        organization_directory_service_server::OrganizationDirectoryServiceServer,
+        organization_sync_service_server::OrganizationSyncServiceServer,
+        quarantine_service_server::QuarantineServiceServer,
+        reconcile_service_server::ReconcileServiceServer,
+        user_sync_service_server::UserSyncServiceServer,
+    },
 };
 use clerk_sync_common::telemetry::GrpcSpanLayer;
 use tokio::net::TcpListener;

@@ -1,13 +1,19 @@
 //! `clerk.sync.v1.UserDirectoryService`: read-only queries over the [`Store`].
 //! Private metadata (when stored at all) goes only to callers that presented
 //! a token. The change feed RPCs are in [`super::feed`].
+//!
+//! Users go out as the store's memoised encodings ([`StoredUser::encoded`]),
+//! through the server of [`clerk_sync_api::encoded`]: a user read from the
+//! cache is copied into the reply as bytes, with no message built.
 
 use std::collections::HashSet;
 
-use clerk_sync_api::v1::{
-    self, BatchGetUsersRequest, BatchGetUsersResponse, FindUserByEmailRequest,
-    FindUserByEmailResponse, GetUserRequest, GetUserResponse, ListChangesRequest,
-    ListChangesResponse, ListUsersRequest, ListUsersResponse, WatchUsersRequest,
+use clerk_sync_api::{
+    encoded::{BatchGetUsersResponse, FindUserByEmailResponse, GetUserResponse, ListUsersResponse},
+    v1::{
+        self, BatchGetUsersRequest, FindUserByEmailRequest, GetUserRequest, ListChangesRequest,
+        ListChangesResponse, ListUsersRequest, WatchUsersRequest,
+    },
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -15,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::feed;
 use crate::{
     auth::Caller,
-    domain::{Profile, UserId, millis_from_timestamp, page_size},
+    domain::{UserId, millis_from_timestamp, page_size},
     error::Error,
     store::{ListQuery, Store},
 };
@@ -34,7 +40,9 @@ pub(crate) struct DirectoryService {
 }
 
 #[tonic::async_trait]
-impl v1::user_directory_service_server::UserDirectoryService for DirectoryService {
+impl clerk_sync_api::encoded::user_directory_service_server::UserDirectoryService
+    for DirectoryService
+{
     async fn get_user(
         &self,
         request: Request<GetUserRequest>,
@@ -43,7 +51,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         let id = UserId::parse(request.into_inner().id, "id")?;
         let user = self.store.get_user(&id).await?;
         Ok(Response::new(GetUserResponse {
-            user: Some(user.to_proto(private)),
+            user: Some(user.encoded(private)),
         }))
     }
 
@@ -54,13 +62,14 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         let private = Caller::of(&request).is_authenticated();
         let ids = parse_batch(request.into_inner().ids)?;
         let found = self.store.get_users(&ids).await?;
-        let found: std::collections::HashMap<&UserId, &Profile> =
-            found.iter().map(|user| (&user.id, &**user)).collect();
-        let mut response = BatchGetUsersResponse::default();
-        for id in &ids {
-            match found.get(id) {
-                Some(user) => response.users.push(user.to_proto(private)),
-                None => response.missing_ids.push(id.as_str().to_owned()),
+        let mut response = BatchGetUsersResponse {
+            users: Vec::with_capacity(found.len()),
+            missing_ids: Vec::new(),
+        };
+        for (id, user) in ids.into_iter().zip(found) {
+            match user {
+                Some(user) => response.users.push(user.encoded(private)),
+                None => response.missing_ids.push(id.into_string()),
             }
         }
         Ok(Response::new(response))
@@ -77,7 +86,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
         }
         let user = self.store.find_by_email(email.trim()).await?;
         Ok(Response::new(FindUserByEmailResponse {
-            user: Some(user.to_proto(private)),
+            user: Some(user.encoded(private)),
         }))
     }
 
@@ -92,7 +101,7 @@ impl v1::user_directory_service_server::UserDirectoryService for DirectoryServic
             users: page
                 .users
                 .iter()
-                .map(|user| user.to_proto(private))
+                .map(|user| user.encoded(private))
                 .collect(),
             next_page_token: page.next_page_token,
         }))
@@ -171,14 +180,19 @@ fn parse_batch(ids: Vec<String>) -> Result<Vec<UserId>, Error> {
             format!("must hold at most {MAX_BATCH_IDS} ids, got {}", ids.len()),
         ));
     }
-    let mut seen = HashSet::new();
     let mut parsed = Vec::with_capacity(ids.len());
     for (i, id) in ids.into_iter().enumerate() {
-        let id = UserId::parse(id, &format!("ids[{i}]"))?;
-        if seen.insert(id.clone()) {
-            parsed.push(id);
-        }
+        // The field's name is made only for an error: a hundred ids a call.
+        let id = UserId::parse(id, "ids").map_err(|error| match error {
+            Error::InvalidArgument { reason, .. } => Error::invalid(format!("ids[{i}]"), reason),
+            other => other,
+        })?;
+        parsed.push(id);
     }
+    let mut seen = HashSet::with_capacity(parsed.len());
+    let first: Vec<bool> = parsed.iter().map(|id| seen.insert(id.as_str())).collect();
+    let mut first = first.into_iter();
+    parsed.retain(|_| first.next().unwrap_or(false));
     Ok(parsed)
 }
 

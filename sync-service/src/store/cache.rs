@@ -73,16 +73,16 @@
 //! time-to-live is a backstop, not the mechanism.
 
 use std::{
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, Hash, RandomState},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use moka::sync::Cache;
+use quick_cache::Equivalent;
 
 use super::{Position, Store, entity::organization_memberships, rows::email_key};
 use crate::{
-    domain::{Change, Event, Profile, UserId},
+    domain::{Change, Event, Profile, StoredUser, UserId},
     error::Error,
 };
 
@@ -129,14 +129,58 @@ struct Stripe {
     writing: u32,
 }
 
+/// One of the cache's maps: at most `capacity` entries, evicted by
+/// quick_cache's S3-FIFO (an entry read once, as by a scan of the directory,
+/// leaves before those read again), each served for at most
+/// [`TIME_TO_LIVE`]. A read costs a shard's read lock and a hash lookup, no
+/// bookkeeping of its own: `BatchGetUsers` makes a hundred of them.
+struct Map<K, V> {
+    entries: quick_cache::sync::Cache<K, (V, Instant)>,
+}
+
+impl<K: Eq + Hash, V: Clone> Map<K, V> {
+    fn new(capacity: u64) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity.try_into().unwrap_or(usize::MAX)),
+        }
+    }
+
+    fn get<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q) -> Option<V> {
+        self.get_at(key, Instant::now())
+    }
+
+    /// The entry for `key` if it is still served at `now`.
+    fn get_at<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q, now: Instant) -> Option<V> {
+        let (value, expires) = self.entries.get(key)?;
+        (now < expires).then_some(value)
+    }
+
+    fn insert(&self, key: K, value: V) {
+        self.entries
+            .insert(key, (value, Instant::now() + TIME_TO_LIVE));
+    }
+
+    fn invalidate<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q) {
+        self.entries.remove(key);
+    }
+
+    fn invalidate_all(&self) {
+        self.entries.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 /// The maps and their fill guards.
 pub(super) struct ReadCache {
     /// Live users by id.
-    users: Cache<UserId, Arc<Profile>>,
+    users: Map<UserId, Arc<StoredUser>>,
     /// The owner of each verified address, by [`email_key`].
-    emails: Cache<String, UserId>,
+    emails: Map<String, UserId>,
     /// Each user's live memberships, by user id.
-    memberships: Cache<String, Memberships>,
+    memberships: Map<String, Memberships>,
     /// The fill guards, [`STRIPES`] of them.
     stripes: Box<[Mutex<Stripe>]>,
     /// Picks a key's stripe.
@@ -146,9 +190,9 @@ pub(super) struct ReadCache {
 impl std::fmt::Debug for ReadCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadCache")
-            .field("users", &self.users.entry_count())
-            .field("emails", &self.emails.entry_count())
-            .field("memberships", &self.memberships.entry_count())
+            .field("users", &self.users.len())
+            .field("emails", &self.emails.len())
+            .field("memberships", &self.memberships.len())
             .finish_non_exhaustive()
     }
 }
@@ -166,25 +210,22 @@ impl ReadCache {
     /// A cache of up to `capacity` users (and as many addresses).
     pub(super) fn new(capacity: u64) -> Self {
         Self {
-            users: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(TIME_TO_LIVE)
-                .build(),
-            emails: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(TIME_TO_LIVE)
-                .build(),
-            memberships: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(TIME_TO_LIVE)
-                .build(),
+            users: Map::new(capacity),
+            emails: Map::new(capacity),
+            memberships: Map::new(capacity),
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
         }
     }
 
-    pub(super) fn user(&self, id: &UserId) -> Option<Arc<Profile>> {
+    pub(super) fn user(&self, id: &UserId) -> Option<Arc<StoredUser>> {
         self.users.get(id)
+    }
+
+    /// [`ReadCache::user`] of each of `ids`, in their order.
+    pub(super) fn users(&self, ids: &[UserId]) -> Vec<Option<Arc<StoredUser>>> {
+        let now = Instant::now();
+        ids.iter().map(|id| self.users.get_at(id, now)).collect()
     }
 
     pub(super) fn email_owner(&self, key: &str) -> Option<UserId> {
@@ -226,7 +267,7 @@ impl ReadCache {
 
     /// Inserts `user`, read from the database after `ticket` was taken,
     /// unless a write or an invalidation touched its stripe since.
-    pub(super) fn fill_user(&self, ticket: Ticket, user: &Arc<Profile>) {
+    pub(super) fn fill_user(&self, ticket: Ticket, user: &Arc<StoredUser>) {
         self.fill(ticket, || {
             self.users.insert(user.id.clone(), Arc::clone(user));
         });
@@ -568,12 +609,57 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_of_the_directory_does_not_push_out_the_users_read_often() {
+        let cache = ReadCache::new(1000);
+        let fill = |id: &str| {
+            let user = profile(id, &[]);
+            cache.fill_user(
+                cache.user_ticket(&user.id),
+                &Arc::new(StoredUser::new(user)),
+            );
+        };
+        let hot: Vec<UserId> = (0..200)
+            .map(|n| profile(&format!("user_hot_{n}"), &[]).id)
+            .collect();
+        for id in &hot {
+            fill(id.as_str());
+        }
+        for _ in 0..3 {
+            for id in &hot {
+                assert!(cache.user(id).is_some());
+            }
+        }
+        // A pass over a directory ten times the cache, each user read once.
+        for n in 0..10_000 {
+            fill(&format!("user_scanned_{n}"));
+        }
+        let kept = hot.iter().filter(|id| cache.user(id).is_some()).count();
+        assert!(
+            kept >= 190,
+            "only {kept} of 200 hot users survived the scan"
+        );
+    }
+
+    #[test]
+    fn an_entry_is_served_for_its_time_to_live_only() {
+        let map = Map::new(10);
+        map.entries
+            .insert("old", ("stale", Instant::now() - Duration::from_millis(1)));
+        map.insert("new", "fresh");
+        assert_eq!(map.get("old"), None);
+        assert_eq!(map.get("new"), Some("fresh"));
+    }
+
+    #[test]
     fn a_fill_without_a_write_in_between_is_kept() {
         let cache = ReadCache::new(100);
         let user = profile("user_1", &[]);
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &Arc::new(user.clone()));
-        assert_eq!(cache.user(&user.id).as_deref(), Some(&user));
+        cache.fill_user(ticket, &Arc::new(StoredUser::new(user.clone())));
+        assert_eq!(
+            cache.user(&user.id).as_deref().map(|stored| &**stored),
+            Some(&user)
+        );
     }
 
     #[test]
@@ -583,7 +669,7 @@ mod tests {
         let user_ticket = cache.user_ticket(&old.id);
         let email_ticket = cache.email_ticket("a@example.com");
         drop(cache.begin_write(&[upsert("user_1", &[("a@example.com", true)])]));
-        cache.fill_user(user_ticket, &Arc::new(old.clone()));
+        cache.fill_user(user_ticket, &Arc::new(StoredUser::new(old.clone())));
         cache.fill_email(email_ticket, "a@example.com".into(), old.id.clone());
         assert!(cache.user(&old.id).is_none());
         assert!(cache.email_owner("a@example.com").is_none());
@@ -595,12 +681,12 @@ mod tests {
         let user = profile("user_1", &[]);
         let writing = cache.begin_write(&[upsert("user_1", &[])]);
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &Arc::new(user.clone()));
+        cache.fill_user(ticket, &Arc::new(StoredUser::new(user.clone())));
         assert!(cache.user(&user.id).is_none());
         drop(writing);
         // After the writer left, a read that begins now fills.
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &Arc::new(user.clone()));
+        cache.fill_user(ticket, &Arc::new(StoredUser::new(user.clone())));
         assert!(cache.user(&user.id).is_some());
     }
 
@@ -610,7 +696,10 @@ mod tests {
         let owner = profile("user_a", &[("Shared@Example.com", true)]);
         let fill_ticket = cache.email_ticket("shared@example.com");
         cache.fill_email(fill_ticket, "shared@example.com".into(), owner.id.clone());
-        cache.fill_user(cache.user_ticket(&owner.id), &Arc::new(owner.clone()));
+        cache.fill_user(
+            cache.user_ticket(&owner.id),
+            &Arc::new(StoredUser::new(owner.clone())),
+        );
 
         let newer = upsert("user_b", &[("SHARED@example.com", true), ("x@y.z", false)]);
         drop(cache.begin_write(&[newer]));
@@ -630,7 +719,7 @@ mod tests {
         assert!(ticket.generation.is_none(), "the second writer is still in");
         drop(second);
         let ticket = cache.user_ticket(&user.id);
-        cache.fill_user(ticket, &Arc::new(user.clone()));
+        cache.fill_user(ticket, &Arc::new(StoredUser::new(user.clone())));
         assert!(cache.user(&user.id).is_some());
     }
 
@@ -641,15 +730,18 @@ mod tests {
         let user_ticket = cache.user_ticket(&user.id);
         let email_ticket = cache.email_ticket("a@example.com");
         cache.invalidate_changed(std::slice::from_ref(&user.id), &["a@example.com".into()]);
-        cache.fill_user(user_ticket, &Arc::new(user.clone()));
+        cache.fill_user(user_ticket, &Arc::new(StoredUser::new(user.clone())));
         cache.fill_email(email_ticket, "a@example.com".into(), user.id.clone());
         assert!(cache.user(&user.id).is_none());
         assert!(cache.email_owner("a@example.com").is_none());
 
-        cache.fill_user(cache.user_ticket(&user.id), &Arc::new(user.clone()));
+        cache.fill_user(
+            cache.user_ticket(&user.id),
+            &Arc::new(StoredUser::new(user.clone())),
+        );
         let ticket = cache.user_ticket(&user.id);
         cache.invalidate_all();
-        cache.fill_user(ticket, &Arc::new(user.clone()));
+        cache.fill_user(ticket, &Arc::new(StoredUser::new(user.clone())));
         assert!(cache.user(&user.id).is_none());
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::{
-    domain::{Millis, Profile, UserId},
+    domain::{Millis, StoredUser, UserId},
     error::Error,
 };
 
@@ -31,7 +31,7 @@ pub struct ListQuery {
 #[derive(Clone, Debug)]
 pub struct Page {
     /// The users, in (updated_at, id) order.
-    pub users: Vec<Arc<Profile>>,
+    pub users: Vec<Arc<StoredUser>>,
     /// Empty on the last page.
     pub next_page_token: String,
 }
@@ -49,7 +49,7 @@ impl ListQuery {
 
     /// Builds the page, with a token to continue after `next` (the last
     /// key the page was read up to) when more users follow.
-    pub(crate) fn page(&self, users: Vec<Arc<Profile>>, next: Option<(Millis, UserId)>) -> Page {
+    pub(crate) fn page(&self, users: Vec<Arc<StoredUser>>, next: Option<(Millis, UserId)>) -> Page {
         let next_page_token = match next {
             Some((updated_at, id)) => self.encode_token(updated_at, &id),
             None => String::new(),

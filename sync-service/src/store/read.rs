@@ -15,19 +15,19 @@ use sea_orm::{
 
 use super::{
     ListQuery, Page, Store,
-    cache::{ReadCache, has_verified},
+    cache::{ReadCache, Ticket, has_verified},
     entity::{user_email_addresses, users},
     rows::profile_from_row,
 };
 use crate::{
-    domain::{Millis, Profile, UserId},
+    domain::{Millis, StoredUser, UserId},
     error::Error,
     metrics,
 };
 
 impl Store {
     /// The live user with this id.
-    pub async fn get_user(&self, id: &UserId) -> Result<Arc<Profile>, Error> {
+    pub async fn get_user(&self, id: &UserId) -> Result<Arc<StoredUser>, Error> {
         self.cached_user(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {} not found", id.as_str())))
@@ -40,7 +40,7 @@ impl Store {
 
     /// The live user with this id, from the cache (shared, not copied) or
     /// else the database.
-    async fn cached_user(&self, id: &UserId) -> Result<Option<Arc<Profile>>, Error> {
+    async fn cached_user(&self, id: &UserId) -> Result<Option<Arc<StoredUser>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
             return self.load_user(id).await;
         };
@@ -57,65 +57,64 @@ impl Store {
         Ok(user)
     }
 
-    async fn load_user(&self, id: &UserId) -> Result<Option<Arc<Profile>>, Error> {
+    async fn load_user(&self, id: &UserId) -> Result<Option<Arc<StoredUser>>, Error> {
         users::Entity::find_by_id(id.as_str())
             .filter(users::Column::DeletedAt.is_null())
             .one(&self.reads)
             .await?
-            .map(|row| profile_from_row(row).map(Arc::new))
+            .map(|row| profile_from_row(row).map(|profile| Arc::new(StoredUser::new(profile))))
             .transpose()
     }
 
-    /// The live users among `ids`, in no particular order.
-    /// Those the cache holds come from it, the others from the database, and
-    /// are offered to the cache (whose admission policy keeps a scan of the
-    /// directory from pushing out the users asked for often).
-    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Arc<Profile>>, Error> {
+    /// The live user of each of `ids`, in their order (`None` where none is
+    /// live). Those the cache holds come from it, the others from the
+    /// database in one query, and are offered to the cache (whose eviction
+    /// keeps a scan of the directory from pushing out the users asked for
+    /// often).
+    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<Option<Arc<StoredUser>>>, Error> {
         let Some(cache) = self.cache.as_deref() else {
-            return self.load_users(ids.iter()).await;
+            let mut loaded = by_id(self.load_users(ids.iter()).await?);
+            return Ok(ids.iter().map(|id| loaded.remove(id)).collect());
         };
-        let mut found = Vec::with_capacity(ids.len());
-        let mut missed = HashMap::new();
-        for id in ids {
-            match cache.user(id) {
-                Some(user) => found.push(user),
-                None => {
-                    missed.insert(id, cache.user_ticket(id));
-                }
-            }
-        }
-        metrics::record_user_cache_counts("id", found.len(), missed.len());
+        let mut found = cache.users(ids);
+        let missed: HashMap<&UserId, Ticket> = (ids.iter().zip(&found))
+            .filter(|(_, user)| user.is_none())
+            .map(|(id, _)| (id, cache.user_ticket(id)))
+            .collect();
+        metrics::record_user_cache_counts("id", ids.len() - missed.len(), missed.len());
         if missed.is_empty() {
             return Ok(found);
         }
-        let loaded = self.load_users(missed.keys().copied()).await?;
-        for user in &loaded {
-            if let Some(&ticket) = missed.get(&user.id) {
-                cache.fill_user(ticket, user);
+        let mut loaded = by_id(self.load_users(missed.keys().copied()).await?);
+        for (id, slot) in ids.iter().zip(&mut found) {
+            if slot.is_none() {
+                *slot = loaded.remove(id);
+                if let Some(user) = slot {
+                    cache.fill_user(missed[id], user);
+                }
             }
         }
-        found.extend(loaded);
         Ok(found)
     }
 
     async fn load_users(
         &self,
         ids: impl Iterator<Item = &UserId>,
-    ) -> Result<Vec<Arc<Profile>>, Error> {
+    ) -> Result<Vec<Arc<StoredUser>>, Error> {
         users::Entity::find()
             .filter(users::Column::Id.is_in(ids.map(UserId::as_str)))
             .filter(users::Column::DeletedAt.is_null())
             .all(&self.reads)
             .await?
             .into_iter()
-            .map(|row| profile_from_row(row).map(Arc::new))
+            .map(|row| profile_from_row(row).map(|profile| Arc::new(StoredUser::new(profile))))
             .collect()
     }
 
     /// The live user owning `email` (any of their verified addresses,
     /// case-insensitive); if several have it verified, the most recently
     /// updated.
-    pub async fn find_by_email(&self, email: &str) -> Result<Arc<Profile>, Error> {
+    pub async fn find_by_email(&self, email: &str) -> Result<Arc<StoredUser>, Error> {
         let key = email.to_lowercase();
         let owner = match self.cache.as_deref() {
             None => self.load_by_email(&key).await?,
@@ -132,7 +131,7 @@ impl Store {
         &self,
         cache: &ReadCache,
         key: String,
-    ) -> Result<Option<Arc<Profile>>, Error> {
+    ) -> Result<Option<Arc<StoredUser>>, Error> {
         if let Some(owner) = cache.email_owner(&key) {
             match self.cached_user(&owner).await? {
                 Some(user) if has_verified(&user, &key) => {
@@ -152,7 +151,7 @@ impl Store {
         Ok(owner)
     }
 
-    async fn load_by_email(&self, key: &str) -> Result<Option<Arc<Profile>>, Error> {
+    async fn load_by_email(&self, key: &str) -> Result<Option<Arc<StoredUser>>, Error> {
         // Two lookups by key rather than one join: a join leaves the planner
         // free to scan `users` (PostgreSQL did, with statistics taken while
         // the table was still small); these cannot be planned but by index.
@@ -173,7 +172,7 @@ impl Store {
             .order_by_asc(users::Column::Id)
             .one(&self.reads)
             .await?
-            .map(|row| profile_from_row(row).map(Arc::new))
+            .map(|row| profile_from_row(row).map(|profile| Arc::new(StoredUser::new(profile))))
             .transpose()
     }
 
@@ -189,7 +188,7 @@ impl Store {
             rows.truncate(query.page_size as usize);
             let users = rows
                 .into_iter()
-                .map(|row| profile_from_row(row).map(Arc::new))
+                .map(|row| profile_from_row(row).map(|profile| Arc::new(StoredUser::new(profile))))
                 .collect::<Result<Vec<_>, _>>()?;
             let next = users.last().filter(|_| has_more);
             let next = next.map(|last| (last.updated_at, last.id.clone()));
@@ -213,19 +212,11 @@ impl Store {
             .collect::<Result<Vec<_>, Error>>()?;
         let next = ids.last().filter(|_| has_more).cloned();
         let wanted: Vec<UserId> = ids.into_iter().map(|(_, id)| id).collect();
-        let mut users: HashMap<UserId, Arc<Profile>> = self
-            .get_users(&wanted)
-            .await?
-            .into_iter()
-            .map(|user| (user.id.clone(), user))
-            .collect();
         // In the page's order. A user deleted since the keys were read is
         // left out; one changed since is served as it is now, unless the
         // change took it out of the filter. The next page starts after the
         // keys read, whatever changed.
-        let users = wanted
-            .iter()
-            .filter_map(|id| users.remove(id))
+        let users = (self.get_users(&wanted).await?.into_iter().flatten())
             .filter(|user| {
                 query
                     .banned
@@ -234,6 +225,13 @@ impl Store {
             .collect();
         Ok(query.page(users, next))
     }
+}
+
+/// `users` by id.
+fn by_id(users: Vec<Arc<StoredUser>>) -> HashMap<UserId, Arc<StoredUser>> {
+    (users.into_iter())
+        .map(|user| (user.id.clone(), user))
+        .collect()
 }
 
 /// The rows of one page of `query` and one more (telling whether more
