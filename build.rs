@@ -49,13 +49,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The replies of `UserDirectoryService` that `src/encoded.rs` declares
-/// with their users encoded.
+/// The replies (and `WatchUsers`' messages) of `UserDirectoryService` that
+/// `src/encoded.rs` declares with their users encoded.
 const ENCODED_REPLIES: &[&str] = &[
     "GetUserResponse",
     "FindUserByEmailResponse",
     "BatchGetUsersResponse",
     "ListUsersResponse",
+    "WatchUsersResponse",
 ];
 
 /// `descriptors` with `clerk.sync.v1`'s files alone, and of their services

@@ -5,12 +5,13 @@
 //!
 //! A `User` embedded in a message and a `bytes` field holding that `User`'s
 //! encoding are one and the same on the wire (the field's tag, wire type 2,
-//! the length, the bytes). The four reply types below declare `bytes` where
+//! the length, the bytes). The reply types below declare `bytes` where
 //! `directory.proto` has a `User` and are otherwise field for field the
 //! generated ones: what they encode is what [`crate::v1`]'s types decode, so
 //! clients, reflection and the descriptors see no difference.
 //! [`user_directory_service_server`] is tonic's server generated from the same
-//! service, over these replies and [`crate::v1`]'s other messages.
+//! service, over these replies (and `WatchUsers`' messages, alike) and
+//! [`crate::v1`]'s other messages.
 
 use prost::bytes::Bytes;
 
@@ -50,6 +51,37 @@ pub struct ListUsersResponse {
     /// Where the next page starts; empty on the last page.
     #[prost(string, tag = "2")]
     pub next_page_token: String,
+}
+
+/// `clerk.sync.v1.WatchUsersResponse`, its user encoded: a change is
+/// encoded once and shared by every watcher that may see it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WatchUsersResponse {
+    /// The change's position in the log.
+    #[prost(int64, tag = "1")]
+    pub position: i64,
+    /// What happened there.
+    #[prost(oneof = "watch_users_response::Event", tags = "2, 3, 4")]
+    pub event: Option<watch_users_response::Event>,
+}
+
+/// The oneof of [`WatchUsersResponse`].
+pub mod watch_users_response {
+    use prost::bytes::Bytes;
+
+    /// `clerk.sync.v1.WatchUsersResponse.event`, its user encoded.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Event {
+        /// An encoded `clerk.sync.v1.User`: the user as it now is.
+        #[prost(bytes = "bytes", tag = "2")]
+        User(Bytes),
+        /// The user was deleted.
+        #[prost(message, tag = "3")]
+        Deleted(crate::v1::UserDeletion),
+        /// The watcher has caught up with the log.
+        #[prost(message, tag = "4")]
+        CaughtUp(crate::v1::CaughtUp),
+    }
 }
 
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -125,8 +157,41 @@ mod tests {
         let by_email = FindUserByEmailResponse {
             user: Some(encoded(&a)),
         };
-        let expected = v1::FindUserByEmailResponse { user: Some(a) };
+        let expected = v1::FindUserByEmailResponse {
+            user: Some(a.clone()),
+        };
         assert_eq!(by_email.encode_to_vec(), expected.encode_to_vec());
+
+        use v1::watch_users_response::Event as Expected;
+        use watch_users_response::Event;
+        let deletion = v1::UserDeletion {
+            id: "user_gone".into(),
+            deleted_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+        };
+        for (event, expected) in [
+            (Event::User(encoded(&a)), Expected::User(a)),
+            (
+                Event::Deleted(deletion.clone()),
+                Expected::Deleted(deletion),
+            ),
+            (
+                Event::CaughtUp(v1::CaughtUp {}),
+                Expected::CaughtUp(v1::CaughtUp {}),
+            ),
+        ] {
+            let message = WatchUsersResponse {
+                position: 42,
+                event: Some(event),
+            };
+            let expected = v1::WatchUsersResponse {
+                position: 42,
+                event: Some(expected),
+            };
+            assert_eq!(message.encode_to_vec(), expected.encode_to_vec());
+        }
     }
 
     #[test]

@@ -413,6 +413,13 @@ impl StoredUser {
     }
 }
 
+/// Equal when the profiles are: the encodings are made of them.
+impl PartialEq for StoredUser {
+    fn eq(&self, other: &Self) -> bool {
+        self.profile == other.profile
+    }
+}
+
 impl std::ops::Deref for StoredUser {
     type Target = Profile;
 

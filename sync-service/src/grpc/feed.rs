@@ -9,7 +9,8 @@
 //! head (a snapshot, or its `after_position`), and sends `caught_up`. From
 //! then on it takes the pages the server's one shared reader (`fanout`)
 //! reads after each commit, so a commit costs one read however many watch;
-//! it converts each entry itself (what its caller may see). It reads by
+//! it converts each entry itself (what its caller may see), but a user is
+//! encoded once per audience for all of them (`StoredUser`). It reads by
 //! itself again only to fill a hole before a page (it joined between two,
 //! or the shared reader skipped a stretch) or once it has fallen more than
 //! `fanout::SLICES` pages behind: a slow client costs reads, not memory.
@@ -33,10 +34,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use clerk_sync_api::v1::{
-    self, CaughtUp, ListChangesRequest, ListChangesResponse, UserChange, UserDeletion,
-    WatchUsersRequest, WatchUsersResponse, watch_users_request::Start,
-    watch_users_response::Event as WatchEvent,
+use clerk_sync_api::{
+    encoded::{WatchUsersResponse, watch_users_response::Event as WatchEvent},
+    v1::{
+        self, CaughtUp, ListChangesRequest, ListChangesResponse, UserChange, UserDeletion,
+        WatchUsersRequest, watch_users_request::Start,
+    },
 };
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
@@ -463,7 +466,9 @@ fn watch_message(entry: &FeedEntry, private: bool) -> WatchUsersResponse {
     WatchUsersResponse {
         position: entry.position,
         event: Some(match &entry.change {
-            FeedChange::Upsert(profile) => WatchEvent::User(profile.to_proto(private)),
+            // Encoded by the first watcher to send it, shared by the others
+            // (the shared reader's page holds one `StoredUser` per change).
+            FeedChange::Upsert(user) => WatchEvent::User(user.encoded(private)),
             FeedChange::Deleted { id, deleted_at } => {
                 WatchEvent::Deleted(deletion(id, *deleted_at))
             }

@@ -37,7 +37,7 @@
 //! READ transaction on PostgreSQL, a read transaction in WAL mode on SQLite),
 //! so the position a page ends at never runs ahead of what the page saw.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
@@ -53,7 +53,7 @@ use super::{
     script::Script,
 };
 use crate::{
-    domain::{Millis, Profile, UserId},
+    domain::{Millis, StoredUser, UserId},
     error::Error,
 };
 
@@ -146,7 +146,7 @@ pub struct FeedEntry<C = FeedChange> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FeedChange {
     /// The user is live, in this state.
-    Upsert(Box<Profile>),
+    Upsert(Arc<StoredUser>),
     /// The user is deleted.
     Deleted {
         /// The deleted user.
@@ -535,6 +535,8 @@ fn entry_change(user: users::Model) -> Result<FeedChange, Error> {
             id: UserId::parse(user.id, "id").map_err(|_| Error::Corrupt("empty user id".into()))?,
             deleted_at,
         }),
-        None => Ok(FeedChange::Upsert(Box::new(profile_from_row(user)?))),
+        None => Ok(FeedChange::Upsert(Arc::new(StoredUser::new(
+            profile_from_row(user)?,
+        )))),
     }
 }
