@@ -23,13 +23,19 @@
 #   BENCH_STORM_SECS   60     0 skips the storm
 #   BENCH_WATCHERS     "0 100 1000"  change feed fan-out: for each count, the
 #                      ingest (BENCH_USERS x (1 + BENCH_UPDATES) webhooks at the
-#                      first connection count, each upsert stamped with its send
-#                      time) with that many WatchUsers streams held by a
-#                      `clerk-sync-bench watch` process of its own, a tenth of
-#                      them never reading: ingest rate, delivery latency from
-#                      send to watcher, the log reads it cost (the service's
-#                      feed_reads metric) and the sync-service's memory.
-#                      "" skips. The service's watcher limits are raised to fit.
+#                      first connection count) with that many WatchUsers streams
+#                      held by a `clerk-sync-bench watch` process of its own, a
+#                      tenth of them never reading: ingest rate, the log reads it
+#                      cost (the service's feed_reads metric) and the
+#                      sync-service's memory. Then, the watchers still held, the
+#                      delivery latency from send to watcher, at the same load
+#                      for every count: an open-loop ingest of
+#                      BENCH_FANOUT_USERS x (1 + BENCH_UPDATES) webhooks at
+#                      BENCH_FANOUT_RATE events/s, each upsert stamped with its
+#                      send time. "" skips. The service's watcher limits are
+#                      raised to fit.
+#   BENCH_FANOUT_RATE  250
+#   BENCH_FANOUT_USERS 500
 #   BENCH_SCALE_USERS  1000000  users loaded for the scale figures (0 skips):
 #                      ingest, random GetUser / FindUserByEmail over all of
 #                      them, a full ListUsers pass, database bytes per user,
@@ -58,6 +64,8 @@ CONNECTIONS=${BENCH_CONNECTIONS:-32 256}
 CALLS=${BENCH_CALLS:-20000}
 STORM_SECS=${BENCH_STORM_SECS:-60}
 WATCHER_COUNTS=${BENCH_WATCHERS-0 100 1000}
+FANOUT_RATE=${BENCH_FANOUT_RATE:-250}
+FANOUT_USERS=${BENCH_FANOUT_USERS:-500}
 SCALE_USERS=${BENCH_SCALE_USERS:-1000000}
 SEED=${BENCH_SEED:-1}
 ONLY=${BENCH_ONLY:-}
@@ -79,9 +87,10 @@ for n in $WATCHER_COUNTS; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: BENCH_WATCHERS: expected numbers, got '$n'" >&2; exit 2; }
   ((n + 16 > MAX_WATCHERS)) && MAX_WATCHERS=$((n + 16))
 done
-for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS" "$SCALE_USERS"; do
+for n in "$USERS" "$UPDATES" "$CALLS" "$STORM_SECS" "$SCALE_USERS" "$FANOUT_USERS"; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "bench/run.sh: expected a number, got '$n'" >&2; exit 2; }
 done
+[[ $FANOUT_RATE =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench/run.sh: BENCH_FANOUT_RATE: expected events per second, got '$FANOUT_RATE'" >&2; exit 2; }
 
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
   echo "== building release binaries" >&2
@@ -305,10 +314,12 @@ for backend in $BACKENDS; do
       "gateway $(rss "$GATEWAY_PID"), sync $(rss "$SYNC_PID")"
   fi
 
-  # Change feed fan-out: the same ingest, stamped, with W watchers held by a
-  # process of their own (a tenth never read) from before the first webhook.
-  # After the storm: peak RSS is a high-water mark, and 1,000 watchers raise
-  # it above what the storm's flat-memory check must see.
+  # Change feed fan-out: the same ingest with W watchers held by a process of
+  # their own (a tenth never read) from before the first webhook; then, the
+  # watchers still held and caught up, a stamped open-loop ingest at a rate
+  # every W gets alike, for the delivery latency (the watchers time stamped
+  # messages only). After the storm: peak RSS is a high-water mark, and 1,000
+  # watchers raise it above what the storm's flat-memory check must see.
   for w in $WATCHER_COUNTS; do
     name=$backend-fanout-$w
     wlog=$WORK/$name-watch.log
@@ -316,7 +327,7 @@ for backend in $BACKENDS; do
     if [[ $w -gt 0 ]]; then
       echo "== clerk-sync-bench watch --count $w --idle $((w / 10))" >&2
       timeout "$STEP_TIMEOUT" env SYNC_SERVICE_TOKEN="$READ_TOKEN" "$BIN/clerk-sync-bench" watch \
-        --sync-service-url "$SYNC" --count "$w" --idle "$((w / 10))" --quiet 5 --hold "$STEP_TIMEOUT" \
+        --sync-service-url "$SYNC" --count "$w" --idle "$((w / 10))" --quiet 10 --hold "$STEP_TIMEOUT" \
         --server-pids "$SYNC_PID" >"$wlog" 2>&1 &
       WATCH_PID=$!
       for _ in $(seq 1200); do
@@ -328,13 +339,17 @@ for backend in $BACKENDS; do
     fi
     shared_before=$(feed_reads shared)
     watcher_before=$(feed_reads watcher)
-    bench "$name" ingest --gateway-url "$GW" --users "$USERS" --updates "$UPDATES" --stamp-send-time \
+    bench "$name" ingest --gateway-url "$GW" --users "$USERS" --updates "$UPDATES" \
       --connections "$FIRST_C" --sync-service-url "$SYNC" --server-pids "$PIDS_ARG"
     log=$WORK/$name.log
     line=$(result "ingest " "$log")
     verify=$(result "verify " "$log")
+    reads="$(delta "$shared_before" "$(feed_reads shared)") / $(delta "$watcher_before" "$(feed_reads watcher)")"
     delivery="-" ended="-" max_rss="$(rss_mib "$SYNC_PID" end "$log")"
     if [[ -n $WATCH_PID ]]; then
+      sleep 2
+      bench "$name-delivery" ingest --gateway-url "$GW" --users "$FANOUT_USERS" --updates "$UPDATES" --stamp-send-time \
+        --rate "$FANOUT_RATE" --connections "$FIRST_C" --sync-service-url "$SYNC"
       wait "$WATCH_PID" || { cat "$wlog" >&2; echo "bench/run.sh: step $name-watch failed" >&2; exit 1; }
       cat "$wlog" >&2
       wline=$(result "watch " "$wlog")
@@ -343,7 +358,7 @@ for backend in $BACKENDS; do
       kib=$(sed -n "s/^RESULT watch-rss pid=$SYNC_PID max_rss_kib=\([0-9]*\).*/\1/p" "$wlog" | head -1)
       [[ -n $kib ]] && max_rss=$(awk -v k="$kib" 'BEGIN { printf "%.0f", k / 1024 }')
     fi
-    FANOUT_ROWS+=("| $backend | $w ($((w / 10)) never read) | $(field rate "$line") ($(field mismatches "$verify") mismatches) | $(field p50_ms "$line") / $(field p99_ms "$line") | $delivery | $(delta "$shared_before" "$(feed_reads shared)") / $(delta "$watcher_before" "$(feed_reads watcher)") | $(cpu "$SYNC_PID" "$log") | $max_rss | $ended |")
+    FANOUT_ROWS+=("| $backend | $w ($((w / 10)) never read) | $(field rate "$line") ($(field mismatches "$verify") mismatches) | $(field p50_ms "$line") / $(field p99_ms "$line") | $delivery | $reads | $(cpu "$SYNC_PID" "$log") | $max_rss | $ended |")
   done
 
   if [[ $SCALE_USERS -gt 0 ]]; then
@@ -448,7 +463,7 @@ done
 mkdir -p "$(dirname "$OUT")"
 {
   echo "Run of \`bench/run.sh\` at $START on $(nproc) cores ($(uname -m)), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
-  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS BENCH_WATCHERS=\"$WATCHER_COUNTS\" BENCH_SEED=$SEED${ONLY:+ BENCH_ONLY=$ONLY}."
+  echo "Settings: BENCH_USERS=$USERS BENCH_UPDATES=$UPDATES BENCH_CONNECTIONS=\"$CONNECTIONS\" BENCH_CALLS=$CALLS BENCH_STORM_SECS=$STORM_SECS BENCH_SCALE_USERS=$SCALE_USERS BENCH_WATCHERS=\"$WATCHER_COUNTS\" BENCH_FANOUT_RATE=$FANOUT_RATE BENCH_FANOUT_USERS=$FANOUT_USERS BENCH_SEED=$SEED${ONLY:+ BENCH_ONLY=$ONLY}."
   echo "Machine load before: \`$LOAD_BEFORE\`; after: \`$(uptime)\`."
   echo
   echo "| backend | run | connections | per second | p50 ms | p90 ms | p99 ms | max ms | ratio | CPU µs per request | peak RSS MiB |"
@@ -466,9 +481,9 @@ mkdir -p "$(dirname "$OUT")"
   fi
   if [[ ${#FANOUT_ROWS[@]} -gt 0 ]]; then
     echo
-    echo "Change feed fan-out: ingest at $FIRST_C connections with watchers attached (a \`clerk-sync-bench watch\` process of their own; delivery: from the load generator's send of a webhook to a reading watcher's receipt of its message, over the messages received; log reads: pages of the users' log read for watchers during the ingest, by the shared reader / by watchers on their own)."
+    echo "Change feed fan-out: ingest at $FIRST_C connections with watchers attached (a \`clerk-sync-bench watch\` process of their own; log reads: pages of the users' log read for watchers during the ingest, by the shared reader / by watchers on their own). Delivery: then, the same watchers held, $((FANOUT_USERS * (1 + UPDATES))) stamped webhooks open loop at $FANOUT_RATE events/s, timed from the load generator's send of a webhook to a reading watcher's receipt of its message, over the messages received."
     echo
-    echo "| backend | watchers | ingest events/s (verified) | ingest p50 / p99 ms | delivery p50 / p99 ms | log reads shared / watcher | sync CPU µs per event | sync RSS MiB (max) | streams ended by the server |"
+    echo "| backend | watchers | ingest events/s (verified) | ingest p50 / p99 ms | delivery at $FANOUT_RATE events/s, p50 / p99 ms | log reads shared / watcher | sync CPU µs per event | sync RSS MiB (max) | streams ended by the server |"
     echo "|---|---|---:|---|---|---|---:|---:|---|"
     printf '%s\n' "${FANOUT_ROWS[@]}"
   fi

@@ -92,11 +92,11 @@ pub struct IngestArgs {
     pub updates: u32,
 
     /// Fraction of users that end with a user.deleted (0 to 1).
-    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = |s: &str| parse_rate("--delete-rate", s))]
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = |s: &str| parse_fraction("--delete-rate", s))]
     pub delete_rate: f64,
 
     /// Fraction of deliveries sent twice with the same svix-id (0 to 1).
-    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = |s: &str| parse_rate("--duplicate-rate", s))]
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = |s: &str| parse_fraction("--duplicate-rate", s))]
     pub duplicate_rate: f64,
 
     /// Send the events in random order (updates may arrive before creates).
@@ -112,6 +112,12 @@ pub struct IngestArgs {
     /// front), for `watch` to time delivery through the change feed.
     #[arg(long)]
     pub stamp_send_time: bool,
+
+    /// Open loop: send R events per second in all, each connection its share
+    /// on a fixed schedule, and time each from when it was due. Default:
+    /// closed loop, each connection as fast as the answers come.
+    #[arg(long, value_name = "R", value_parser = parse_per_second)]
+    pub rate: Option<f64>,
 
     /// Run id in user ids (`user_bench_<RUN>_<n>`); default: from the clock,
     /// so every run has fresh users. Letters and digits only.
@@ -337,10 +343,17 @@ pub struct BaselineArgs {
     pub load: LoadArgs,
 }
 
-fn parse_rate(flag: &str, text: &str) -> Result<f64, String> {
+fn parse_fraction(flag: &str, text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
         _ => Err(format!("{flag}: expected a fraction from 0 to 1")),
+    }
+}
+
+fn parse_per_second(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err("--rate: expected events per second, above 0".to_owned()),
     }
 }
 
@@ -384,8 +397,8 @@ mod tests {
             panic!("not ingest")
         };
         assert_eq!(
-            (args.users, args.updates, args.load.connections),
-            (4000, 4, 32)
+            (args.users, args.updates, args.load.connections, args.rate),
+            (4000, 4, 32, None)
         );
     }
 
@@ -401,6 +414,8 @@ mod tests {
         assert!(with(&["--delete-rate", "1.5"]).contains("--delete-rate: expected a fraction"));
         assert!(with(&["--duplicate-rate=-1"]).contains("--duplicate-rate"));
         assert!(with(&["--server-pids", "0"]).contains("--server-pids"));
+        assert!(with(&["--rate", "0"]).contains("--rate: expected events per second"));
+        assert!(with(&["--rate", "inf"]).contains("--rate"));
         assert!(with(&["--run-id", "a_b"]).contains("--run-id"));
         assert!(
             with(&["--sync-service-url", "https://h:1"])

@@ -2,6 +2,8 @@
 //! flight on each, each connection fed by its own lane of requests. gRPC:
 //! one HTTP/2 connection per lane, one call in flight on each. Every request
 //! is timed; the phase is timed from after the connections are open.
+//! Webhooks go closed loop (as fast as the answers come) or open loop (at a
+//! fixed rate, see [`Pace`]).
 
 use std::{
     future::Future,
@@ -9,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -59,6 +61,35 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// How a phase's webhooks are paced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// Each connection sends its next request as soon as the last is answered.
+    ClosedLoop,
+    /// `per_second` requests in all, each due at a fixed time whatever the
+    /// answers: lane `l` of `n` sends the phase's requests `l`, `l + n`, …,
+    /// request `i` due `i / per_second` s after the start. A request is timed
+    /// from when it was due, so a slow answer counts against the requests it
+    /// holds up instead of hiding them (no coordinated omission).
+    OpenLoop {
+        /// Requests per second, over all lanes.
+        per_second: f64,
+    },
+}
+
+impl Pace {
+    /// When request `k` of `lane` (of `lanes`) is due; `None`: right away.
+    fn due(self, start: Instant, lane: usize, lanes: usize, k: u64) -> Option<Instant> {
+        match self {
+            Pace::ClosedLoop => None,
+            Pace::OpenLoop { per_second } => {
+                let index = k * lanes as u64 + lane as u64;
+                Some(start + Duration::from_secs_f64(index as f64 / per_second))
+            }
+        }
+    }
+}
+
 /// Splits `requests` round-robin into `lanes` lanes.
 pub fn into_lanes<T>(requests: Vec<T>, lanes: usize) -> Vec<Vec<T>> {
     let mut out: Vec<Vec<T>> = (0..lanes.max(1)).map(|_| Vec::new()).collect();
@@ -81,12 +112,14 @@ async fn connect(address: std::net::SocketAddr) -> anyhow::Result<SendRequest<Fu
     Ok(sender)
 }
 
-/// Posts every lane's requests over its own keep-alive connection; a
-/// connection that breaks is reopened for the lane's next request. Success
-/// is a 200.
+/// Posts every lane's requests over its own keep-alive connection, paced by
+/// `pace`; a connection that breaks is reopened for the lane's next request.
+/// A lane takes its next request only when it is due, so one made as it is
+/// taken (a stamped one) carries its send time. Success is a 200.
 pub async fn post_lanes<I>(
     target: &WebhookTarget,
     lanes: Vec<I>,
+    pace: Pace,
     progress: Progress,
 ) -> anyhow::Result<Report>
 where
@@ -97,17 +130,24 @@ where
         senders.push(connect(target.address).await?);
     }
     let start = Instant::now();
+    let count = lanes.len();
     let tasks: Vec<_> = senders
         .into_iter()
         .zip(lanes)
-        .map(|(sender, lane)| {
+        .enumerate()
+        .map(|(index, (sender, mut lane))| {
             let address = target.address;
             let progress = progress.clone();
             tokio::spawn(async move {
                 let mut sender = Some(sender);
                 let mut measured = Lane::default();
-                for request in lane {
-                    let sent = Instant::now();
+                for k in 0.. {
+                    let due = pace.due(start, index, count, k);
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let Some(request) = lane.next() else { break };
+                    let sent = due.unwrap_or_else(Instant::now);
                     let outcome = async {
                         let connection = match &mut sender {
                             Some(connection) => connection,
@@ -192,4 +232,22 @@ where
         measured.push(task.await?);
     }
     Ok(Report::merge(start.elapsed(), measured, "OK"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_loop_spreads_the_requests_evenly_over_the_lanes() {
+        let start = Instant::now();
+        let pace = Pace::OpenLoop { per_second: 100.0 };
+        let at = |lane, k| pace.due(start, lane, 4, k).unwrap() - start;
+        // Requests 0, 1, 2, 3 go on lanes 0 to 3, request 4 on lane 0 again.
+        assert_eq!(at(0, 0), Duration::ZERO);
+        assert_eq!(at(3, 0), Duration::from_millis(30));
+        assert_eq!(at(0, 1), Duration::from_millis(40));
+        assert_eq!(at(2, 25), Duration::from_millis(1020));
+        assert_eq!(Pace::ClosedLoop.due(start, 2, 4, 25), None);
+    }
 }

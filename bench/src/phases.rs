@@ -20,7 +20,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::{
     baselines::BaselineServer,
     cli::{BaselineArgs, IngestArgs, LoadArgs, Method, QueryArgs, ReadyArgs, ScanArgs},
-    load::{self, HttpRequest, Progress},
+    load::{self, HttpRequest, Pace, Progress},
     plan::{EventFactory, Plan, PlanSpec, user_email, user_id},
     procstat::{ProcSample, Watch},
     signing::SigningSecret,
@@ -233,10 +233,17 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
         EventFactory::new()
     };
     let progress = Progress::default();
+    let (pace, paced) = match args.rate {
+        Some(per_second) => (
+            Pace::OpenLoop { per_second },
+            format!("open loop at {per_second} events/s"),
+        ),
+        None => (Pace::ClosedLoop, "closed loop".to_owned()),
+    };
 
     if let Some(seconds) = args.load.duration {
         println!(
-            "ingest storm: {seconds} s of fresh users (run {run}), each 1 create + {} updates, {connections} connections -> {}",
+            "ingest storm: {seconds} s of fresh users (run {run}), each 1 create + {} updates, {connections} connections, {paced} -> {}",
             args.updates, target.address
         );
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -257,7 +264,7 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
             &watch,
             progress.clone(),
             Middle::AfterTime(Duration::from_secs(seconds) / 2),
-            load::post_lanes(&target, lanes, progress),
+            load::post_lanes(&target, lanes, pace, progress),
         )
         .await?;
         println!("{}", report.summary("ingest (storm)", "events"));
@@ -273,7 +280,7 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
 
     let plan = Plan::new(&args.plan_spec(&run), &factory);
     println!(
-        "ingest: {} deliveries for {} users (run {run}; 1 create + {} updates each, delete rate {}, duplicate rate {}, {}), {connections} connections -> {}",
+        "ingest: {} deliveries for {} users (run {run}; 1 create + {} updates each, delete rate {}, duplicate rate {}, {}), {connections} connections, {paced} -> {}",
         plan.deliveries.len(),
         args.users,
         args.updates,
@@ -298,7 +305,7 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestOutcome> {
         &watch,
         progress.clone(),
         Middle::AfterRequests(total / 2),
-        load::post_lanes(&target, lanes, progress),
+        load::post_lanes(&target, lanes, pace, progress),
     )
     .await?;
     println!("{}", report.summary("ingest", "events"));
@@ -729,7 +736,7 @@ pub async fn baselines(args: &BaselineArgs) -> anyhow::Result<(Report, Report)> 
             &watch,
             progress.clone(),
             Middle::AfterTime(Duration::from_secs(seconds) / 2),
-            load::post_lanes(&target, lanes, progress),
+            load::post_lanes(&target, lanes, Pace::ClosedLoop, progress),
         )
         .await?
     } else {
@@ -755,7 +762,7 @@ pub async fn baselines(args: &BaselineArgs) -> anyhow::Result<(Report, Report)> 
             &watch,
             progress.clone(),
             Middle::AfterRequests(args.requests / 2),
-            load::post_lanes(&target, lanes, progress),
+            load::post_lanes(&target, lanes, Pace::ClosedLoop, progress),
         )
         .await?
     };
