@@ -134,10 +134,13 @@ trap cleanup EXIT
 
 random_token() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'; }
 # A loopback port nothing listens on.
+# A port nothing listens on, below the ephemeral range: a port a client's
+# connection just used (the baselines open hundreds) can refuse a listener.
 free_port() {
-  local port
+  local port low
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (low - 10000)))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
   done
 }
