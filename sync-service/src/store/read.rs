@@ -243,7 +243,10 @@ impl Store {
             ),
             ..page
         };
-        let row = (self.reads.query_one_raw(one_row).await?)
+        let row = self
+            .reads
+            .query_one_raw(one_row)
+            .await?
             .ok_or_else(|| Error::Corrupt("an aggregate returned no row".into()))?;
         let json: String = row.try_get_by_index(0)?;
         let mut keys: Vec<(Millis, String)> = serde_json::from_str(&json)
